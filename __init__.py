@@ -1,0 +1,20 @@
+"""Spacetime: Sora-style video generation (Wan 2.1 / 2.2) as ComfyUI nodes.
+
+Importable two ways:
+  * as the installed package ``spacetime_video`` (``pip install -e .``), with no ComfyUI;
+  * as a ComfyUI custom node folder, under any folder name: ComfyUI calls
+    ``comfy_entrypoint`` and only then are the nodes (and ``comfy``) imported.
+"""
+from . import model, samplers
+
+__version__ = "0.1.0"
+
+
+async def comfy_entrypoint():
+    """ComfyUI V3 entry point: the pack's nodes as one extension."""
+    from .nodes import extension
+
+    return extension()
+
+
+__all__ = ["model", "samplers", "comfy_entrypoint", "__version__"]

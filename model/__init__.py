@@ -1,0 +1,1 @@
+"""Models: video VAE, DiT, patch grid, text encoder, prompt expander (plain PyTorch)."""

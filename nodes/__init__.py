@@ -1,0 +1,38 @@
+"""ComfyUI nodes (V3). The only part of the pack that imports ComfyUI.
+
+Every module in this folder that defines ``NODES`` (a list of ``io.ComfyNode`` classes)
+contributes them; node ids are permanent API: prefix ``Spacetime``, never renamed.
+Helper modules here that do not import ComfyUI (e.g. ``video_file``) stay importable
+without it, so this file imports ComfyUI only when the node list is asked for.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+
+def all_nodes() -> list:
+    """Every node class of the pack, checked for unique ``Spacetime*`` ids."""
+    nodes = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        nodes.extend(getattr(module, "NODES", []))
+    ids = [n.GET_SCHEMA().node_id for n in nodes]
+    bad = [i for i in ids if not i.startswith("Spacetime")]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if bad or dupes:
+        raise RuntimeError(f"Spacetime node ids must be unique and start with 'Spacetime': {bad or dupes}")
+    return nodes
+
+
+def extension():
+    """The pack as one ComfyUI V3 extension."""
+    from comfy_api.latest import ComfyExtension
+
+    class SpacetimeExtension(ComfyExtension):
+        async def get_node_list(self) -> list:
+            return all_nodes()
+
+    return SpacetimeExtension()
