@@ -1,0 +1,1 @@
+"""The embedded tiny model: its synthetic world, vocabulary, text encoder and analyser."""
