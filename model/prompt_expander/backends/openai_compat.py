@@ -66,7 +66,8 @@ class ChatRequest:
             "model": self.model,
             "messages": [{"role": "system", "content": self.system}, {"role": "user", "content": content}],
             "temperature": self.temperature,
-            "seed": self.seed,
+            # 31 bits: OpenAI takes int64, llama.cpp uint32 (where 0xFFFFFFFF means "random").
+            "seed": self.seed % 2**31,
             "max_tokens": self.max_tokens,
             "stream": False,
         }
