@@ -207,6 +207,68 @@ def _tiny_qwen(folder):
     return folder
 
 
+def _tiny_qwen_vl(folder):
+    """A 2-layer random Qwen2.5-VL (vision tower and all) with a word-level tokenizer and processor."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+    special = ["<unk>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>",
+               "<|image_pad|>", "<|video_pad|>"]
+    table = {t: i for i, t in enumerate(special)}
+    for w in "a red fox runs through snow the camera follows it slowly in soft light".split():
+        table.setdefault("\u2581" + w, len(table))
+    tok = Tokenizer(models.WordLevel(vocab=table, unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", additional_special_tokens=special[1:])
+    fast.image_token, fast.video_token = "<|image_pad|>", "<|video_pad|>"
+    template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {% if m['content'] is string %}"
+                "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+                "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}"
+                "{% endif %}{% endfor %}{% endif %} <|im_end|> {% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+    images = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16, patch_size=14, merge_size=2,
+                                   temporal_patch_size=2)
+    processor = Qwen2_5_VLProcessor(image_processor=images, tokenizer=fast, video_processor=Qwen2VLVideoProcessor(),
+                                    chat_template=template)
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(table), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        image_token_id=table["<|image_pad|>"], video_token_id=table["<|video_pad|>"],
+        vision_start_token_id=table["<|vision_start|>"], eos_token_id=2, pad_token_id=3, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(cfg)
+    with torch.no_grad():  # large random weights, so that what the image holds changes the text
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_hf_local_vision_model_sees_the_image(tmp_path, caplog):
+    pytest.importorskip("transformers")
+    folder = _tiny_qwen_vl(tmp_path / "tiny-qwen-vl")
+    kw = dict(backend="hf", model=str(folder), on_error="raise", cache=False, max_tokens=16, temperature=1.0,
+              task="i2v")
+    g = torch.Generator().manual_seed(0)
+    dark, bright = torch.rand(1, 56, 56, 3, generator=g) * 0.2, torch.rand(1, 56, 56, 3, generator=g)
+    a = st.model.expand_prompt("a red fox", images=dark, **kw)
+    assert a == st.model.expand_prompt("a red fox", images=dark, **kw)
+    assert a != st.model.expand_prompt("a red fox", images=bright, **kw)  # the pixels reach the model
+    # A text-only model given images warns and ignores them.
+    text_model = _tiny_qwen(tmp_path / "tiny-qwen")
+    with caplog.at_level(logging.WARNING, logger="spacetime.prompt_expander"):
+        st.model.expand_prompt("a red fox", images=dark, **{**kw, "model": str(text_model)})
+    assert "text-only model: the images are ignored" in caplog.text
+
+
 @pytest.mark.slow
 def test_hf_local_runs_seeded_and_offloads(tmp_path):
     pytest.importorskip("transformers")

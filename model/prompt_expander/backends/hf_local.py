@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -87,6 +88,15 @@ def ensure_downloaded(repo_id: str | None, folder: Path) -> Path:
         raise BackendUnavailable(f"{repo_id} was downloaded into {folder} but has no safetensors weights; "
                                  "pick a model published in safetensors")
     return folder
+
+
+def is_vision_model(folder: Path) -> bool:
+    """Whether the checkpoint in ``folder`` takes images (its config has a vision tower)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return "vision_config" in config
 
 
 @dataclass
@@ -169,7 +179,13 @@ def generate(system: str, user: str, images: list[tuple[str, bytes]] | None = No
     """Rewrite ``user`` with a local chat model; seeded sampling (greedy when temperature is 0)."""
     images = images or []
     repo_id, folder = resolve(model, models_dir, vision=bool(images))
-    lm = load(ensure_downloaded(repo_id, folder), vision=bool(images))
+    folder = ensure_downloaded(repo_id, folder)
+    vision = is_vision_model(folder)
+    if images and not vision:
+        log.warning("%s is a text-only model: the images are ignored (use a vision model such as %s)",
+                    folder.name, DEFAULT_VISION_MODEL)
+        images = []
+    lm = load(folder, vision=vision)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         lm.model.to(device)
