@@ -31,7 +31,6 @@ import torch
 
 import spacetime_video as st
 from spacetime_video.model import prompt_expander as pe
-from spacetime_video.model.embedded import vocab
 
 WORDS = "amber forest drifting lantern quiet river silver morning shadow velvet meadow ember".split()
 SECRET = "sk-test-7f3Kq9ZbX2mW8vR1tY6uP0oL4nJ5hG"
