@@ -5,7 +5,9 @@ ComfyUI's native "Preview as Text" node (PreviewAny) fed by its STRING outputs.
 """
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -16,6 +18,10 @@ import spacetime_video as st
 from test_prompt_expander_http import FakeOpenAI
 
 pytestmark = pytest.mark.host
+
+# The node caches LLM answers on disk; keep the host's cache out of the user's home. Test modules
+# are imported before the session's host starts, so the server inherits this.
+os.environ.setdefault("SPACETIME_PROMPT_CACHE", tempfile.mkdtemp(prefix="spacetime-prompts-"))
 
 BASE_INPUTS = {"task": "t2v", "model_family": "wan2.1", "language": "en", "seed": 3, "max_words": 100,
                "backend": "rules", "base_url": "", "model": "", "api_key_env": "", "on_error": "raise"}
