@@ -65,7 +65,9 @@ class SpacetimePromptExpander(io.ComfyNode):
                 io.String.Output(display_name="expanded"),
                 io.String.Output(display_name="original"),
             ],
-            is_output_node=True,  # shows the expanded text in the node
+            # An output node, so it runs (and its text lands in the history as UI "text") even when
+            # nothing consumes it yet; ComfyUI caches it by its inputs, so it reruns only when they change.
+            is_output_node=True,
         )
 
     @classmethod

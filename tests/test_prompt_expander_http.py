@@ -13,6 +13,7 @@ name each test sends, so tests never share mutable state:
   long         200 with 300 words
   embedded     200 with a sloppy toy-world caption
   auth-echo    401 whose body echoes the Authorization header back
+  new-api      400 unless the length limit is sent as max_completion_tokens (newer hosted models)
 any other name: 404 "model not found", as Ollama and OpenAI answer.
 """
 from __future__ import annotations
@@ -94,6 +95,11 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             return self._answer(" ".join(f"word{i}." if i % 10 == 9 else f"word{i}" for i in range(300)))
         if model == "embedded":
             return self._answer("a crimson sphere is falling over a dark blue backdrop")
+        if model == "new-api":
+            if "max_tokens" in body:
+                return self._send(400, b'{"error": {"message": "Unsupported parameter: \'max_tokens\'. '
+                                       b'Use \'max_completion_tokens\' instead."}}')
+            return self._answer(f"limit {body['max_completion_tokens']}")
         if model == "auth-echo":
             auth = self.headers.get("Authorization", "")
             return self._send(401, json.dumps({"error": {"message": f"invalid key in header {auth}"}}).encode())
@@ -207,6 +213,11 @@ def test_answer_is_cleaned_and_limited(server):
     assert call(server, "think") == "A fox in deep snow."
     out = call(server, "long", max_words=45)
     assert pe.rules.count_words(out) <= 45 and out.endswith("word39.")
+
+
+def test_max_completion_tokens_servers(server):
+    assert call(server, "new-api", max_tokens=300) == "limit 300"
+    assert ["max_tokens" in r["body"] for r in FakeOpenAI.requests] == [True, False]
 
 
 def test_embedded_family_answer_is_mapped_to_the_vocabulary(server):

@@ -55,6 +55,8 @@ class ChatRequest:
     retries: int = 2
     backoff: float = 0.5  # seconds before the first retry; doubled after each
     api_key: str | None = field(default=None, repr=False)
+    # Newer hosted models refuse "max_tokens" and want "max_completion_tokens"; switched on a 400 that says so.
+    length_field: str = "max_tokens"
 
     def payload(self) -> dict:
         if self.images:
@@ -68,7 +70,7 @@ class ChatRequest:
             "temperature": self.temperature,
             # 31 bits: OpenAI takes int64, llama.cpp uint32 (where 0xFFFFFFFF means "random").
             "seed": self.seed % 2**31,
-            "max_tokens": self.max_tokens,
+            self.length_field: self.max_tokens,
             "stream": False,
         }
 
@@ -108,6 +110,10 @@ def _post_once(req: ChatRequest) -> str:
                 "API root (it usually ends in /v1)") from None
         if e.code == 429 or e.code >= 500:
             raise ServerError(f"{where} answered HTTP {e.code}: {detail}") from None
+        if e.code == 400 and "max_completion_tokens" in detail and req.length_field == "max_tokens":
+            req.length_field = "max_completion_tokens"
+            log.info("%s wants max_completion_tokens instead of max_tokens; asking again", where)
+            return _post_once(req)
         hint = " (check the API key in the environment variable named by api_key_env)" if e.code in (401, 403) else ""
         raise RequestRejected(f"{where} rejected the request with HTTP {e.code}: {detail}{hint}") from None
     except (socket.timeout, TimeoutError):
