@@ -62,3 +62,29 @@ def test_node_modules_only_in_nodes():
                         "comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes"):
                     offenders.append(f"{path.relative_to(ROOT)}: {s}")
     assert not offenders, offenders
+
+
+def test_every_subpackage_is_packaged():
+    """A non-editable install must carry every folder of the package."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(meta["tool"]["setuptools"]["packages"])
+    found = {"spacetime_video"}
+    for init in ROOT.rglob("__init__.py"):
+        rel = init.parent.relative_to(ROOT)
+        if rel.parts and rel.parts[0] in ("model", "samplers", "nodes", "scripts"):
+            found.add(".".join(("spacetime_video", *rel.parts)))
+    assert found == listed, f"missing: {sorted(found - listed)}, stale: {sorted(listed - found)}"
+
+
+def test_wheel_contains_data_files(tmp_path):
+    """System prompts, workflows and the catalog must be inside a built wheel."""
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    import zipfile
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    prompts = [n for n in names if n.startswith("spacetime_video/model/prompt_expander/prompts/")]
+    assert prompts and any(n.endswith(".txt") for n in prompts)
+    assert any(n.startswith("spacetime_video/workflows/") and n.endswith(".json") for n in names)
+    assert not any("/tests/" in n or n.startswith("spacetime_video/.host") for n in names)
