@@ -18,6 +18,8 @@ from safetensors.torch import save_file
 from conftest import COMFY_DIR
 from spacetime_video.samplers import SOLVERS, SPACINGS
 
+pytestmark = pytest.mark.host
+
 CKPT = "spacetime_test_tiny_wan.safetensors"
 COND_NODE = '''
 import torch
