@@ -213,14 +213,17 @@ def test_partial_denoise_starts_from_the_noised_clean_latent_and_runs_the_tail()
 def test_expert_switch_step_matches_official_integer_timestep_rule(steps, shift, boundary):
     from test_schedules import wan_unipc_reference
 
-    # official: t = int64(1000·σ) of the float64 shifted sigmas; high-noise expert while t >= boundary·1000
-    alphas_sig = wan_unipc_reference(steps, shift)
+    # official: the scheduler's int64 timesteps (1000·σ of the float64 shifted sigmas, truncated);
+    # high-noise expert while t >= boundary·1000 (wan/text2video.py: `t.item() >= boundary`)
     sig64 = np.linspace(np.float32(1 - 1 / 1000).item(), 0, steps + 1)[:-1]
     sig64 = shift * sig64 / (1 + (shift - 1) * sig64)
     t_official = (sig64 * 1000).astype(np.int64)
-    expected = int(np.argmax(t_official < boundary * 1000)) if (t_official < boundary * 1000).any() else steps
+    low = t_official < boundary * 1000
+    expected = int(np.argmax(low)) if low.any() else steps
+    assert 0 < expected < steps or steps == 4
     sigmas = flow_sigmas(steps, shift)
-    np.testing.assert_allclose(sigmas.numpy(), alphas_sig, atol=1e-6)
+    np.testing.assert_allclose(sigmas[:-1].numpy(), sig64, atol=1e-6)
+    np.testing.assert_allclose(sigmas.numpy(), wan_unipc_reference(steps, shift), atol=1e-6)
     assert expert_switch_index(sigmas, boundary) == expected
 
     used = []
