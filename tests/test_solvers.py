@@ -206,6 +206,9 @@ def test_partial_denoise_starts_from_the_noised_clean_latent_and_runs_the_tail()
     s0 = float(sigmas[0])
     torch.testing.assert_close(seen[0]["x"], s0 * noise + (1 - s0) * clean, rtol=0, atol=1e-7)
     assert model.calls == pytest.approx([float(s) for s in full[12:-1]])
+    seen.clear()
+    sample(model, noise, flow_sigmas(8, 5.0), solver="euler", callback=seen.append)
+    assert torch.equal(seen[0]["x"], noise)  # text-to-video starts from the noise, as Wan's code
 
 
 @pytest.mark.parametrize("steps, shift, boundary", [(40, 12.0, 0.875), (40, 5.0, 0.9), (50, 5.0, 0.875),
