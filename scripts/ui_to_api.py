@@ -1,0 +1,400 @@
+"""Convert a workflow saved by ComfyUI's web UI into the API format that ``POST /prompt`` takes.
+
+A UI workflow (``{"nodes": [...], "links": [...], "definitions": {"subgraphs": [...]}}``) stores
+each node's widget values as a positional list, links as ``[id, from, from_slot, to, to_slot,
+type]`` and keeps editor-only nodes (Reroute, PrimitiveNode, notes). The API format is a flat
+``{node_id: {"class_type", "inputs": {name: value | [from_id, slot]}}}``. The web frontend does
+this in ``graphToPrompt`` (ComfyUI_frontend, ``src/utils/executionUtil.ts``); this module
+re-implements the same rules from the server's ``/object_info`` alone, so that a headless run
+needs no browser:
+
+* widget names come from each class's input definitions (required, then optional, in
+  ``input_order``); an ``INT`` with ``control_after_generate`` is followed by one extra stored
+  value (``"fixed"``/``"randomize"``...), an input with ``image_upload``/``video_upload`` by the
+  upload button's value; neither is sent to the server;
+* an input that has a link wins over the widget of the same name ("converted widget");
+* Reroute nodes are followed to their source; a PrimitiveNode's value replaces the widget it
+  feeds;
+* muted nodes (mode 2) are left out, and so are links from them; bypassed nodes (mode 4) pass
+  an input of the same type (the same slot index first) through to the consumer;
+* subgraphs (``definitions.subgraphs``, nodes whose ``type`` is a subgraph id) are flattened;
+  inner nodes get the ids ``"<instance id>:<inner id>"`` as in the frontend; widgets promoted to
+  the instance (``properties.proxyWidgets`` or widget-inputs of the instance) feed the inner
+  nodes.
+
+Legacy "group nodes" (``extra.groupNodes``) are refused with a message saying what to do.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("spacetime.ui_to_api")
+
+MODE_MUTED, MODE_BYPASS = 2, 4
+SUBGRAPH_INPUT_NODE, SUBGRAPH_OUTPUT_NODE = -10, -20
+# Editor-only node types: never sent to the server.
+VIRTUAL_TYPES = {"Reroute", "PrimitiveNode", "Note", "MarkdownNote"}
+# Input types the frontend draws as a widget (and so stores in widgets_values).
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "WEBCAM", "LOAD_3D",
+                "LOAD_3D_ANIMATION", "PREVIEW_3D", "PREVIEW_3D_ANIMATION"}
+UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
+EXTRA = None  # a stored widget value the server never sees (seed control, upload button)
+
+
+class ConversionError(ValueError):
+    """The UI workflow cannot be turned into an API graph; the message says why and what to do."""
+
+
+class MissingNodeTypes(ConversionError):
+    """The workflow uses node types this server does not have."""
+
+    def __init__(self, types: dict[str, list[str]]):
+        self.types = types
+        listing = ", ".join(f"{t} (node {', '.join(ids)})" for t, ids in sorted(types.items()))
+        super().__init__(f"this ComfyUI has no node type {listing}: install the custom node "
+                         "pack that provides it, or remove/mute those nodes")
+
+
+@dataclass
+class ConversionReport:
+    """What the conversion did besides the plain mapping, for logs and tests."""
+    subgraphs: list[str] = field(default_factory=list)       # names of flattened subgraphs
+    muted: list[str] = field(default_factory=list)           # node ids left out (mode 2)
+    bypassed: list[str] = field(default_factory=list)        # node ids passed through (mode 4)
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_ui_workflow(data: Any) -> bool:
+    """True for the web UI's save format (as opposed to the API format)."""
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
+
+
+def widget_names(class_info: dict) -> list[str | None]:
+    """The widget slots of a node class in ``widgets_values`` order; ``None`` marks a stored
+    value that is not an input (seed control mode, upload button)."""
+    spec = class_info.get("input", {})
+    order = class_info.get("input_order") or {}
+    names: list[str | None] = []
+    for section in ("required", "optional"):
+        defs = spec.get(section) or {}
+        for name in order.get(section) or list(defs):
+            d = defs.get(name)
+            if not d:
+                continue
+            kind, opts = d[0], (d[1] if len(d) > 1 and isinstance(d[1], dict) else {})
+            if not (isinstance(kind, list) or kind in WIDGET_TYPES) or opts.get("forceInput"):
+                continue
+            names.append(name)
+            if opts.get("control_after_generate"):
+                names.append(EXTRA)
+            if any(opts.get(flag) for flag in UPLOAD_FLAGS):
+                names.append(EXTRA)
+    return names
+
+
+# --------------------------------------------------------------------------- flattening
+
+@dataclass(frozen=True)
+class NodeRef:
+    node: str   # flat node id
+    slot: int
+
+
+@dataclass(frozen=True)
+class ValueRef:
+    value: Any
+
+
+Ref = NodeRef | ValueRef | None
+
+
+@dataclass
+class FlatNode:
+    id: str
+    type: str
+    mode: int
+    title: str | None
+    widgets_values: list | dict
+    inputs: list[dict]                  # the UI's input slots (name, type, widget)
+    input_refs: list[Ref]               # where each input slot's link comes from
+    outputs: list[dict]
+    overrides: dict[str, Any] = field(default_factory=dict)  # promoted widget values
+
+
+def _links(raw: list) -> dict[int, tuple[int, int, int, int, str]]:
+    """link id -> (origin id, origin slot, target id, target slot, type), either storage form."""
+    table = {}
+    for link in raw or []:
+        if isinstance(link, dict):
+            table[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"],
+                                 link["target_slot"], link.get("type"))
+        elif link:
+            table[link[0]] = (link[1], link[2], link[3], link[4], link[5] if len(link) > 5 else None)
+    return table
+
+
+class _Flattener:
+    def __init__(self, workflow: dict, report: ConversionReport):
+        self.defs = {sg["id"]: sg for sg in (workflow.get("definitions") or {}).get("subgraphs") or []}
+        self.report = report
+        self.nodes: dict[str, FlatNode] = {}
+
+    def level(self, graph: dict, prefix: str, parent_inputs: list[Ref],
+              overrides: dict[str, dict[str, Any]], depth: int = 0) -> list[Ref]:
+        """Flatten one graph level; returns the refs feeding its subgraph outputs (if any)."""
+        if depth > 32:
+            raise ConversionError("subgraphs nested more than 32 deep (a subgraph containing itself?)")
+        links = _links(graph.get("links"))
+        by_id = {n["id"]: n for n in graph.get("nodes", [])}
+        instance_outputs: dict[int, list[Ref]] = {}
+
+        def ref_of(origin_id: int, origin_slot: int) -> Ref:
+            if origin_id == SUBGRAPH_INPUT_NODE:
+                return parent_inputs[origin_slot] if origin_slot < len(parent_inputs) else None
+            node = by_id.get(origin_id)
+            if node is None:
+                return None
+            if node["type"] in self.defs:
+                if origin_id not in instance_outputs:
+                    instance_outputs[origin_id] = self.instance(node, prefix, ref_of, links, depth)
+                outs = instance_outputs[origin_id]
+                return outs[origin_slot] if origin_slot < len(outs) else None
+            return NodeRef(f"{prefix}{origin_id}", origin_slot)
+
+        def input_refs(node: dict) -> list[Ref]:
+            refs = []
+            for slot in node.get("inputs") or []:
+                link = links.get(slot.get("link")) if slot.get("link") is not None else None
+                refs.append(ref_of(link[0], link[1]) if link else None)
+            return refs
+
+        for node in graph.get("nodes", []):
+            if node["type"] in self.defs:
+                if node["id"] not in instance_outputs:
+                    instance_outputs[node["id"]] = self.instance(node, prefix, ref_of, links, depth)
+                continue
+            fid = f"{prefix}{node['id']}"
+            self.nodes[fid] = FlatNode(
+                id=fid, type=node["type"], mode=node.get("mode", 0), title=node.get("title"),
+                widgets_values=node.get("widgets_values") or [], inputs=node.get("inputs") or [],
+                input_refs=input_refs(node), outputs=node.get("outputs") or [],
+                overrides=overrides.get(str(node["id"]), {}))
+
+        outputs: list[Ref] = []
+        for out in graph.get("outputs") or []:
+            ref = None
+            for link_id in out.get("linkIds") or []:
+                link = links.get(link_id)
+                if link and link[2] == SUBGRAPH_OUTPUT_NODE:
+                    ref = ref_of(link[0], link[1])
+            outputs.append(ref)
+        return outputs
+
+    def instance(self, node: dict, prefix: str, ref_of, links: dict, depth: int) -> list[Ref]:
+        """Flatten one subgraph instance; returns the refs of its outputs in the outer graph."""
+        sg = self.defs[node["type"]]
+        fid = f"{prefix}{node['id']}"
+        sg_inputs = sg.get("inputs") or []
+        outer: dict[str, Ref] = {}
+        for slot in node.get("inputs") or []:
+            link = links.get(slot.get("link")) if slot.get("link") is not None else None
+            if link:
+                outer[slot["name"]] = ref_of(link[0], link[1])
+        mode = node.get("mode", 0)
+        if mode == MODE_MUTED:
+            self.report.muted.append(fid)
+            return [None] * len(sg.get("outputs") or [])
+        if mode == MODE_BYPASS:
+            self.report.bypassed.append(fid)
+            by_type = [(i["type"], outer.get(i["name"])) for i in sg_inputs]
+            return [next((r for t, r in by_type if t == o.get("type") and r is not None), None)
+                    for o in sg.get("outputs") or []]
+        # Widgets promoted to the instance: to a subgraph input ("-1") or to an inner widget.
+        values = node.get("widgets_values") or []
+        promoted: dict[str, Any] = {}
+        inner: dict[str, dict[str, Any]] = {}
+        proxy = (node.get("properties") or {}).get("proxyWidgets")
+        if proxy:
+            for (target, widget), value in zip(proxy, values):
+                if str(target) == "-1":
+                    promoted[widget] = value
+                else:
+                    inner.setdefault(str(target), {})[widget] = value
+        else:
+            widget_inputs = [s for s in node.get("inputs") or [] if s.get("widget")]
+            for slot, value in zip(widget_inputs, values):
+                promoted[slot["name"]] = value
+        parent_inputs: list[Ref] = []
+        for i in sg_inputs:
+            if i["name"] in outer and outer[i["name"]] is not None:
+                parent_inputs.append(outer[i["name"]])
+            elif i["name"] in promoted:
+                parent_inputs.append(ValueRef(promoted[i["name"]]))
+            else:
+                parent_inputs.append(None)
+        self.report.subgraphs.append(f"{sg.get('name', sg['id'])} (node {fid})")
+        return self.level(sg, f"{fid}:", parent_inputs, inner, depth + 1)
+
+
+# --------------------------------------------------------------------------- API graph
+
+def _types_match(a: Any, b: Any) -> bool:
+    """Frontend rule for slot types: equal, a wildcard, or sharing one of comma-separated types."""
+    if a in (None, "*", "") or b in (None, "*", ""):
+        return True
+    return a == b or bool(set(str(a).split(",")) & set(str(b).split(",")))
+
+
+class _Resolver:
+    def __init__(self, nodes: dict[str, FlatNode], report: ConversionReport):
+        self.nodes = nodes
+        self.report = report
+
+    def resolve(self, ref: Ref, want: Any) -> Ref:
+        """Follow Reroutes, primitives and bypassed nodes to a real source, a value or nothing."""
+        for _ in range(10_000):
+            if ref is None or isinstance(ref, ValueRef):
+                return ref
+            node = self.nodes.get(ref.node)
+            if node is None:
+                return None
+            if node.type == "Reroute":
+                ref = node.input_refs[0] if node.input_refs else None
+                continue
+            if node.type == "PrimitiveNode":
+                wv = node.widgets_values
+                return ValueRef(wv[0] if isinstance(wv, list) and wv else None)
+            if node.mode == MODE_MUTED:
+                return None
+            if node.mode == MODE_BYPASS:
+                ref = self._bypass(node, ref.slot, want)
+                continue
+            return ref
+        raise ConversionError("a cycle of Reroute/bypassed nodes: check the workflow's links")
+
+    @staticmethod
+    def _bypass(node: FlatNode, slot: int, want: Any) -> Ref:
+        out_type = node.outputs[slot].get("type") if slot < len(node.outputs) else want
+        order = list(range(len(node.inputs)))
+        if slot < len(order):
+            order.insert(0, order.pop(slot))
+        for i in order:
+            if node.input_refs[i] is not None and _types_match(node.inputs[i].get("type"), out_type):
+                return node.input_refs[i]
+        return None
+
+
+def _widget_values(node: FlatNode, info: dict, report: ConversionReport) -> dict[str, Any]:
+    names = widget_names(info)
+    values = node.widgets_values
+    if isinstance(values, dict):  # some custom nodes store widgets by name
+        out = {n: values[n] for n in names if n is not None and n in values}
+    else:
+        stored = len(values)
+        if stored != len(names):
+            # Frontends before control_after_generate was explicit did not store the control
+            # value for every INT; retry without the extras before warning.
+            plain = [n for n in names if n is not EXTRA]
+            if stored == len(plain):
+                names = plain
+            elif stored > len(names):
+                # Frontend-only display widgets (a status text, a 3D preview) are appended
+                # after the inputs' widgets; they carry nothing for the server.
+                log.debug("node %s (%s): %d extra trailing widget values ignored",
+                          node.id, node.type, stored - len(names))
+            elif stored:
+                report.warnings.append(
+                    f"node {node.id} ({node.type}): {stored} stored widget values for "
+                    f"{len(names)} widget slots {names}; mapped in order")
+        out = {n: v for n, v in zip(names, values) if n is not None}
+    bad = [n for n, v in out.items() if not _fits(_input_spec(info, n), v)]
+    if bad:
+        report.warnings.append(
+            f"node {node.id} ({node.type}): stored widget values do not fit the inputs {bad} of "
+            "this server's definition (saved with another version of the node?); check them")
+    out.update(node.overrides)
+    return out
+
+
+def _input_spec(info: dict, name: str) -> list:
+    spec = info.get("input", {})
+    return (spec.get("required") or {}).get(name) or (spec.get("optional") or {}).get(name) or []
+
+
+def _fits(spec: list, value: Any) -> bool:
+    """Whether a stored value has the widget's type (combo membership is the server's check)."""
+    kind = spec[0] if spec else None
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if kind in ("INT", "FLOAT"):
+        number = (int,) if kind == "INT" else (int, float)
+        return (isinstance(value, number) and not isinstance(value, bool)
+                and opts.get("min", value) <= value <= opts.get("max", value))
+    if kind == "BOOLEAN":
+        return isinstance(value, bool)
+    if kind == "STRING":
+        return isinstance(value, str)
+    return True
+
+
+def convert(workflow: dict, object_info: dict, report: ConversionReport | None = None) -> dict:
+    """The API-format graph of a UI workflow, using the server's ``/object_info``.
+
+    Raises ``MissingNodeTypes`` when active nodes have types the server lacks, and
+    ``ConversionError`` for legacy group nodes or a malformed file.
+    """
+    report = report if report is not None else ConversionReport()
+    if not is_ui_workflow(workflow):
+        raise ConversionError("not a UI-format workflow (no 'nodes'/'links' lists)")
+    groups = (workflow.get("extra") or {}).get("groupNodes")
+    if groups:
+        raise ConversionError(
+            f"the workflow uses legacy group nodes ({', '.join(groups)}): in ComfyUI, right-click "
+            "each group node > 'Convert to nodes' (or convert it to a subgraph) and save again")
+    flat = _Flattener(workflow, report)
+    flat.level(workflow, "", [], {})
+    nodes = flat.nodes
+    resolver = _Resolver(nodes, report)
+
+    missing: dict[str, list[str]] = {}
+    prompt: dict[str, dict] = {}
+    for node in nodes.values():
+        if node.type in VIRTUAL_TYPES:
+            continue
+        if node.mode == MODE_MUTED:
+            report.muted.append(node.id)
+            continue
+        if node.mode == MODE_BYPASS:
+            report.bypassed.append(node.id)
+            continue
+        info = object_info.get(node.type)
+        if info is None:
+            missing.setdefault(node.type, []).append(node.id)
+            continue
+        inputs = _widget_values(node, info, report)
+        for slot, ref in zip(node.inputs, node.input_refs):
+            name = (slot.get("widget") or {}).get("name") or slot.get("name")
+            src = resolver.resolve(ref, slot.get("type"))
+            if isinstance(src, ValueRef):
+                inputs[name] = src.value
+            elif isinstance(src, NodeRef):
+                inputs[name] = [src.node, src.slot]
+        prompt[node.id] = {"inputs": inputs, "class_type": node.type,
+                           "_meta": {"title": node.title or info.get("display_name") or node.type}}
+    if missing:
+        raise MissingNodeTypes(missing)
+    # Links into nodes that were left out (an unknown virtual type, say) are dropped, as the
+    # frontend does, so the server reports a missing input rather than a dangling reference.
+    for api_node in prompt.values():
+        for name, value in list(api_node["inputs"].items()):
+            if _is_link(value) and value[0] not in prompt:
+                del api_node["inputs"][name]
+    for w in report.warnings:
+        log.warning(w)
+    return prompt
+
+
+def _is_link(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], int))
