@@ -187,7 +187,12 @@ def verify(entry: ModelEntry, path: Path) -> None:
 
 def download(entry: ModelEntry, models_dir: str | os.PathLike, force: bool = False) -> Path:
     """Make ``models_dir/<folder>/<filename>`` exist; returns its path."""
-    dest = entry.destination(models_dir)
+    return download_to(entry, entry.destination(models_dir), force)
+
+
+def download_to(entry: ModelEntry, dest: Path, force: bool = False) -> Path:
+    """Make ``dest`` hold the catalog file (from the hub cache, else the network)."""
+    dest = Path(dest)
     if dest.is_file() and not force:
         log.info("%s: already present at %s", entry.id, dest)
         return dest
