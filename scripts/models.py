@@ -156,6 +156,7 @@ def offline() -> bool:
 
 def _place(src: Path, dest: Path) -> None:
     """Put a cached file at ``dest``: a hard link when possible (no extra space), else a copy."""
+    src = Path(src).resolve()  # the hub's snapshot entry is a symlink to a blob
     tmp = dest.with_name(dest.name + ".spacetime-tmp")
     tmp.unlink(missing_ok=True)
     try:

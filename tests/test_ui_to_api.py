@@ -194,6 +194,27 @@ def classify(error: dict, class_type: str) -> str:
     return f"OTHER: {class_type}.{extra.get('input_name')}: {error['type']}: {details[:120]}"
 
 
+def _model_widgets_misplaced(wf: dict, api: dict) -> tuple[int, list[str]]:
+    """Cross-check of the widget mapping: a loader whose node properties list the model files
+    it uses (``properties.models[].name``) must have that name as one of its converted inputs."""
+    checked, bad = 0, []
+    levels = [("", wf)] + [(None, sg) for sg in (wf.get("definitions") or {}).get("subgraphs") or []]
+    for prefix, graph in levels:
+        for n in graph.get("nodes", []):
+            names = {m.get("name") for m in (n.get("properties") or {}).get("models") or []}
+            if not names or n.get("mode", 0) in (U.MODE_MUTED, U.MODE_BYPASS):
+                continue
+            ids = [str(n["id"])] if prefix == "" else [k for k in api if k.endswith(f":{n['id']}")]
+            for nid in ids:
+                if nid in api and api[nid]["class_type"] == n["type"]:
+                    checked += 1
+                    values = {v for v in api[nid]["inputs"].values() if isinstance(v, str)}
+                    if not names & values:
+                        bad.append(f"node {nid} ({n['type']}): model {sorted(names)} not among "
+                                   f"its inputs {api[nid]['inputs']}")
+    return checked, bad
+
+
 @pytest.mark.host
 @pytest.mark.slow
 def test_workflow_templates_convert_and_pass_server_validation(host, object_info, capsys):
@@ -221,6 +242,9 @@ def test_workflow_templates_convert_and_pass_server_validation(host, object_info
                 continue
             counts["converted"] += 1
             counts["with subgraphs"] += bool(report.subgraphs)
+            mismatched = _model_widgets_misplaced(json.loads(f.read_text()), api)
+            counts["loader nodes checked against their 'models' property"] += mismatched[0]
+            others += [f"{f.name}: {m}" for m in mismatched[1]]
             stale = [w for w in report.warnings if "do not fit" in w]
             status, body = client.queue(api)
             if status == 200:
@@ -248,4 +272,5 @@ def test_workflow_templates_convert_and_pass_server_validation(host, object_info
             print(f"  {n:4d} x {why}")
     assert counts["converted"] >= 150
     assert counts["with subgraphs"] >= 10
+    assert counts["loader nodes checked against their 'models' property"] >= 100
     assert not others, "\n".join(others)
