@@ -112,13 +112,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         files = go(ComfyClient(args.server))
     else:
         base = args.base_dir or tempfile.mkdtemp(prefix="spacetime-host-")
-        with ComfyHost(base, comfy_dir=args.comfyui, cpu=not args.gpu) as host:
+        extra = model_paths_args(Path(base), args)
+        with ComfyHost(base, comfy_dir=args.comfyui, cpu=not args.gpu, extra_args=extra) as host:
             files = go(host.client)
     for f in files:
         print(f)
     if not files:
         log.warning("the workflow finished but produced no output files")
     return EXIT_OK
+
+
+def model_paths_args(base: Path, args: argparse.Namespace) -> tuple[str, ...]:
+    """Let a started host (whose --base-directory is a scratch folder) see the user's models:
+    ``--models-dir``, else ``<ComfyUI>/models``, through an extra_model_paths file."""
+    try:
+        root = Path(args.models_dir) if args.models_dir else M.default_models_dir(args.comfyui)
+    except HostError:
+        return ()
+    if not root.is_dir() or (Path(base) / "models").resolve() == root.resolve():
+        return ()
+    folders = {f: f for f in ("checkpoints", "diffusion_models", "unet", "vae", "text_encoders",
+                              "clip", "clip_vision", "loras", "upscale_models", "embeddings")}
+    lines = ["spacetime_models:", f"    base_path: {json.dumps(str(root.resolve()))}"]
+    lines += [f"    {k}: {v}/" for k, v in folders.items()]
+    cfg = Path(base) / "spacetime_model_paths.yaml"
+    Path(base).mkdir(parents=True, exist_ok=True)
+    cfg.write_text("\n".join(lines) + "\n")
+    log.info("models from %s", root)
+    return ("--extra-model-paths-config", str(cfg))
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -193,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="set every seed / noise_seed input")
     run.add_argument("--base-dir", help="ComfyUI --base-directory for a started host "
                                         "(models, input, output); default: a temporary folder")
+    run.add_argument("--models-dir", help="models/ folder for a started host "
+                                          "(default: <ComfyUI>/models)")
     run.add_argument("--gpu", action="store_true", help="start the local host without --cpu")
     run.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
     run.add_argument("--no-progress", action="store_true", help="poll instead of the websocket")

@@ -222,3 +222,26 @@ def test_manifest_entry_is_checked_against_the_servers_folders(host, tmp_path):
         assert r.returncode == 0, r.stderr
     finally:
         fake.unlink()
+
+
+@pytest.mark.host
+def test_polling_fallback_gives_the_same_result(host, tmp_path):
+    r = cli("run", str(write(tmp_path / "w.json", pattern(width=16))), "--server", host.url,
+            "--no-progress", "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "o").glob("*.mp4"))) == 1 and "(node 1)" not in r.stderr
+
+
+@pytest.mark.host
+@pytest.mark.slow
+def test_started_host_sees_the_models_dir_for_the_manifest_check(tmp_path):
+    """Without --server a private ComfyUI is started; its model folders include --models-dir."""
+    models = tmp_path / "models"
+    (models / "vae").mkdir(parents=True)
+    (models / "vae" / "wan2.2_vae.safetensors").write_bytes(b"placeholder")
+    manifest = write(tmp_path / "models.json", {"workflows": {"mine.json": ["wan2.2-vae"]}})
+    wf = write(tmp_path / "mine.json", pattern(width=16))
+    r = cli("run", str(wf), "--manifest", str(manifest), "--models-dir", str(models),
+            "--out", str(tmp_path / "o"), "--base-dir", str(tmp_path / "base"))
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "o").glob("*.mp4"))) == 1
