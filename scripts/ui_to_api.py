@@ -87,8 +87,15 @@ def widget_names(class_info: dict) -> list[str | None]:
             if not (isinstance(kind, list) or kind in WIDGET_TYPES) or opts.get("forceInput"):
                 continue
             names.append(name)
-            if opts.get("control_after_generate"):
+            # The seed control (and, for a combo, its filter text) follow the widget; an INT
+            # named seed/noise_seed gets one unless the definition says otherwise.
+            control = opts.get("control_after_generate")
+            if control is None:
+                control = kind == "INT" and name in ("seed", "noise_seed")
+            if control:
                 names.append(EXTRA)
+                if isinstance(kind, list) or kind == "COMBO":
+                    names.append(EXTRA)
             if any(opts.get(flag) for flag in UPLOAD_FLAGS):
                 names.append(EXTRA)
     return names
@@ -241,10 +248,13 @@ class _Flattener:
 # --------------------------------------------------------------------------- API graph
 
 def _types_match(a: Any, b: Any) -> bool:
-    """Frontend rule for slot types: equal, a wildcard, or sharing one of comma-separated types."""
-    if a in (None, "*", "") or b in (None, "*", ""):
+    """Whether two slot types connect: equal (ignoring case), a wildcard, or comma-separated
+    lists that share a type (LiteGraph's ``isValidConnection``)."""
+    a = "" if a in (None, "*", 0) else str(a).lower()
+    b = "" if b in (None, "*", 0) else str(b).lower()
+    if not a or not b or a == b:
         return True
-    return a == b or bool(set(str(a).split(",")) & set(str(b).split(",")))
+    return bool(set(a.split(",")) & set(b.split(",")))
 
 
 class _Resolver:
@@ -253,7 +263,12 @@ class _Resolver:
         self.report = report
 
     def resolve(self, ref: Ref, want: Any) -> Ref:
-        """Follow Reroutes, primitives and bypassed nodes to a real source, a value or nothing."""
+        """Follow Reroutes, primitives and bypassed nodes to a real source, a value or nothing.
+
+        ``want`` is the type of the consuming input; it decides which input a bypassed node
+        passes through. A muted source stays a reference and is dropped with the other links
+        to nodes that are not in the graph, as the frontend does.
+        """
         for _ in range(10_000):
             if ref is None or isinstance(ref, ValueRef):
                 return ref
@@ -266,24 +281,30 @@ class _Resolver:
             if node.type == "PrimitiveNode":
                 wv = node.widgets_values
                 return ValueRef(wv[0] if isinstance(wv, list) and wv else None)
-            if node.mode == MODE_MUTED:
-                return None
             if node.mode == MODE_BYPASS:
-                ref = self._bypass(node, ref.slot, want)
+                i = self._bypass_slot(node, ref.slot, want)
+                ref = node.input_refs[i] if i is not None else None
                 continue
             return ref
         raise ConversionError("a cycle of Reroute/bypassed nodes: check the workflow's links")
 
     @staticmethod
-    def _bypass(node: FlatNode, slot: int, want: Any) -> Ref:
+    def _bypass_slot(node: FlatNode, slot: int, want: Any) -> int | None:
+        """Which input a bypassed node hands on for output ``slot``: the input at the same
+        index if its type fits both the output and the consumer, else the first input of
+        exactly the consumer's type, else the first that fits both."""
+        types = [i.get("type") for i in node.inputs]
+        if not types:
+            return None
+        if want in (None, "", "*"):
+            return slot if slot < len(types) else 0
         out_type = node.outputs[slot].get("type") if slot < len(node.outputs) else want
-        order = list(range(len(node.inputs)))
-        if slot < len(order):
-            order.insert(0, order.pop(slot))
-        for i in order:
-            if node.input_refs[i] is not None and _types_match(node.inputs[i].get("type"), out_type):
-                return node.input_refs[i]
-        return None
+        if slot < len(types) and _types_match(types[slot], out_type) and _types_match(types[slot], want):
+            return slot
+        if want in types:
+            return types.index(want)
+        return next((i for i, t in enumerate(types)
+                     if _types_match(t, out_type) and _types_match(t, want)), None)
 
 
 def _widget_values(node: FlatNode, info: dict, report: ConversionReport) -> dict[str, Any]:
@@ -315,7 +336,12 @@ def _widget_values(node: FlatNode, info: dict, report: ConversionReport) -> dict
             f"node {node.id} ({node.type}): stored widget values do not fit the inputs {bad} of "
             "this server's definition (saved with another version of the node?); check them")
     out.update(node.overrides)
-    return out
+    return {k: _wrap(v) for k, v in out.items()}
+
+
+def _wrap(value: Any) -> Any:
+    """A list-valued widget is sent as ``{"__value__": [...]}``: a bare list means a link."""
+    return {"__value__": value} if isinstance(value, list) else value
 
 
 def _input_spec(info: dict, name: str) -> list:
@@ -377,7 +403,7 @@ def convert(workflow: dict, object_info: dict, report: ConversionReport | None =
             name = (slot.get("widget") or {}).get("name") or slot.get("name")
             src = resolver.resolve(ref, slot.get("type"))
             if isinstance(src, ValueRef):
-                inputs[name] = src.value
+                inputs[name] = _wrap(src.value)
             elif isinstance(src, NodeRef):
                 inputs[name] = [src.node, src.slot]
         prompt[node.id] = {"inputs": inputs, "class_type": node.type,

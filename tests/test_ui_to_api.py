@@ -135,6 +135,41 @@ def test_missing_types_and_group_nodes_are_refused_clearly():
         U.convert({"nodes": [], "links": [], "extra": {"groupNodes": {"G": {}}}}, INFO)
 
 
+def test_seed_control_value_follows_the_definition():
+    info = {"A": {"input": {"required": {"seed": ["INT", {}], "n": ["INT", {}]}}},      # legacy name rule
+            "B": {"input": {"required": {"seed": ["INT", {"control_after_generate": False}],
+                                         "n": ["INT", {}]}}},
+            "C": {"input": {"required": {"pick": [["x", "y"], {"control_after_generate": True}],
+                                         "n": ["INT", {}]}}}}                            # + filter text
+    wf = {"nodes": [node(1, "A", [5, "fixed", 2]), node(2, "B", [5, 2]), node(3, "C", ["y", "fixed", "", 2])],
+          "links": []}
+    api = U.convert(wf, info)
+    assert [api[i]["inputs"] for i in "123"] == [{"seed": 5, "n": 2}, {"seed": 5, "n": 2}, {"pick": "y", "n": 2}]
+
+
+def test_list_widget_values_are_wrapped_and_muted_sources_drop_the_input():
+    info = {"L": {"input": {"required": {"points": ["STRING", {}], "n": ["INT", {}]}}, "output": ["INT"]},
+            "M": {"input": {"required": {}}, "output": ["INT"]}}
+    wf = {"nodes": [node(1, "L", [[1, 2], 3], [inp("n", "INT", 1, widget="n")]),
+                    node(2, "M", [], outputs=[{"type": "INT"}], mode=U.MODE_MUTED)],
+          "links": [[1, 2, 0, 1, 0, "INT"]]}
+    # The frontend sends the link, then removes links to nodes it left out: the widget value
+    # of a converted widget fed by a muted node is not sent either.
+    assert U.convert(wf, info)["1"]["inputs"] == {"points": {"__value__": [1, 2]}}
+
+
+def test_bypass_passes_the_same_slot_to_a_wildcard_consumer():
+    info = {"Two": {"input": {"required": {"a": ["IMAGE", {}], "b": ["IMAGE", {}]}}, "output": ["IMAGE", "IMAGE"]},
+            "Src": {"input": {"required": {}}, "output": ["IMAGE"]},
+            "Any": {"input": {"required": {"x": ["*", {}]}}, "output": []}}
+    wf = {"nodes": [node(1, "Src"), node(2, "Src"),
+                    node(3, "Two", [], [inp("a", "IMAGE", 1), inp("b", "IMAGE", 2)],
+                         outputs=[{"type": "IMAGE"}, {"type": "IMAGE"}], mode=U.MODE_BYPASS),
+                    node(4, "Any", [], [inp("x", "*", 3)])],
+          "links": [[1, 1, 0, 3, 0, "IMAGE"], [2, 2, 0, 3, 1, "IMAGE"], [3, 3, 1, 4, 0, "IMAGE"]]}
+    assert U.convert(wf, info)["4"]["inputs"] == {"x": ["2", 0]}
+
+
 def test_stale_widget_values_are_reported():
     report = U.ConversionReport()
     U.convert({"nodes": [node(2, "Gen", [7, "fixed", "randomize", ""])], "links": []}, INFO, report)
