@@ -180,8 +180,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         path = Path(args.targets[0])
         data = read_json(path)
         ids = M.manifest_ids(path, M.load_manifest(Path(args.manifest)))
-        if not is_ui_workflow(data):
-            ids += [i for i in M.referenced_ids(data, catalog) if i not in ids]
+        ids += [i for i in M.referenced_ids(data, catalog) if i not in ids]
         missing = M.missing_local(M.lookup(ids, catalog), root)
         for e in M.lookup(ids, catalog):
             print(f"{'MISSING' if e in missing else 'ok':8} {e.id:28} {e.destination(root)}")

@@ -104,14 +104,23 @@ def manifest_ids(workflow_path: str | os.PathLike, manifest: dict[str, list[str]
 
 
 def referenced_ids(graph: dict, catalog: dict[str, ModelEntry]) -> list[str]:
-    """Catalog ids whose file name appears as an input value of an API-format graph
-    (a loader's ``unet_name``, ``vae_name``...), so any workflow gets its models checked."""
+    """Catalog ids whose file name is an input value of an API-format graph or a widget value
+    of a UI workflow (a loader's ``unet_name``, ``vae_name``...), so any workflow gets its
+    models checked, listed in the manifest or not."""
     by_name = {e.filename: e.id for e in catalog.values()}
+    if isinstance(graph.get("nodes"), list):  # UI format, subgraphs included
+        nodes = list(graph["nodes"])
+        for sg in (graph.get("definitions") or {}).get("subgraphs") or []:
+            nodes += sg.get("nodes", [])
+        values = [v for n in nodes if n.get("mode", 0) not in (2, 4)
+                  for v in (n.get("widgets_values") or [])
+                  if not isinstance(n.get("widgets_values"), dict)]
+    else:
+        values = [v for n in graph.values() for v in (n.get("inputs") or {}).values()]
     found = []
-    for node in graph.values():
-        for value in (node.get("inputs") or {}).values():
-            if isinstance(value, str) and value in by_name and by_name[value] not in found:
-                found.append(by_name[value])
+    for value in values:
+        if isinstance(value, str) and value in by_name and by_name[value] not in found:
+            found.append(by_name[value])
     return found
 
 

@@ -27,13 +27,13 @@ Legacy "group nodes" (``extra.groupNodes``) are refused with a message saying wh
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
+
+from .ui_graph import (MODE_BYPASS, MODE_MUTED, ConversionError, ConversionReport,  # noqa: F401
+                       FlatNode, Flattener, NodeRef, Ref, ValueRef)
 
 log = logging.getLogger("spacetime.ui_to_api")
 
-MODE_MUTED, MODE_BYPASS = 2, 4
-SUBGRAPH_INPUT_NODE, SUBGRAPH_OUTPUT_NODE = -10, -20
 # Editor-only node types: never sent to the server.
 VIRTUAL_TYPES = {"Reroute", "PrimitiveNode", "Note", "MarkdownNote"}
 # Input types the frontend draws as a widget (and so stores in widgets_values).
@@ -41,10 +41,6 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "WEBCAM", "LOAD_3D
                 "LOAD_3D_ANIMATION", "PREVIEW_3D", "PREVIEW_3D_ANIMATION"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
 EXTRA = None  # a stored widget value the server never sees (seed control, upload button)
-
-
-class ConversionError(ValueError):
-    """The UI workflow cannot be turned into an API graph; the message says why and what to do."""
 
 
 class MissingNodeTypes(ConversionError):
@@ -55,15 +51,6 @@ class MissingNodeTypes(ConversionError):
         listing = ", ".join(f"{t} (node {', '.join(ids)})" for t, ids in sorted(types.items()))
         super().__init__(f"this ComfyUI has no node type {listing}: install the custom node "
                          "pack that provides it, or remove/mute those nodes")
-
-
-@dataclass
-class ConversionReport:
-    """What the conversion did besides the plain mapping, for logs and tests."""
-    subgraphs: list[str] = field(default_factory=list)       # names of flattened subgraphs
-    muted: list[str] = field(default_factory=list)           # node ids left out (mode 2)
-    bypassed: list[str] = field(default_factory=list)        # node ids passed through (mode 4)
-    warnings: list[str] = field(default_factory=list)
 
 
 def is_ui_workflow(data: Any) -> bool:
@@ -99,150 +86,6 @@ def widget_names(class_info: dict) -> list[str | None]:
             if any(opts.get(flag) for flag in UPLOAD_FLAGS):
                 names.append(EXTRA)
     return names
-
-
-# --------------------------------------------------------------------------- flattening
-
-@dataclass(frozen=True)
-class NodeRef:
-    node: str   # flat node id
-    slot: int
-
-
-@dataclass(frozen=True)
-class ValueRef:
-    value: Any
-
-
-Ref = NodeRef | ValueRef | None
-
-
-@dataclass
-class FlatNode:
-    id: str
-    type: str
-    mode: int
-    title: str | None
-    widgets_values: list | dict
-    inputs: list[dict]                  # the UI's input slots (name, type, widget)
-    input_refs: list[Ref]               # where each input slot's link comes from
-    outputs: list[dict]
-    overrides: dict[str, Any] = field(default_factory=dict)  # promoted widget values
-
-
-def _links(raw: list) -> dict[int, tuple[int, int, int, int, str]]:
-    """link id -> (origin id, origin slot, target id, target slot, type), either storage form."""
-    table = {}
-    for link in raw or []:
-        if isinstance(link, dict):
-            table[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"],
-                                 link["target_slot"], link.get("type"))
-        elif link:
-            table[link[0]] = (link[1], link[2], link[3], link[4], link[5] if len(link) > 5 else None)
-    return table
-
-
-class _Flattener:
-    def __init__(self, workflow: dict, report: ConversionReport):
-        self.defs = {sg["id"]: sg for sg in (workflow.get("definitions") or {}).get("subgraphs") or []}
-        self.report = report
-        self.nodes: dict[str, FlatNode] = {}
-
-    def level(self, graph: dict, prefix: str, parent_inputs: list[Ref],
-              overrides: dict[str, dict[str, Any]], depth: int = 0) -> list[Ref]:
-        """Flatten one graph level; returns the refs feeding its subgraph outputs (if any)."""
-        if depth > 32:
-            raise ConversionError("subgraphs nested more than 32 deep (a subgraph containing itself?)")
-        links = _links(graph.get("links"))
-        by_id = {n["id"]: n for n in graph.get("nodes", [])}
-        instance_outputs: dict[int, list[Ref]] = {}
-
-        def ref_of(origin_id: int, origin_slot: int) -> Ref:
-            if origin_id == SUBGRAPH_INPUT_NODE:
-                return parent_inputs[origin_slot] if origin_slot < len(parent_inputs) else None
-            node = by_id.get(origin_id)
-            if node is None:
-                return None
-            if node["type"] in self.defs:
-                if origin_id not in instance_outputs:
-                    instance_outputs[origin_id] = self.instance(node, prefix, ref_of, links, depth)
-                outs = instance_outputs[origin_id]
-                return outs[origin_slot] if origin_slot < len(outs) else None
-            return NodeRef(f"{prefix}{origin_id}", origin_slot)
-
-        def input_refs(node: dict) -> list[Ref]:
-            refs = []
-            for slot in node.get("inputs") or []:
-                link = links.get(slot.get("link")) if slot.get("link") is not None else None
-                refs.append(ref_of(link[0], link[1]) if link else None)
-            return refs
-
-        for node in graph.get("nodes", []):
-            if node["type"] in self.defs:
-                if node["id"] not in instance_outputs:
-                    instance_outputs[node["id"]] = self.instance(node, prefix, ref_of, links, depth)
-                continue
-            fid = f"{prefix}{node['id']}"
-            self.nodes[fid] = FlatNode(
-                id=fid, type=node["type"], mode=node.get("mode", 0), title=node.get("title"),
-                widgets_values=node.get("widgets_values") or [], inputs=node.get("inputs") or [],
-                input_refs=input_refs(node), outputs=node.get("outputs") or [],
-                overrides=overrides.get(str(node["id"]), {}))
-
-        outputs: list[Ref] = []
-        for out in graph.get("outputs") or []:
-            ref = None
-            for link_id in out.get("linkIds") or []:
-                link = links.get(link_id)
-                if link and link[2] == SUBGRAPH_OUTPUT_NODE:
-                    ref = ref_of(link[0], link[1])
-            outputs.append(ref)
-        return outputs
-
-    def instance(self, node: dict, prefix: str, ref_of, links: dict, depth: int) -> list[Ref]:
-        """Flatten one subgraph instance; returns the refs of its outputs in the outer graph."""
-        sg = self.defs[node["type"]]
-        fid = f"{prefix}{node['id']}"
-        sg_inputs = sg.get("inputs") or []
-        outer: dict[str, Ref] = {}
-        for slot in node.get("inputs") or []:
-            link = links.get(slot.get("link")) if slot.get("link") is not None else None
-            if link:
-                outer[slot["name"]] = ref_of(link[0], link[1])
-        mode = node.get("mode", 0)
-        if mode == MODE_MUTED:
-            self.report.muted.append(fid)
-            return [None] * len(sg.get("outputs") or [])
-        if mode == MODE_BYPASS:
-            self.report.bypassed.append(fid)
-            by_type = [(i["type"], outer.get(i["name"])) for i in sg_inputs]
-            return [next((r for t, r in by_type if t == o.get("type") and r is not None), None)
-                    for o in sg.get("outputs") or []]
-        # Widgets promoted to the instance: to a subgraph input ("-1") or to an inner widget.
-        values = node.get("widgets_values") or []
-        promoted: dict[str, Any] = {}
-        inner: dict[str, dict[str, Any]] = {}
-        proxy = (node.get("properties") or {}).get("proxyWidgets")
-        if proxy:
-            for (target, widget), value in zip(proxy, values):
-                if str(target) == "-1":
-                    promoted[widget] = value
-                else:
-                    inner.setdefault(str(target), {})[widget] = value
-        else:
-            widget_inputs = [s for s in node.get("inputs") or [] if s.get("widget")]
-            for slot, value in zip(widget_inputs, values):
-                promoted[slot["name"]] = value
-        parent_inputs: list[Ref] = []
-        for i in sg_inputs:
-            if i["name"] in outer and outer[i["name"]] is not None:
-                parent_inputs.append(outer[i["name"]])
-            elif i["name"] in promoted:
-                parent_inputs.append(ValueRef(promoted[i["name"]]))
-            else:
-                parent_inputs.append(None)
-        self.report.subgraphs.append(f"{sg.get('name', sg['id'])} (node {fid})")
-        return self.level(sg, f"{fid}:", parent_inputs, inner, depth + 1)
 
 
 # --------------------------------------------------------------------------- API graph
@@ -378,9 +221,7 @@ def convert(workflow: dict, object_info: dict, report: ConversionReport | None =
         raise ConversionError(
             f"the workflow uses legacy group nodes ({', '.join(groups)}): in ComfyUI, right-click "
             "each group node > 'Convert to nodes' (or convert it to a subgraph) and save again")
-    flat = _Flattener(workflow, report)
-    flat.level(workflow, "", [], {})
-    nodes = flat.nodes
+    nodes = Flattener(workflow, report).run(workflow)
     resolver = _Resolver(nodes, report)
 
     missing: dict[str, list[str]] = {}

@@ -204,3 +204,12 @@ def test_download_node_outputs_present_file_and_fails_offline_with_names(host, t
     r = cli("run", str(write(tmp_path / "w.json", graph)), "--server", host.url, "--skip-model-check")
     assert r.returncode == 3, r.stderr
     assert "Comfy-Org/Wan_2.2_ComfyUI_Repackaged" in r.stderr and "wan2.2_ti2v_5B_fp16.safetensors" in r.stderr
+
+
+def test_models_check_reads_a_ui_workflow_with_subgraphs(tmp_path):
+    mod = pytest.importorskip("comfyui_workflow_templates_media_video")
+    wf = Path(mod.__file__).parent / "templates" / "03_video_wan2_2_14B_i2v_subgraphed.json"
+    r = cli("models", "check", str(wf), "--models-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert ("spacetime-video models download umt5-xxl-fp8 wan2.1-vae wan2.2-i2v-a14b-high "
+            f"wan2.2-i2v-a14b-low --models-dir {tmp_path}") in r.stderr, r.stderr
