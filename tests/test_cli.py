@@ -245,3 +245,13 @@ def test_started_host_sees_the_models_dir_for_the_manifest_check(tmp_path):
             "--out", str(tmp_path / "o"), "--base-dir", str(tmp_path / "base"))
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "o").glob("*.mp4"))) == 1
+
+
+@pytest.mark.host
+def test_convert_prints_the_api_twin(host):
+    r = cli("convert", str(TEST_PATTERN_UI), "--server", host.url)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    twin = json.loads((ROOT / "workflows" / "foundation_test_pattern_api.json").read_text())
+    assert {k: (v["class_type"], v["inputs"]) for k, v in got.items()} == \
+        {k: (v["class_type"], v["inputs"]) for k, v in twin.items()}
