@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 import tempfile
 from pathlib import Path
@@ -43,14 +44,16 @@ def read_json(path: Path) -> dict:
         raise RunFailed(EXIT_HOST, f"{path} is not valid JSON: {e}")
 
 
-def to_api(data: dict, path: Path, object_info: dict | None) -> dict:
-    """An API-format graph from either format (UI conversion needs the server's object_info)."""
+def to_api(data: dict, path: Path, object_info: dict | None, seed: int | None = None) -> dict:
+    """An API-format graph from either format (UI conversion needs the server's object_info);
+    ``seed`` also fixes the choices of dynamic prompts."""
     if is_ui_workflow(data):
         if object_info is None:
             raise RunFailed(EXIT_HOST, f"{path} is in the UI format: converting it needs a server")
         report = ConversionReport()
         try:
-            graph = convert(data, object_info, report)
+            rng = random.Random(seed) if seed is not None else None
+            graph = convert(data, object_info, report, rng)
         except ConversionError as e:
             raise RunFailed(EXIT_VALIDATION, f"{path}: {e}")
         for sg in report.subgraphs:
@@ -87,7 +90,7 @@ def prepare(args: argparse.Namespace, client: ComfyClient) -> dict:
     path = Path(args.workflow)
     data = read_json(path)
     info = client.object_info() if is_ui_workflow(data) or args.set else None
-    graph = to_api(data, path, info)
+    graph = to_api(data, path, info, args.seed)
     try:
         if args.set:
             apply_overrides(graph, args.set, info)

@@ -17,6 +17,8 @@ needs no browser:
   feeds;
 * muted nodes (mode 2) are left out, and so are links from them; bypassed nodes (mode 4) pass
   an input of the same type (the same slot index first) through to the consumer;
+* text widgets with ``dynamicPrompts`` get their ``{a|b}`` choices made and comments removed
+  (``dynamic_prompts.py``);
 * subgraphs (``definitions.subgraphs``, nodes whose ``type`` is a subgraph id) are flattened;
   inner nodes get the ids ``"<instance id>:<inner id>"`` as in the frontend; widgets promoted to
   the instance (``properties.proxyWidgets`` or widget-inputs of the instance) feed the inner
@@ -27,7 +29,10 @@ Legacy "group nodes" (``extra.groupNodes``) are refused with a message saying wh
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
+
+from . import dynamic_prompts
 
 from .ui_graph import (MODE_BYPASS, MODE_MUTED, ConversionError, ConversionReport,  # noqa: F401
                        FlatNode, Flattener, NodeRef, Ref, ValueRef)
@@ -207,8 +212,12 @@ def _fits(spec: list, value: Any) -> bool:
     return True
 
 
-def convert(workflow: dict, object_info: dict, report: ConversionReport | None = None) -> dict:
+def convert(workflow: dict, object_info: dict, report: ConversionReport | None = None,
+            rng: random.Random | None = None) -> dict:
     """The API-format graph of a UI workflow, using the server's ``/object_info``.
+
+    ``rng`` picks the options of dynamic prompts (``{a|b}`` in text widgets that allow them);
+    unseeded by default, as in the UI.
 
     Raises ``MissingNodeTypes`` when active nodes have types the server lacks, and
     ``ConversionError`` for legacy group nodes or a malformed file.
@@ -247,6 +256,10 @@ def convert(workflow: dict, object_info: dict, report: ConversionReport | None =
                 inputs[name] = _wrap(src.value)
             elif isinstance(src, NodeRef):
                 inputs[name] = [src.node, src.slot]
+        for name, value in inputs.items():
+            spec = _input_spec(info, name)
+            if isinstance(value, str) and len(spec) > 1 and (spec[1] or {}).get("dynamicPrompts"):
+                inputs[name] = dynamic_prompts.expand(value, rng or random.Random())
         prompt[node.id] = {"inputs": inputs, "class_type": node.type,
                            "_meta": {"title": node.title or info.get("display_name") or node.type}}
     if missing:

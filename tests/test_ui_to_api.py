@@ -170,6 +170,22 @@ def test_bypass_passes_the_same_slot_to_a_wildcard_consumer():
     assert U.convert(wf, info)["4"]["inputs"] == {"x": ["2", 0]}
 
 
+def test_dynamic_prompts_are_expanded_reproducibly_where_allowed():
+    import random
+
+    from spacetime_video.scripts.dynamic_prompts import expand
+
+    text = "a {red|{dark|light} blue} fox /* note */ \\{not a group\\} // tail"
+    outs = {expand(text, random.Random(s)) for s in range(40)}
+    assert outs == {"a red fox  {not a group} ", "a dark blue fox  {not a group} ",
+                    "a light blue fox  {not a group} "}
+    assert expand(text, random.Random(3)) == expand(text, random.Random(3))
+    info = {"Enc": {"input": {"required": {"text": ["STRING", {"dynamicPrompts": True}],
+                                           "raw": ["STRING", {}]}}}}
+    wf = {"nodes": [node(1, "Enc", ["{cat|cat}", "{dog|dog}"])], "links": []}
+    assert U.convert(wf, info, rng=random.Random(0))["1"]["inputs"] == {"text": "cat", "raw": "{dog|dog}"}
+
+
 def test_stale_widget_values_are_reported():
     report = U.ConversionReport()
     U.convert({"nodes": [node(2, "Gen", [7, "fixed", "randomize", ""])], "links": []}, INFO, report)
