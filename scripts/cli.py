@@ -71,7 +71,8 @@ def load_workflow(path: Path) -> dict:
     return to_api(read_json(path), path, None)
 
 
-def check_models(graph: dict, workflow: Path, client: ComfyClient, manifest_path: Path) -> None:
+def check_models(graph: dict, workflow: Path, client: ComfyClient, manifest_path: Path,
+                 models_dir: str | None = None) -> None:
     """Refuse to queue when the manifest's or the graph's catalog models are not on the server."""
     catalog = M.load_catalog()
     ids = M.manifest_ids(workflow, M.load_manifest(manifest_path))
@@ -83,7 +84,7 @@ def check_models(graph: dict, workflow: Path, client: ComfyClient, manifest_path
         lines = [f"  {e.id}: {e.folder}/{e.filename}" for e in missing]
         raise RunFailed(EXIT_VALIDATION, f"{workflow.name} needs models the server does not have:\n"
                         + "\n".join(lines) + "\nDownload them with:\n  "
-                        + M.download_command([e.id for e in missing]))
+                        + M.download_command([e.id for e in missing], models_dir))
 
 
 def prepare(args: argparse.Namespace, client: ComfyClient) -> dict:
@@ -100,7 +101,8 @@ def prepare(args: argparse.Namespace, client: ComfyClient) -> dict:
     except OverrideError as e:
         raise RunFailed(EXIT_VALIDATION, str(e))
     if not args.skip_model_check:
-        check_models(graph, path, client, Path(args.manifest))
+        check_models(graph, path, client, Path(args.manifest),
+                     None if args.server else args.models_dir)
     return graph
 
 

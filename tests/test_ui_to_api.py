@@ -316,6 +316,7 @@ def test_workflow_templates_convert_and_pass_server_validation(host, object_info
                     others.append(f"{f.name}: node {nid}: {why}")
     finally:
         gate.release(client, gate_id)
+    assert client.get_json("/queue")["queue_pending"] == []  # nothing of the corpus ran
     with capsys.disabled():
         print(f"\nworkflow templates: {len(files)} files; " +
               ", ".join(f"{k}: {v}" for k, v in counts.items()))
