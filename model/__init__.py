@@ -1,1 +1,3 @@
 """Models: video VAE, DiT, patch grid, text encoder, prompt expander (plain PyTorch)."""
+from .dit import WanDiT, load_dit  # noqa: F401
+from .dit_config import DIT_PRESETS, DiTConfig  # noqa: F401
