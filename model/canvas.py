@@ -192,3 +192,12 @@ def clip_end(frames: torch.Tensor, count: int, which: str) -> torch.Tensor:
         raise CanvasError(f"asked for the {which} {count} frame(s) of a {n}-frame clip: "
                           f"choose 1..{n} frames")
     return frames[:count] if which == "first" else frames[n - count:]
+
+
+def restart_noise(x_sigma: torch.Tensor, x_start: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The noise ``n`` with ``σ·n + (1 − σ)·x_start = x_sigma``: lets a second sampler (the
+    low-noise expert of Wan 2.2 A14B) resume from a state at ``σ`` while known latents keep
+    being re-imposed from the original ``x_start``, with the noise they were first given."""
+    if sigma <= 0:
+        raise ValueError(f"cannot resume at sigma {sigma}: the sample is already clean")
+    return (x_sigma - (1.0 - sigma) * x_start) / sigma

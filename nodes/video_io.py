@@ -111,7 +111,7 @@ class SpacetimeLoadVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, video, **_) -> bool | str:
+    def validate_inputs(cls, video) -> bool | str:
         if resolve_input_file(video) is None:
             return (f"SpacetimeLoadVideo: input 'video' = {video!r} is not a file inside ComfyUI's "
                     "input folder; upload it there and pick it from the list")

@@ -91,3 +91,11 @@ def test_estimate_peak_bytes_grows_with_tokens():
     a = canvas.estimate_peak_bytes(small, 1536, 30, 8960, 2)
     b = canvas.estimate_peak_bytes(big, 1536, 30, 8960, 2)
     assert 1.3e9 * 2 < a < b  # ~1.4 B params in bf16 at least
+
+
+def test_restart_noise_inverts_forward_process():
+    x0, n = torch.randn(1, 4, 2, 2, 2), torch.randn(1, 4, 2, 2, 2)
+    xs = 0.3 * n + 0.7 * x0
+    assert torch.allclose(canvas.restart_noise(xs, x0, 0.3), n, atol=1e-5)
+    with pytest.raises(ValueError):
+        canvas.restart_noise(xs, x0, 0.0)
