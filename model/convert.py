@@ -167,7 +167,8 @@ def dit_official_names(keys: Iterable[str]) -> dict[str, str]:
     ComfyUI-prefixed (``model.diffusion_model.``) and diffusers layouts are recognised.
     """
     names = strip_prefix({k: k for k in keys}, DIT_MARKERS)  # stripped name -> file key
-    if any(k.startswith("condition_embedder.") or ".attn1." in k for k in names):
+    diffusers_marks = ("condition_embedder.", "scale_shift_table", "proj_out.")
+    if any(k.startswith(diffusers_marks) or ".attn1." in k or ".attn2." in k for k in names):
         renamed = rename({k: k for k in names}, DIT_DIFFUSERS_RULES)  # official -> stripped
         names = {new: names[old] for new, old in renamed.items()}
     return {k: v for k, v in names.items() if not DIT_IGNORED.fullmatch(k)}

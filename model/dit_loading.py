@@ -46,7 +46,9 @@ class Linear(nn.Linear):
     """``nn.Linear`` whose weight may be stored narrower than the compute dtype (bf16, fp16, or
     fp8 with a per-tensor ``scale_weight``); it is widened to the input's dtype when used."""
 
-    scale_weight: torch.Tensor | None = None
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("scale_weight", None, persistent=False)  # set by load_dit for fp8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
@@ -200,7 +202,7 @@ def load_dit(path_or_state_dict: PathOrStateDict, dtype: torch.dtype | None = No
         elif scale is not None and target in FP8_DTYPES:
             if not isinstance(module, Linear):
                 raise WeightsError(f"{name}: fp8 scale on a layer that is not a Linear")
-            module.register_buffer("scale_weight", scale.to(device), persistent=False)
+            module.scale_weight = scale.to(device)
         t = t.to(device=device, dtype=target)
         setattr(module, attr, nn.Parameter(t, requires_grad=False))
     log.info("loaded Wan DiT %s (%s, %d layers) compute %s", preset_name(cfg) or "custom",
