@@ -122,3 +122,54 @@ def wan_vae_to_official(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch
     sd = rename(sd, VAE_DIFFUSERS_RESNET_RULES)
     sd = rename(sd, VAE_DIFFUSERS_FIXED_RULES + vae_diffusers_level_rules(levels, num_res_blocks, residual))
     return sd, "diffusers"
+
+# --- DiT (Wan 2.1 / 2.2 transformer) ------------------------------------------------------
+# Official names are ours. Diffusers' ``WanTransformer3DModel`` names map back by these rules
+# (the inverse of diffusers' ``convert_wan_transformer_to_diffusers``). The trailing group keeps
+# any tensor suffix: weight, bias, and the fp8 scales (scale_weight, weight_scale, scale_input).
+DIT_MARKERS = ("patch_embedding.", "blocks.0.", "condition_embedder.", "head.", "proj_out.")
+_S = r"(\.\w+)"
+DIT_DIFFUSERS_RULES: list[Rule] = [
+    (rf"condition_embedder\.time_embedder\.linear_1{_S}", r"time_embedding.0\1"),
+    (rf"condition_embedder\.time_embedder\.linear_2{_S}", r"time_embedding.2\1"),
+    (rf"condition_embedder\.time_proj{_S}", r"time_projection.1\1"),
+    (rf"condition_embedder\.text_embedder\.linear_1{_S}", r"text_embedding.0\1"),
+    (rf"condition_embedder\.text_embedder\.linear_2{_S}", r"text_embedding.2\1"),
+    (rf"condition_embedder\.image_embedder\.norm1{_S}", r"img_emb.proj.0\1"),
+    (rf"condition_embedder\.image_embedder\.ff\.net\.0\.proj{_S}", r"img_emb.proj.1\1"),
+    (rf"condition_embedder\.image_embedder\.ff\.net\.2{_S}", r"img_emb.proj.3\1"),
+    (rf"condition_embedder\.image_embedder\.norm2{_S}", r"img_emb.proj.4\1"),
+    (r"condition_embedder\.image_embedder\.pos_embed", r"img_emb.emb_pos"),
+    (rf"blocks\.(\d+)\.attn1\.to_(q|k|v){_S}", r"blocks.\1.self_attn.\2\3"),
+    (rf"blocks\.(\d+)\.attn1\.to_out\.0{_S}", r"blocks.\1.self_attn.o\2"),
+    (rf"blocks\.(\d+)\.attn1\.norm_(q|k){_S}", r"blocks.\1.self_attn.norm_\2\3"),
+    (rf"blocks\.(\d+)\.attn2\.to_(q|k|v){_S}", r"blocks.\1.cross_attn.\2\3"),
+    (rf"blocks\.(\d+)\.attn2\.to_out\.0{_S}", r"blocks.\1.cross_attn.o\2"),
+    (rf"blocks\.(\d+)\.attn2\.norm_(q|k){_S}", r"blocks.\1.cross_attn.norm_\2\3"),
+    (rf"blocks\.(\d+)\.attn2\.add_(k|v)_proj{_S}", r"blocks.\1.cross_attn.\2_img\3"),
+    (rf"blocks\.(\d+)\.attn2\.norm_added_k{_S}", r"blocks.\1.cross_attn.norm_k_img\2"),
+    (rf"blocks\.(\d+)\.norm2{_S}", r"blocks.\1.norm3\2"),  # diffusers' norm2 is the cross-attn norm
+    (rf"blocks\.(\d+)\.ffn\.net\.0\.proj{_S}", r"blocks.\1.ffn.0\2"),
+    (rf"blocks\.(\d+)\.ffn\.net\.2{_S}", r"blocks.\1.ffn.2\2"),
+    (r"blocks\.(\d+)\.scale_shift_table", r"blocks.\1.modulation"),
+    (r"scale_shift_table", r"head.modulation"),
+    (rf"proj_out{_S}", r"head.head\1"),
+]
+# Keys some files carry that hold no weights of the model (ComfyUI's scaled-fp8 marker,
+# diffusers' unused ``norm_added_q``).
+DIT_IGNORED = re.compile(r"scaled_fp8|.*\.norm_added_q\.\w+|.*\.(scale_input|input_scale)")
+
+
+def dit_official_names(keys: Iterable[str]) -> dict[str, str]:
+    """Map each key of a DiT file in any supported layout to its official name.
+
+    Returns {official_name: key_in_file}; ignorable keys (fp8 markers) are dropped. Official,
+    ComfyUI-prefixed (``model.diffusion_model.``) and diffusers layouts are recognised.
+    """
+    names = strip_prefix({k: k for k in keys}, DIT_MARKERS)  # stripped name -> file key
+    diffusers_marks = ("condition_embedder.", "scale_shift_table", "proj_out.")
+    if any(k.startswith(diffusers_marks) or ".attn1." in k or ".attn2." in k for k in names):
+        renamed = rename({k: k for k in names}, DIT_DIFFUSERS_RULES)  # official -> stripped
+        names = {new: names[old] for new, old in renamed.items()}
+    return {k: v for k, v in names.items() if not DIT_IGNORED.fullmatch(k)}
+
