@@ -104,7 +104,9 @@ class SpacetimePlaceFrames(io.ComfyNode):
                 io.ClipVisionOutput.Input("clip_vision_output", optional=True,
                                           tooltip="Wan 2.1 I2V/FLF2V: CLIP-vision encoding of this image"),
             ],
-            outputs=[io.Latent.Output()],
+            outputs=[io.Latent.Output("latent_out", display_name="latent"),
+                     io.Image.Output("frames", display_name="placed_frames",
+                                     tooltip="the frames placed (e.g. for CLIP Vision Encode)")],
         )
 
     @classmethod
@@ -139,7 +141,7 @@ class SpacetimePlaceFrames(io.ComfyNode):
                "spacetime": info}
         log.info("SpacetimePlaceFrames: %d frame(s) at %d; known latent frames %s", frames.shape[0], at,
                  canvas.latent_known(known, info["stride"][0]).int().tolist())
-        return io.NodeOutput(out)
+        return io.NodeOutput(out, frames)
 
 
 NODES = [SpacetimeCanvas, SpacetimePlaceFrames]

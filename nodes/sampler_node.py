@@ -23,13 +23,14 @@ from ..model import canvas
 from .errors import node_error
 
 
-def _canvas_conditioning(cond: list, latent: dict) -> list:
+def _canvas_conditioning(cond: list, latent: dict, extra_view=None) -> list:
     """CONDITIONING with the canvas' I2V concat channels and CLIP-vision tokens attached."""
     values = {}
     if "concat_latent_image" in latent:
         values["concat_latent_image"] = latent["concat_latent_image"]
         values["concat_mask"] = latent["concat_mask"]
-    views = (latent.get("spacetime") or {}).get("clip_vision") or []
+    views = list((latent.get("spacetime") or {}).get("clip_vision") or [])
+    views += [extra_view] if extra_view is not None else []
     if views:
         out = comfy.clip_vision.Output()
         out.penultimate_hidden_states = torch.cat([v.penultimate_hidden_states for v in views], dim=-2)
@@ -92,13 +93,16 @@ class SpacetimeSampler(io.ComfyNode):
                 io.Float.Input("boundary", default=0.875, min=0.0, max=1.0, step=0.005, optional=True,
                                tooltip="switch to the low-noise expert below this fraction of 1000 timesteps"),
                 io.Float.Input("low_noise_cfg", default=3.0, min=0.0, max=100.0, step=0.1, optional=True),
+                io.ClipVisionOutput.Input("clip_vision_output", optional=True,
+                                          tooltip="Wan 2.1 I2V/FLF2V: appended after the canvas' own"),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, solver, shift, denoise,
-                sigmas=None, low_noise_model=None, boundary=0.875, low_noise_cfg=3.0) -> io.NodeOutput:
+                sigmas=None, low_noise_model=None, boundary=0.875, low_noise_cfg=3.0,
+                clip_vision_output=None) -> io.NodeOutput:
         x = latent["samples"]
         want = model.get_model_object("latent_format").latent_channels
         if x.ndim != 5 or (x.shape[1] != want and torch.count_nonzero(x) > 0):
@@ -115,7 +119,8 @@ class SpacetimeSampler(io.ComfyNode):
             raise node_error(cls, "sigmas" if sigmas is not None else "steps/shift/denoise", str(e)) from None
         noise = comfy.sample.prepare_noise(x, seed, latent.get("batch_index"))
         mask = None if _concat_channels(model) > 0 else latent.get("noise_mask")
-        pos, neg = _canvas_conditioning(positive, latent), _canvas_conditioning(negative, latent)
+        pos = _canvas_conditioning(positive, latent, clip_vision_output)
+        neg = _canvas_conditioning(negative, latent, clip_vision_output)
         solve = samplers.SOLVERS[solver]
         total = len(sigmas) - 1
         callback = latent_preview.prepare_callback(model, total)

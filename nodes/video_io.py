@@ -98,7 +98,7 @@ class SpacetimeLoadVideo(io.ComfyNode):
             description="Frames of a video from ComfyUI's input folder: a range, every n-th frame, "
                         "optionally resized.",
             inputs=[
-                io.Combo.Input("video", options=_input_videos(), upload=io.UploadType.video),
+                io.Combo.Input("video", options=_input_videos(), tooltip="a video file in ComfyUI's input folder"),
                 io.Int.Input("start_frame", default=0, min=0, max=100000),
                 io.Int.Input("frame_count", default=0, min=0, max=100000, tooltip="0 = all"),
                 io.Int.Input("stride", default=1, min=1, max=100, tooltip="keep every n-th frame"),

@@ -1,0 +1,193 @@
+"""The shipped workflows: generated files are current, every workflow (UI and API format)
+validates against a live /object_info, and the embedded ones run through /prompt on tiny
+random weights written into the host's model folders (the real embedded weights, when
+present, are not needed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nodes_helpers import error_message, run, saved_files
+from spacetime_video.scripts import make_workflows as mw
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FILE_INPUTS = {"dit_name", "vae_name", "clip_name", "image", "video", "low_noise_dit_name", "text_encoder_name"}
+
+
+def _inputs(info: dict):
+    """(name, type, options) of a node's inputs in ComfyUI's order."""
+    for section in ("required", "optional"):
+        for name in info.get("input_order", {}).get(section, []):
+            spec = info["input"][section][name]
+            typ = "COMBO" if isinstance(spec[0], list) else spec[0]
+            opts = dict(spec[1]) if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if isinstance(spec[0], list):
+                opts["options"] = spec[0]
+            yield name, typ, opts
+
+
+def _widgets(info: dict) -> list[str]:
+    names = []
+    for name, typ, opts in _inputs(info):
+        if typ in WIDGET_TYPES:
+            names.append(name)
+            names += ["$control"] if opts.get("control_after_generate") else []
+            names += ["$upload"] if opts.get("image_upload") else []
+    return names
+
+
+def _input_type(info: dict, name: str) -> str | None:
+    return next((typ for n, typ, _ in _inputs(info) if n == name), None)
+
+
+def test_generated_files_are_current():
+    expected = {}
+    for name, graph in mw.all_workflows().items():
+        expected[f"{name}.json"] = graph.ui()
+        expected[f"{name}_api.json"] = graph.api()
+    for fname, data in expected.items():
+        path = WORKFLOWS / fname
+        assert path.is_file(), f"{fname} missing: run python scripts/make_workflows.py"
+        assert json.loads(path.read_text()) == json.loads(json.dumps(data)), f"{fname} is stale"
+    caps = {n.removeprefix("embedded_") for n in expected if n.startswith("embedded_") and not n.endswith("_api.json")}
+    assert {c + ".json" for c in mw.TITLES} == caps  # every capability for the embedded model
+
+
+@pytest.mark.host
+def test_node_specs_match_object_info(object_info):
+    for node_type, (sockets, widgets, outputs) in mw.NODE_SPECS.items():
+        info = object_info.get(node_type)
+        assert info is not None, f"{node_type} is not registered"
+        assert widgets == _widgets(info), node_type
+        assert [(n, t) for n, t, _ in _inputs(info) if t not in WIDGET_TYPES] == sockets, node_type
+        assert [t for _, t in outputs] == list(info["output"]), node_type
+
+
+def _check_api(name: str, graph: dict, object_info: dict) -> None:
+    for nid, node in graph.items():
+        info = object_info.get(node["class_type"])
+        assert info is not None, f"{name}: node {nid} type {node['class_type']} unknown"
+        known = {n: (t, o) for n, t, o in _inputs(info)}
+        required = info.get("input_order", {}).get("required", [])
+        assert set(required) <= set(node["inputs"]), f"{name}: node {nid} misses {set(required) - set(node['inputs'])}"
+        for key, value in node["inputs"].items():
+            assert key in known, f"{name}: node {nid} ({node['class_type']}) has no input {key!r}"
+            typ, opts = known[key]
+            if isinstance(value, list):
+                src = graph[value[0]]
+                out_type = object_info[src["class_type"]]["output"][value[1]]
+                assert out_type == typ or "*" in (typ, out_type), f"{name}: {nid}.{key} {typ} <- {out_type}"
+            elif typ == "COMBO" and key not in FILE_INPUTS:
+                assert value in opts["options"], f"{name}: {nid}.{key}={value!r} not in {opts['options']}"
+
+
+@pytest.mark.host
+def test_every_workflow_validates_against_object_info(object_info):
+    names = sorted(p.name for p in WORKFLOWS.glob("*.json"))
+    assert len(names) >= 2 * 29
+    for fname in names:
+        data = json.loads((WORKFLOWS / fname).read_text())
+        if fname.endswith("_api.json"):
+            _check_api(fname, data, object_info)
+            continue
+        assert data["version"] == 0.4 and data["links"]
+        nodes = {n["id"]: n for n in data["nodes"]}
+        for link_id, src, slot, dst, dst_slot, typ in data["links"]:
+            assert object_info[nodes[src]["type"]]["output"][slot] == typ, f"{fname}: link {link_id}"
+            dst_input = nodes[dst]["inputs"][dst_slot]
+            assert dst_input["link"] == link_id and dst_input["type"] == typ
+            assert _input_type(object_info[nodes[dst]["type"]], dst_input["name"]) == typ
+        for n in data["nodes"]:
+            assert len(n["widgets_values"]) == len(_widgets(object_info[n["type"]])), f"{fname}: {n['type']}"
+        twin = json.loads((WORKFLOWS / fname.replace(".json", "_api.json")).read_text())
+        assert sorted(twin, key=int) == [str(i) for i in sorted(nodes)]
+        for nid, node in twin.items():
+            ui = nodes[int(nid)]
+            values = dict(zip(_widgets(object_info[ui["type"]]), ui["widgets_values"]))
+            for key, value in node["inputs"].items():
+                if not isinstance(value, list):
+                    assert values[key] == value, f"{fname}: node {nid} {key}"
+
+
+# --- running the embedded workflows on tiny random weights --------------------------------------
+
+def _write_tiny_models(base: Path) -> dict[str, str]:
+    from safetensors.torch import save_file
+
+    from spacetime_video.model.dit import WanDiT
+    from spacetime_video.model.dit_config import tiny_config
+    from spacetime_video.model.dit_loading import config_metadata
+    from spacetime_video.model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
+    from spacetime_video.model.vae import WanVAE
+    from spacetime_video.model.vae_config import VAEConfig
+
+    torch.manual_seed(0)
+    for folder in ("diffusion_models", "vae", "text_encoders"):
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+    names = {"dit": "tiny_t2v.safetensors", "vae": "tiny_vae21.safetensors", "text": "tiny_text.safetensors"}
+    cfg = tiny_config(text_dim=64, text_len=24)
+    save_file({k: v.contiguous() for k, v in WanDiT(cfg).state_dict().items()},
+              str(base / "models" / "diffusion_models" / names["dit"]), metadata=config_metadata(cfg))
+    save_file({k: v.contiguous() for k, v in WanVAE(VAEConfig(dim=8, z_dim=16)).state_dict().items()},
+              str(base / "models" / "vae" / names["vae"]))
+    tcfg = TextEncoderConfig(vocab_size=128, max_len=24, dim=32, heads=2, layers=1, text_dim=64)
+    save_file({k: v.contiguous() for k, v in TinyTextEncoder(tcfg).state_dict().items()},
+              str(base / "models" / "text_encoders" / names["text"]),
+              metadata={"spacetime_text_config": json.dumps(tcfg.__dict__)})
+    return names
+
+
+def _write_inputs(base: Path) -> None:
+    from PIL import Image
+
+    from spacetime_video.nodes.video_file import write_video
+    ramp = torch.linspace(0, 1, 17).view(17, 1, 1, 1)
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(base / "input" / mw.IMAGE_IN)
+    write_video(base / "input" / mw.CLIP_A, (ramp * torch.tensor([1.0, 0.2, 0.2])).expand(17, 64, 64, 3), 8.0)
+    write_video(base / "input" / mw.CLIP_B, (ramp * torch.tensor([0.2, 0.2, 1.0])).expand(17, 64, 64, 3), 8.0)
+
+
+def _with_tiny_loaders(graph: dict, names: dict) -> dict:
+    """Replace the embedded loader by file loaders of tiny random weights; 2 sampling steps."""
+    g = json.loads(json.dumps(graph))
+    (lid,) = [k for k, v in g.items() if v["class_type"] == "SpacetimeEmbeddedLoader"]
+    g[lid] = {"class_type": "SpacetimeDiTLoader", "inputs": {
+        "dit_name": names["dit"], "weight_dtype": "default", "compute_dtype": "fp32", "attention": "auto",
+        "shift": 2.0, "low_noise_dit_name": "none"}}
+    g["901"] = {"class_type": "SpacetimeVAELoader", "inputs": {"vae_name": names["vae"], "dtype": "fp32"}}
+    g["902"] = {"class_type": "SpacetimeTextEncoderLoader", "inputs": {"text_encoder_name": names["text"]}}
+    for node in g.values():
+        for key, value in node["inputs"].items():
+            if isinstance(value, list) and value[0] == lid and value[1] > 0:
+                node["inputs"][key] = ["901" if value[1] == 1 else "902", 0]
+        if node["class_type"] == "SpacetimeSampler":
+            node["inputs"]["steps"] = 2
+    return g
+
+
+@pytest.fixture(scope="module")
+def tiny(host):
+    names = _write_tiny_models(host.base_dir)
+    _write_inputs(host.base_dir)
+    return names
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("cap", list(mw.TITLES))
+def test_embedded_workflow_runs(host, tiny, cap):
+    from spacetime_video.nodes.video_file import read_video
+    graph = _with_tiny_loaders(json.loads((WORKFLOWS / f"embedded_{cap}_api.json").read_text()), tiny)
+    h = run(host, graph, timeout=300)
+    assert error_message(h) is None, error_message(h)
+    (item,) = saved_files(h)
+    path = host.base_dir / "output" / item["subfolder"] / item["filename"]
+    if cap == "image":
+        from PIL import Image
+        assert Image.open(path).size == (64, 64)
+        return
+    frames, fps = read_video(path)
+    assert frames.shape == (17, 64, 64, 3) and fps == pytest.approx(8.0, rel=0.05)
