@@ -9,6 +9,8 @@ rest, one after the other (only one expert needs to be in memory at a time).
 """
 from __future__ import annotations
 
+import logging
+
 import comfy.clip_vision
 import comfy.model_management
 import comfy.sample
@@ -21,6 +23,8 @@ from comfy_api.latest import io
 from .. import samplers
 from ..model import canvas
 from .errors import node_error
+
+log = logging.getLogger("spacetime.nodes")
 
 
 def _canvas_conditioning(cond: list, latent: dict, extra_view=None) -> list:
@@ -129,6 +133,7 @@ class SpacetimeSampler(io.ComfyNode):
         if split < total:
             low = (low_noise_model, low_noise_cfg, sigmas[split:], split, solve)
             stages = ([stages[0]] if split > 0 else []) + [low]
+        log.info("SpacetimeSampler: %d steps (%s), latent %s, %d expert(s)", total, solver, tuple(x.shape), len(stages))
         out = x
         for i, (m, scale, sig, offset, fn) in enumerate(stages):
             sampler = comfy.samplers.KSAMPLER(fn)

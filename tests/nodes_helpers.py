@@ -1,8 +1,14 @@
 """Helpers for the node tests: queue a graph on the test host and wait for its outcome."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from pathlib import Path
+
+import torch
+
+IMAGE_IN, CLIP_A, CLIP_B = "spacetime_start.png", "spacetime_clip_a.mp4", "spacetime_clip_b.mp4"
 
 
 def queue(host, prompt: dict, extra_data: dict | None = None) -> tuple[int, dict]:
@@ -45,3 +51,41 @@ def saved_files(history: dict) -> list[dict]:
                 if isinstance(item, dict) and "filename" in item:
                     files.append(item)
     return files
+
+
+def write_tiny_models(base: Path) -> dict[str, str]:
+    from safetensors.torch import save_file
+
+    from spacetime_video.model.dit import WanDiT
+    from spacetime_video.model.dit_config import tiny_config
+    from spacetime_video.model.dit_loading import config_metadata
+    from spacetime_video.model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
+    from spacetime_video.model.vae import WanVAE
+    from spacetime_video.model.vae_config import VAEConfig
+
+    torch.manual_seed(0)
+    for folder in ("diffusion_models", "vae", "text_encoders"):
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+    names = {"dit": "tiny_t2v.safetensors", "vae": "tiny_vae21.safetensors", "text": "tiny_text.safetensors",
+             "dit22": "tiny_ti2v.safetensors"}
+    for key, cfg in (("dit", tiny_config(text_dim=64, text_len=24)),
+                     ("dit22", tiny_config(text_dim=64, text_len=24, in_dim=48, out_dim=48, model_type="ti2v"))):
+        save_file({k: v.contiguous() for k, v in WanDiT(cfg).state_dict().items()},
+                  str(base / "models" / "diffusion_models" / names[key]), metadata=config_metadata(cfg))
+    save_file({k: v.contiguous() for k, v in WanVAE(VAEConfig(dim=4, z_dim=16, num_res_blocks=1)).state_dict().items()},
+              str(base / "models" / "vae" / names["vae"]))
+    tcfg = TextEncoderConfig(vocab_size=128, max_len=24, dim=32, heads=2, layers=1, text_dim=64)
+    save_file({k: v.contiguous() for k, v in TinyTextEncoder(tcfg).state_dict().items()},
+              str(base / "models" / "text_encoders" / names["text"]),
+              metadata={"spacetime_text_config": json.dumps(tcfg.__dict__)})
+    return names
+
+
+def write_inputs(base: Path) -> None:
+    from PIL import Image
+
+    from spacetime_video.nodes.video_file import write_video
+    ramp = torch.linspace(0, 1, 17).view(17, 1, 1, 1)
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(base / "input" / IMAGE_IN)
+    write_video(base / "input" / CLIP_A, (ramp * torch.tensor([1.0, 0.2, 0.2])).expand(17, 64, 64, 3), 8.0)
+    write_video(base / "input" / CLIP_B, (ramp * torch.tensor([0.2, 0.2, 1.0])).expand(17, 64, 64, 3), 8.0)

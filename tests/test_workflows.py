@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nodes_helpers import error_message, run, saved_files
+from nodes_helpers import error_message, run, saved_files, write_inputs, write_tiny_models
 from spacetime_video.scripts import make_workflows as mw
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
@@ -115,42 +115,6 @@ def test_every_workflow_validates_against_object_info(object_info):
 
 # --- running the embedded workflows on tiny random weights --------------------------------------
 
-def _write_tiny_models(base: Path) -> dict[str, str]:
-    from safetensors.torch import save_file
-
-    from spacetime_video.model.dit import WanDiT
-    from spacetime_video.model.dit_config import tiny_config
-    from spacetime_video.model.dit_loading import config_metadata
-    from spacetime_video.model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
-    from spacetime_video.model.vae import WanVAE
-    from spacetime_video.model.vae_config import VAEConfig
-
-    torch.manual_seed(0)
-    for folder in ("diffusion_models", "vae", "text_encoders"):
-        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
-    names = {"dit": "tiny_t2v.safetensors", "vae": "tiny_vae21.safetensors", "text": "tiny_text.safetensors"}
-    cfg = tiny_config(text_dim=64, text_len=24)
-    save_file({k: v.contiguous() for k, v in WanDiT(cfg).state_dict().items()},
-              str(base / "models" / "diffusion_models" / names["dit"]), metadata=config_metadata(cfg))
-    save_file({k: v.contiguous() for k, v in WanVAE(VAEConfig(dim=8, z_dim=16)).state_dict().items()},
-              str(base / "models" / "vae" / names["vae"]))
-    tcfg = TextEncoderConfig(vocab_size=128, max_len=24, dim=32, heads=2, layers=1, text_dim=64)
-    save_file({k: v.contiguous() for k, v in TinyTextEncoder(tcfg).state_dict().items()},
-              str(base / "models" / "text_encoders" / names["text"]),
-              metadata={"spacetime_text_config": json.dumps(tcfg.__dict__)})
-    return names
-
-
-def _write_inputs(base: Path) -> None:
-    from PIL import Image
-
-    from spacetime_video.nodes.video_file import write_video
-    ramp = torch.linspace(0, 1, 17).view(17, 1, 1, 1)
-    Image.new("RGB", (64, 64), (220, 40, 40)).save(base / "input" / mw.IMAGE_IN)
-    write_video(base / "input" / mw.CLIP_A, (ramp * torch.tensor([1.0, 0.2, 0.2])).expand(17, 64, 64, 3), 8.0)
-    write_video(base / "input" / mw.CLIP_B, (ramp * torch.tensor([0.2, 0.2, 1.0])).expand(17, 64, 64, 3), 8.0)
-
-
 def _with_tiny_loaders(graph: dict, names: dict) -> dict:
     """Replace the embedded loader by file loaders of tiny random weights; 2 sampling steps."""
     g = json.loads(json.dumps(graph))
@@ -171,8 +135,8 @@ def _with_tiny_loaders(graph: dict, names: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny(host):
-    names = _write_tiny_models(host.base_dir)
-    _write_inputs(host.base_dir)
+    names = write_tiny_models(host.base_dir)
+    write_inputs(host.base_dir)
     return names
 
 
