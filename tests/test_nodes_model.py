@@ -76,3 +76,50 @@ def test_ti2v_known_frames_get_timestep_zero_and_stay(cm):
     assert all(t[0, :4].eq(0).all() and t[0, 4:].gt(0).all() for t in seen)
     assert torch.allclose(out[:, :, 0], known[:, :, 0], atol=1e-5)   # the known frame is kept
     assert not torch.allclose(out[:, :, 1], known[:, :, 1], atol=1e-2)
+
+
+def test_native_ksampler_drives_our_model(cm):
+    import comfy.sample
+    dit = _dit(seed=5)
+    model = cm.wrap_dit(dit, shift=5.0)
+    ctx = torch.randn(1, 7, TINY["t2v"].text_dim)
+    latent = torch.zeros(1, 16, 2, 4, 4)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    out = comfy.sample.sample(model, noise, 3, 2.0, "uni_pc", "simple", [[ctx, {}]], [[torch.zeros_like(ctx), {}]],
+                              latent, seed=0)
+    assert out.shape == latent.shape and torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+def test_native_unet_loader_model_drives_our_sampler(cm):
+    """A native ComfyUI Wan MODEL (UNETLoader's path) through SpacetimeSampler, with native
+    CONDITIONING, and our model sampled the same way gives the same result on the same weights."""
+    import comfy.sd
+    from spacetime_video.model.dit import load_dit
+    from spacetime_video.model.dit_config import tiny_config
+    from spacetime_video.nodes.sampler_node import SpacetimeSampler
+
+    cfg = tiny_config(text_dim=4096, num_heads=1, text_len=512, freq_dim=256, ffn_dim=256)  # UNETLoader-detectable
+    sd = random_state_dict(cfg, 7)
+    native = comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in sd.items()},
+                                                      model_options={"dtype": torch.float32})
+    ours = cm.wrap_dit(load_dit(sd, config=cfg), shift=8.0)  # native WAN21 default shift is 8
+    # 512 tokens, zero-padded as Wan trains (ComfyUI's WanModel does not pad shorter contexts)
+    cond = [[torch.nn.functional.pad(torch.randn(1, 9, 4096), (0, 0, 0, 503)), {}]]
+    latent = {"samples": torch.zeros(1, 16, 2, 4, 4)}
+    args = (cond, cond, latent, 3, 3, 1.0, "euler", 8.0, 1.0)
+    a = SpacetimeSampler.execute(native, *args).result[0]["samples"]
+    b = SpacetimeSampler.execute(ours, *args).result[0]["samples"]
+    assert torch.isfinite(a).all() and a.abs().sum() > 0
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), (a - b).abs().max()
+
+
+def test_fp8_storage_runs_close_to_full_precision(cm):
+    from spacetime_video.nodes.loaders import to_fp8
+    dit = _dit(seed=6)
+    x, ctx = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 5, TINY["t2v"].text_dim)
+    ref = dit(x, torch.tensor([700.0]), ctx)
+    to_fp8(dit, torch.float8_e4m3fn)
+    assert dit.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn
+    model = cm.wrap_dit(dit)
+    out = cm.spacetime_dit(model)(x, torch.tensor([700.0]), ctx)
+    assert (out - ref).norm() / ref.norm() < 0.1
