@@ -36,11 +36,12 @@ def flow_lambda(sigma: float, clamp: bool = True) -> float:
 
 def sigma_floats(sigmas: torch.Tensor, strict: bool = False) -> list[float]:
     """Validated sigmas as Python floats (all coefficient maths is done once, in float64).
+    The schedule may stop above 0 (a split schedule): the solver then ends at that noise level.
 
     ``strict``: multistep solvers divide by step sizes in λ, so a repeated non-zero sigma
     (a zero-length step) is refused with a clear message.
     """
-    values = [float(s) for s in validate_sigmas(sigmas)]
+    values = [float(s) for s in validate_sigmas(sigmas, end_in_zero=False)]
     if strict:
         for i in range(len(values) - 1):
             if values[i] == values[i + 1]:

@@ -26,11 +26,8 @@ def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_a
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
         notify(callback, i, x, sig[i], sig[i + 1], denoised)
-        if sig[i + 1] == 0.0:  # x + (0 − σ)·(x − x0)/σ = x0, without the rounding
-            x = denoised
-        elif sig[i + 1] != sig[i]:
-            velocity = (x - denoised) / sig[i]  # v = ε − x0
-            x = x.add(velocity, alpha=sig[i + 1] - sig[i])
+        # x + (σ' − σ)·v with v = (x − x0)/σ is the lerp x0 + (σ'/σ)·(x − x0): one fused op
+        x = torch.lerp(denoised, x, sig[i + 1] / sig[i])
     return x
 
 

@@ -30,7 +30,7 @@ def uses_high_noise_expert(sigma: float, boundary: float) -> bool:
 
 def expert_switch_index(sigmas: torch.Tensor, boundary: float) -> int:
     """Index of the first step run by the low-noise expert (``steps`` if it never runs)."""
-    sig = [float(s) for s in validate_sigmas(sigmas)[:-1]]
+    sig = [float(s) for s in validate_sigmas(sigmas, end_in_zero=False)[:-1]]
     return next((i for i, s in enumerate(sig) if not uses_high_noise_expert(s, boundary)), len(sig))
 
 

@@ -31,7 +31,7 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch
 def step_range_to_sigma_range(sigmas: torch.Tensor, start: int, end: int) -> tuple[float, float]:
     """The sigma interval ``(low, high)`` holding exactly the steps ``start ≤ i < end`` of a
     strictly decreasing schedule (step i is evaluated at ``sigmas[i]``)."""
-    sigmas = validate_sigmas(sigmas)
+    sigmas = validate_sigmas(sigmas, end_in_zero=False)
     n = sigmas.shape[0] - 1
     if not 0 <= start < end <= n:
         raise ValueError(f"guidance step range must satisfy 0 <= start < end <= {n} (steps), got [{start}, {end})")

@@ -32,9 +32,11 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, solver
     """Integrate from ``sigmas[0]`` to 0 and return the clean sample x0 (shaped like ``noise``).
 
     ``denoiser(x, sigma, **extra_args) -> x0`` with ``sigma`` of shape (B,). The start is
-    ``x = σ0·noise + (1 − σ0)·x_start`` (flow matching's forward process), or ``σ0·noise`` without
-    a start latent (text-to-video). For a partial denoise pass ``x_start`` (the clean latent)
-    and a schedule from ``flow_sigmas(..., denoise=d)`` or ``truncate_for_denoise``.
+    ``x = σ0·noise + (1 − σ0)·x_start`` (flow matching's forward process) given a start latent;
+    without one (text-to-video) it is the noise itself, as in Wan's official pipelines and
+    diffusers' WanPipeline (ComfyUI scales it by σ0 instead: 2e-4 apart for Wan's σ0 = 0.9998).
+    For a partial denoise pass ``x_start`` (the clean latent) and a schedule from
+    ``flow_sigmas(..., denoise=d)`` or ``truncate_for_denoise``.
     Deterministic given ``noise`` (and ``seed``/``generator`` for the LCM solver's fresh noise).
     ``callback(dict(i, x, sigma, sigma_next, denoised))`` runs once per step; an exception
     raised in it (e.g. a cancel) propagates and stops sampling, leaving no state behind.
@@ -44,11 +46,11 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, solver
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     sigmas = validate_sigmas(sigmas)
     sigma0 = float(sigmas[0])
-    x = noise * sigma0
+    x = noise
     if x_start is not None:
         if x_start.shape != noise.shape:
             raise ValueError(f"x_start {tuple(x_start.shape)} and noise {tuple(noise.shape)} must have the same shape")
-        x = x + (1.0 - sigma0) * x_start.to(noise.dtype)
+        x = torch.lerp(x_start.to(noise.dtype), noise, sigma0)  # σ0·noise + (1 − σ0)·x_start
     elif sigma0 < 0.99:
         log.warning("sampling starts at sigma %.3f without x_start: the start is under-noised "
                     "pure noise; pass x_start (the clean latent) for a partial denoise", sigma0)

@@ -134,11 +134,14 @@ def truncate_for_denoise(sigmas: torch.Tensor, denoise: float) -> torch.Tensor:
     return sigmas[-(keep + 1):]
 
 
-def validate_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+def validate_sigmas(sigmas: torch.Tensor, end_in_zero: bool = True) -> torch.Tensor:
     """Check a SIGMAS tensor from anywhere (ours or any ComfyUI scheduler) and return it.
 
     Must be 1-D with at least 2 values, finite, within [0, 1] (flow matching), non-increasing,
-    and end in exactly 0 (the last step returns the clean prediction).
+    and (``end_in_zero``) end in exactly 0, so that the last step returns the clean prediction.
+    The solvers themselves also take a schedule that stops above 0 (``end_in_zero=False``), such
+    as the high-noise half that ComfyUI's SplitSigmas makes for a two-sampler workflow: they then
+    return the sample at that noise level, as k-diffusion's samplers do.
     """
     if not isinstance(sigmas, torch.Tensor):
         sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
@@ -155,7 +158,7 @@ def validate_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
         i = int(torch.nonzero(sigmas[1:] > sigmas[:-1])[0])
         raise ValueError(f"sigmas must be non-increasing, but sigmas[{i + 1}]={float(sigmas[i + 1]):.6g} > "
                          f"sigmas[{i}]={float(sigmas[i]):.6g} (flipped schedule?)")
-    if float(sigmas[-1]) != 0.0:
+    if end_in_zero and float(sigmas[-1]) != 0.0:
         raise ValueError(f"sigmas must end in 0, got last value {float(sigmas[-1]):.6g}: "
                          "append a 0 (e.g. torch.cat([sigmas, sigmas.new_zeros(1)]))")
     return sigmas

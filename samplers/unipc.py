@@ -83,8 +83,7 @@ def _update(sig: list[float], lam: list[float], s: int, t: int, order: int, vari
             rhos = _solve([r[:-1] for r in rows[:-1]], b[:-1])
         else:
             rhos = []
-        last = 0.0
-    else:
+    else:  # UniC: ρ_c solves all order conditions; its last entry weighs the fresh x0 at t
         rhos = [0.5] if order == 1 else _solve(rows, b)
         rhos, last = rhos[:-1], rhos[-1]
         w[corrector_from] = -alpha_t * b_h * last
@@ -119,9 +118,9 @@ def unipc_plan(sigmas: torch.Tensor, order: int = 2, variant: str = "bh2",
 
 
 def _apply(u: _Update, x: torch.Tensor, x0s: dict[int, torch.Tensor]) -> torch.Tensor:
-    out = x * u.a
+    out = x * u.a  # a fresh tensor: the additions below may be in place
     for j, wj in u.weights:
-        out = out.add(x0s[j], alpha=wj)
+        out.add_(x0s[j], alpha=wj)
     return out
 
 

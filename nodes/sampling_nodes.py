@@ -1,0 +1,67 @@
+"""Scheduler and solver nodes: our flow schedules as SIGMAS and our solvers as SAMPLER, so they
+work with ComfyUI's SamplerCustomAdvanced (and any node taking SIGMAS / SAMPLER)."""
+from __future__ import annotations
+
+import functools
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..samplers import SOLVERS, SPACINGS, flow_sigmas
+
+
+class SpacetimeScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimeScheduler",
+            display_name="Flow Scheduler (Spacetime)",
+            category="Spacetime/sampling",
+            description="Shifted flow-matching sigmas, by default exactly Wan's official UniPC schedule.",
+            inputs=[
+                io.Int.Input("steps", default=40, min=1, max=1000,
+                             tooltip="model calls; Wan's defaults: 50 (2.1 T2V), 40 (I2V, 2.2 A14B)"),
+                io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1, round=0.01,
+                               tooltip="σ' = s·σ/(1+(s−1)·σ); Wan: 5 (3 at 480p I2V), 12 for 2.2 T2V A14B"),
+                io.Combo.Input("spacing", options=list(SPACINGS), default="wan",
+                               tooltip="wan: official Wan UniPC; wan_dpm: official Wan DPM++; diffusers_unipc, "
+                                       "diffusers_euler: diffusers' schedulers; comfy_simple: ComfyUI 'simple'"),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="< 1: start part-way (video-to-video); same rule as BasicScheduler"),
+            ],
+            outputs=[io.Sigmas.Output()],
+        )
+
+    @classmethod
+    def execute(cls, steps, shift, spacing, denoise) -> io.NodeOutput:
+        return io.NodeOutput(flow_sigmas(steps, shift, spacing, denoise=denoise))
+
+
+class SpacetimeSolver(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimeSolver",
+            display_name="Flow Solver (Spacetime)",
+            category="Spacetime/sampling",
+            description="Flow-matching solvers as a SAMPLER for SamplerCustomAdvanced: UniPC as in Wan's "
+                        "official code, DPM++(2M), Euler, and LCM for step-distilled models.",
+            inputs=[
+                io.Combo.Input("solver", options=list(SOLVERS), default="unipc"),
+                io.Int.Input("order", default=2, min=1, max=3,
+                             tooltip="UniPC order (Wan uses 2; 3 can help unguided sampling); other solvers ignore it"),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, solver, order) -> io.NodeOutput:
+        fn = SOLVERS[solver]
+        if solver == "unipc":
+            fn = functools.partial(fn, order=order)
+        # KSAMPLER calls fn(model, x, sigmas, extra_args=..., callback=..., disable=...) in flow space
+        # (x = σ·noise + (1 − σ)·latent for flow models) with model(x, sigma, **extra_args) -> x0.
+        return io.NodeOutput(comfy.samplers.KSAMPLER(fn))
+
+
+NODES = [SpacetimeScheduler, SpacetimeSolver]
