@@ -1,7 +1,9 @@
 """Attention kernel choice for the DiT: PyTorch SDPA by default; flash-attn or SageAttention
 when importable on a CUDA device, with a fallback and one log line saying which is used.
 
-Every backend takes q, k, v as (B, L, heads, head_dim) and returns (B, L, heads*head_dim).
+Every backend takes q, k, v as (B, heads, L, head_dim) (any strides), with q already scaled
+by 1/sqrt(head_dim) (the DiT folds the scale into the q norm's gain, so no pass over the
+scores is spent on it), and returns (B, L, heads*head_dim).
 """
 from __future__ import annotations
 
@@ -15,13 +17,27 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-BACKENDS = ("auto", "sdpa", "flash_attn", "sageattention")
+BACKENDS = ("auto", "sdpa", "math", "flash_attn", "sageattention")
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """torch.nn.functional.scaled_dot_product_attention (fused kernels on CPU and GPU)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2).flatten(2)  # (B, L, heads*head_dim)
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).flatten(2)  # (B, L, H*d)
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   max_scores_bytes: int = 256 * 2**20) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v as two batched matmuls, chunked over queries so that the score
+    block stays under ``max_scores_bytes``. On CPUs with bf16 matmul units (AVX512-BF16, AMX)
+    this beats SDPA's CPU flash kernel (measured in bench/bench_dit.py); exact in float32."""
+    b, h, n, d = q.shape
+    kt = k.transpose(-1, -2)                                             # (B, H, d, Lk)
+    chunk = max(1, min(n, max_scores_bytes // max(1, b * h * k.shape[2] * q.element_size())))
+    out = torch.empty(b, n, h, d, dtype=q.dtype, device=q.device)
+    for i in range(0, n, chunk):
+        s = torch.matmul(q[:, :, i:i + chunk], kt)                        # (B, H, c, Lk)
+        out[:, i:i + chunk] = torch.matmul(s.softmax(-1), v).transpose(1, 2)
+    return out.flatten(2)
 
 
 def _flash_attn() -> AttentionFn:
@@ -30,7 +46,7 @@ def _flash_attn() -> AttentionFn:
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
             return sdpa(q, k, v)
-        return fa.flash_attn_func(q, k, v).flatten(2)
+        return fa.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=1.0).flatten(2)
     return run
 
 
@@ -40,7 +56,7 @@ def _sageattention() -> AttentionFn:
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
             return sdpa(q, k, v)
-        return sa.sageattn(q, k, v, tensor_layout="NHD").flatten(2)
+        return sa.sageattn(q, k, v, tensor_layout="HND", sm_scale=1.0).transpose(1, 2).flatten(2)
     return run
 
 
@@ -51,14 +67,15 @@ _logged: set[str] = set()
 def pick_attention(name: str = "auto", device: torch.device | str = "cpu") -> tuple[str, AttentionFn]:
     """The attention function for ``name``; optional kernels fall back to SDPA with a warning.
 
-    "auto" tries flash-attn then SageAttention on CUDA, and uses SDPA elsewhere.
+    "auto" tries flash-attn then SageAttention on CUDA (else SDPA), and uses the chunked
+    matmul attention on CPU.
     """
     if name not in BACKENDS:
         raise ValueError(f"attention {name!r} is not one of {BACKENDS}")
     on_cuda = torch.device(device).type == "cuda"
     wanted = ["flash_attn", "sageattention"] if name == "auto" and on_cuda else (
-        [] if name in ("auto", "sdpa") else [name])
-    chosen, fn = "sdpa", sdpa
+        [] if name in ("auto", "sdpa", "math") else [name])
+    chosen, fn = ("math", math_attention) if name == "math" or (name == "auto" and not on_cuda) else ("sdpa", sdpa)
     for cand in wanted:
         try:
             chosen, fn = cand, _LOADERS[cand]()

@@ -50,15 +50,20 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias)
         self.register_buffer("scale_weight", None, persistent=False)  # set by load_dit for fp8
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight, self.bias
-        if w.dtype != x.dtype:
-            w = w.to(x.dtype)
+    def weight_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight as used in ``dtype`` (widened, and scaled if stored as scaled fp8)."""
+        w = self.weight
+        if w.dtype != dtype:
+            w = w.to(dtype)
             if self.scale_weight is not None:
-                w = w * self.scale_weight.to(x.dtype)
-        if b is not None and b.dtype != x.dtype:
-            b = b.to(x.dtype)
-        return F.linear(x, w, b)
+                w = w * self.scale_weight.to(dtype)
+        return w
+
+    def bias_as(self, dtype: torch.dtype) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight_as(x.dtype), self.bias_as(x.dtype))
 
 
 class _Reader:

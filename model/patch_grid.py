@@ -78,10 +78,10 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
 
 @functools.lru_cache(maxsize=32)
 def rope_table(grid: Grid, head_dim: int, theta: float = 10000.0,
-               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) of every token's rotation angles, each (L, 1, head_dim/2) float32, cached.
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Unit complex rotations of every token, (L, 1, head_dim/2) complex64, cached per grid.
 
-    Angles are computed in float64 (as the official code) and stored as float32.
+    Angles are computed in float64 (as the official code) and stored in single precision.
     """
     angles = []
     for axis, (n, pairs) in enumerate(zip(grid, rope_split(head_dim))):
@@ -91,11 +91,13 @@ def rope_table(grid: Grid, head_dim: int, theta: float = 10000.0,
         view[axis] = n
         angles.append(a.view(view).expand(*grid, pairs))
     ang = torch.cat(angles, dim=-1).reshape(math.prod(grid), 1, head_dim // 2)
-    return ang.cos().float().to(device), ang.sin().float().to(device)
+    return torch.polar(torch.ones_like(ang), ang).to(device=device, dtype=torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of ``x`` (B, L, heads, head_dim) by the table; float32 result."""
-    x = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = x[..., 0], x[..., 1]  # (B, L, heads, head_dim/2)
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of ``x`` (B, L, heads, head_dim) by the table; float32 result.
+
+    One complex multiply per pair: (x0 + i x1)(cos + i sin).
+    """
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(xc * freqs).flatten(-2)

@@ -180,8 +180,11 @@ def test_rope_tables_are_cached_per_grid():
     a = rope_table((3, 4, 4), 64)
     assert rope_table((3, 4, 4), 64) is a
     assert rope_table((3, 4, 5), 64) is not a
-    cos, sin = a
-    assert cos.shape == (48, 1, 32) and torch.allclose(cos**2 + sin**2, torch.ones_like(cos))
+    assert a.shape == (48, 1, 32) and torch.allclose(a.abs(), torch.ones(a.shape))
+    # token (t=1, h=2, w=3) rotates its first time pair by 1 radian, its first h pair by 2
+    tok = 1 * 16 + 2 * 4 + 3
+    assert torch.allclose(a[tok, 0, 0].angle(), torch.tensor(1.0))
+    assert torch.allclose(a[tok, 0, 12].angle(), torch.tensor(2.0))  # 64 -> (12, 10, 10) pairs
 
 
 def test_conversion_table_maps_diffusers_names():
