@@ -110,7 +110,7 @@ class DiTTrainer:
                 for pe, pl in zip(ema.parameters(), live.parameters()):
                     pe.lerp_(pl, 1 - decay)
         self.step_no += 1
-        return float(loss)
+        return float(loss.detach())
 
     def state(self) -> dict[str, torch.Tensor]:
         """Everything to resume: live and EMA weights, prefixed."""
