@@ -2,6 +2,7 @@
 
     python scripts/train_embedded.py vae     --run RUN_DIR [--steps N] [--minutes M]
     python scripts/train_embedded.py latents --run RUN_DIR [--clips N]
+    python scripts/train_embedded.py decoder --run RUN_DIR [--steps N]   (optional, beside `dit`)
     python scripts/train_embedded.py dit     --run RUN_DIR [--steps N] [--minutes M]
     python scripts/train_embedded.py export  --run RUN_DIR [--to model/embedded/weights]
 
@@ -51,10 +52,13 @@ def _meta(path: Path) -> dict:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
-def stage_vae(run: Path, steps: int, minutes: float, every: int, seed: int) -> None:
+def stage_vae(run: Path, steps: int, minutes: float, every: int, seed: int, frames: int, batch: int,
+              decoder_only: bool = False) -> None:
     torch.manual_seed(seed)
     vae = WanVAE(C.VAE_CONFIG)
-    trainer = VAETrainer(vae, VAETrainConfig(steps=steps, seed=seed))
+    trainer = VAETrainer(vae, VAETrainConfig(steps=steps, seed=seed, frames=frames, batch=batch,
+                                             decoder_only=decoder_only,
+                                             lr=3e-4 if decoder_only else 1e-3))
     ckpt = run / "vae_ckpt.safetensors"
     if ckpt.exists():
         vae.load_state_dict(load_file(str(ckpt)))
@@ -146,13 +150,14 @@ def stage_export(run: Path, to: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["vae", "latents", "dit", "export"])
+    ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "export"])
     ap.add_argument("--run", type=Path, default=Path("/tmp/spacetime-embedded-run"))
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=1e9)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--clips", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=32, help="batch (DiT 32; use 8 for the VAE)")
+    ap.add_argument("--frames", type=int, default=9, help="frames per VAE training crop (4k+1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--to", type=Path, default=C.WEIGHTS_DIR)
@@ -161,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     a.run.mkdir(parents=True, exist_ok=True)
     if a.stage == "vae":
-        stage_vae(a.run, a.steps or 1500, a.minutes, a.every, a.seed)
+        stage_vae(a.run, a.steps or 1500, a.minutes, a.every, a.seed, a.frames, a.batch)
+    elif a.stage == "decoder":  # after `latents`: the encoder is frozen, the latents stay valid
+        stage_vae(a.run, a.steps or 3000, a.minutes, a.every, a.seed, a.frames, a.batch, decoder_only=True)
     elif a.stage == "latents":
         stage_latents(a.run, a.clips, a.seed)
     elif a.stage == "dit":

@@ -28,7 +28,7 @@ log = logging.getLogger("spacetime.embedded.train")
 class DiTTrainConfig:
     steps: int = 4000
     batch: int = 48
-    lr: float = 4e-4
+    lr: float = 6e-4
     warmup: int = 200
     weight_decay: float = 0.01
     p_uncond: float = 0.1

@@ -31,6 +31,7 @@ class VAETrainConfig:
     latent_noise: float = 0.05
     latent_l2: float = 1e-4
     seed: int = 0
+    decoder_only: bool = False  # freeze the encoder (latents stay valid for a DiT trained on them)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -74,7 +75,11 @@ class VAETrainer:
 
     def __init__(self, vae: WanVAE, cfg: VAETrainConfig = VAETrainConfig()) -> None:
         self.vae, self.cfg = vae, cfg
-        self.opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+        if cfg.decoder_only:
+            vae.encoder.requires_grad_(False)
+            vae.conv1.requires_grad_(False)
+        params = [p for p in vae.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
         self.rng = random.Random(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step_no = 0
@@ -93,7 +98,7 @@ class VAETrainer:
         loss, y = vae_loss(self.vae, x, self.cfg, self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in self.vae.parameters() if p.requires_grad], 1.0)
         self.opt.step()
         self.step_no += 1
         return float(loss.detach()), psnr(y.detach(), x)
