@@ -53,8 +53,8 @@ class TextEncoderConfig:
 class Tokenizer:
     """Words -> ids over `build_vocabulary()`; pads or truncates to `max_len`."""
 
-    def __init__(self, max_len: int = 24) -> None:
-        self.words = build_vocabulary()
+    def __init__(self, max_len: int = 24, words: tuple[str, ...] | None = None) -> None:
+        self.words = tuple(words) if words else build_vocabulary()
         self.ids = {w: i for i, w in enumerate(self.words)}
         self.max_len = max_len
 
@@ -73,14 +73,15 @@ class TinyTextEncoder(nn.Module):
     """Token + position embeddings, pre-norm transformer encoder layers, a final norm and a
     projection to `text_dim`. forward(ids, mask) -> [B, L, text_dim], zero where padded."""
 
-    def __init__(self, config: TextEncoderConfig = TextEncoderConfig()) -> None:
+    def __init__(self, config: TextEncoderConfig = TextEncoderConfig(),
+                 words: tuple[str, ...] | None = None) -> None:
         super().__init__()
-        n_words = len(build_vocabulary())
+        n_words = len(words or build_vocabulary())
         if config.vocab_size < n_words:
             raise ValueError(f"TextEncoderConfig.vocab_size={config.vocab_size} is smaller than the "
                              f"{n_words} words of the vocabulary; raise it")
         self.config = config
-        self.tokenizer = Tokenizer(config.max_len)
+        self.tokenizer = Tokenizer(config.max_len, words)
         self.token_emb = nn.Embedding(config.vocab_size, config.dim)
         self.pos_emb = nn.Parameter(torch.randn(config.max_len, config.dim) * 0.02)
         self.layers = nn.ModuleList(

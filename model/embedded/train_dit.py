@@ -28,7 +28,7 @@ log = logging.getLogger("spacetime.embedded.train")
 class DiTTrainConfig:
     steps: int = 4000
     batch: int = 48
-    lr: float = 4e-4
+    lr: float = 6e-4
     warmup: int = 200
     weight_decay: float = 0.01
     p_uncond: float = 0.1
@@ -110,7 +110,7 @@ class DiTTrainer:
                 for pe, pl in zip(ema.parameters(), live.parameters()):
                     pe.lerp_(pl, 1 - decay)
         self.step_no += 1
-        return float(loss)
+        return float(loss.detach())
 
     def state(self) -> dict[str, torch.Tensor]:
         """Everything to resume: live and EMA weights, prefixed."""
