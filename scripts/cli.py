@@ -1,139 +1,125 @@
-"""``spacetime-video``: run a ComfyUI workflow headless and collect its outputs.
+"""``spacetime-video``: run any ComfyUI workflow headless, and manage the models it needs.
 
-    spacetime-video run WORKFLOW_API.json --out DIR [--server URL]
+    spacetime-video run WORKFLOW.json [--out DIR] [--set NODE.INPUT=VALUE ...] [--seed N]
+                                      [--server URL | --comfyui DIR] [--no-progress]
+    spacetime-video convert WORKFLOW.json [--server URL]     # UI format -> API format on stdout
+    spacetime-video models list
+    spacetime-video models check WORKFLOW.json [--comfyui DIR | --models-dir DIR]
+    spacetime-video models download ID... [--comfyui DIR | --models-dir DIR]
 
-Without ``--server`` a local ComfyUI is started on a free loopback port for the run (the one
-this pack is installed in, or the project's ``.host/ComfyUI``) and stopped afterwards.
+WORKFLOW may be in the web UI's format (what "Save" writes) or the API format. Without
+``--server`` a local ComfyUI is started on a free loopback port for the run (the one this pack
+is installed in, or the project's ``.host/ComfyUI``) and stopped afterwards.
 
-Exit codes: 0 done, 1 host/usage problem, 2 the server refused the graph (validation),
-3 a node failed while running, 4 interrupted.
+Exit codes: 0 done, 1 host/usage problem, 2 the graph was refused before running (conversion,
+``--set``, missing models, the server's validation), 3 a node failed while running,
+4 interrupted (Ctrl-C stops the server's job too).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import random
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
-from typing import Any
 
+from . import models as M
 from .host import ComfyClient, ComfyHost, HostError
+from .overrides import OverrideError, apply_overrides, set_seed
+from .runner import (EXIT_EXECUTION, EXIT_HOST, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401
+                     EXIT_VALIDATION, RunFailed, run_graph)
+from .ui_to_api import ConversionError, ConversionReport, convert, is_ui_workflow
 
 log = logging.getLogger("spacetime.cli")
 
-EXIT_OK, EXIT_HOST, EXIT_VALIDATION, EXIT_EXECUTION, EXIT_INTERRUPTED = 0, 1, 2, 3, 4
 
-
-class RunFailed(Exception):
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-def load_workflow(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
-        graph = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise RunFailed(EXIT_HOST, f"workflow file not found: {path}")
     except json.JSONDecodeError as e:
         raise RunFailed(EXIT_HOST, f"{path} is not valid JSON: {e}")
-    if isinstance(graph, dict) and "nodes" in graph and "links" in graph:
-        raise RunFailed(EXIT_HOST, f"{path} is in ComfyUI's UI format; export it with "
-                                   "'Save (API Format)' or use its *_api.json twin")
-    if not isinstance(graph, dict) or not all(isinstance(v, dict) and "class_type" in v
-                                              for v in graph.values()):
-        raise RunFailed(EXIT_HOST, f"{path} is not an API-format workflow "
-                                   "(a JSON object of node id -> {class_type, inputs})")
+
+
+def to_api(data: dict, path: Path, object_info: dict | None, seed: int | None = None) -> dict:
+    """An API-format graph from either format (UI conversion needs the server's object_info);
+    ``seed`` also fixes the choices of dynamic prompts."""
+    if is_ui_workflow(data):
+        if object_info is None:
+            raise RunFailed(EXIT_HOST, f"{path} is in the UI format: converting it needs a server")
+        report = ConversionReport()
+        try:
+            rng = random.Random(seed) if seed is not None else None
+            graph = convert(data, object_info, report, rng)
+        except ConversionError as e:
+            raise RunFailed(EXIT_VALIDATION, f"{path}: {e}")
+        for sg in report.subgraphs:
+            log.info("flattened subgraph %s", sg)
+        return graph
+    if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v
+                                               for v in data.values()):
+        return data
+    raise RunFailed(EXIT_HOST, f"{path} is neither a UI workflow (nodes/links) nor an API-format "
+                               "graph (node id -> {class_type, inputs})")
+
+
+def load_workflow(path: Path) -> dict:
+    """An API-format workflow file (kept for callers of the foundation's API)."""
+    return to_api(read_json(path), path, None)
+
+
+def check_models(graph: dict, workflow: Path, client: ComfyClient, manifest_path: Path,
+                 models_dir: str | None = None) -> None:
+    """Refuse to queue when the manifest's or the graph's catalog models are not on the server."""
+    catalog = M.load_catalog()
+    ids = M.manifest_ids(workflow, M.load_manifest(manifest_path))
+    ids += [i for i in M.referenced_ids(graph, catalog) if i not in ids]
+    if not ids:
+        return
+    missing = M.missing_on_server(M.lookup(ids, catalog), client)
+    if missing:
+        lines = [f"  {e.id}: {e.folder}/{e.filename}" for e in missing]
+        raise RunFailed(EXIT_VALIDATION, f"{workflow.name} needs models the server does not have:\n"
+                        + "\n".join(lines) + "\nDownload them with:\n  "
+                        + M.download_command([e.id for e in missing], models_dir))
+
+
+def prepare(args: argparse.Namespace, client: ComfyClient) -> dict:
+    path = Path(args.workflow)
+    data = read_json(path)
+    info = client.object_info() if is_ui_workflow(data) or args.set else None
+    graph = to_api(data, path, info, args.seed)
+    try:
+        if args.set:
+            apply_overrides(graph, args.set, info)
+        if args.seed is not None:
+            if not set_seed(graph, args.seed):
+                log.warning("--seed: the workflow has no seed/noise_seed input")
+    except OverrideError as e:
+        raise RunFailed(EXIT_VALIDATION, str(e))
+    if not args.skip_model_check:
+        check_models(graph, path, client, Path(args.manifest),
+                     None if args.server else args.models_dir)
     return graph
 
 
-def format_validation_error(body: Any) -> str:
-    """Turn a 400 from ``/prompt`` into lines that name each node, input and reason."""
-    if not isinstance(body, dict):
-        return f"the server refused the workflow: {body}"
-    lines = []
-    err = body.get("error") or {}
-    if isinstance(err, dict) and err.get("message"):
-        lines.append(f"{err.get('message')}: {err.get('details', '')}".rstrip(": "))
-    for node_id, info in (body.get("node_errors") or {}).items():
-        cls = info.get("class_type", "?")
-        for e in info.get("errors", []):
-            extra = e.get("extra_info") or {}
-            name = extra.get("input_name")
-            where = f"node {node_id} ({cls})" + (f", input '{name}'" if name else "")
-            lines.append(f"{where}: {e.get('message', '')}: {e.get('details', '')}".rstrip(": "))
-    return "\n".join(lines) or json.dumps(body)
-
-
-def execution_error(history: dict) -> str | None:
-    for kind, data in history.get("status", {}).get("messages", []):
-        if kind == "execution_error":
-            return (f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                    f"{data.get('exception_type', 'Error')}: {data.get('exception_message', '').strip()}")
-        if kind == "execution_interrupted":
-            return "interrupted"
-    return None
-
-
-def wait_for(client: ComfyClient, prompt_id: str, timeout: float, poll: float = 0.25) -> dict:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        h = client.history(prompt_id)
-        if h and h.get("status", {}).get("completed") is not None and (
-                h["status"].get("completed") or h["status"].get("status_str") == "error"):
-            return h
-        time.sleep(poll)
-    raise RunFailed(EXIT_HOST, f"prompt {prompt_id} did not finish within {timeout:.0f}s")
-
-
-def collect_outputs(client: ComfyClient, history: dict, out: Path) -> list[Path]:
-    """Download every file the graph's output nodes report into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for node_out in history.get("outputs", {}).values():
-        for items in node_out.values():
-            if not isinstance(items, list):
-                continue
-            for item in items:
-                if isinstance(item, dict) and "filename" in item and item.get("type") == "output":
-                    data = client.download(item["filename"], item.get("subfolder", ""), "output")
-                    dest = out / Path(item["filename"]).name
-                    dest.write_bytes(data)
-                    written.append(dest)
-    return written
-
-
-def run_graph(client: ComfyClient, graph: dict, out: Path, timeout: float = 3600) -> list[Path]:
-    status, body = client.queue(graph, client_id=uuid.uuid4().hex)
-    if status != 200:
-        raise RunFailed(EXIT_VALIDATION, format_validation_error(body))
-    prompt_id = body["prompt_id"]
-    log.info("queued prompt %s", prompt_id)
-    try:
-        history = wait_for(client, prompt_id, timeout)
-    except KeyboardInterrupt:
-        client.interrupt()
-        raise RunFailed(EXIT_INTERRUPTED, "interrupted: the server's job was stopped")
-    err = execution_error(history)
-    if err == "interrupted":
-        raise RunFailed(EXIT_INTERRUPTED, "the run was interrupted on the server")
-    if err or history.get("status", {}).get("status_str") == "error":
-        raise RunFailed(EXIT_EXECUTION, err or "the run failed (no error message from the server)")
-    return collect_outputs(client, history, out)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    graph = load_workflow(Path(args.workflow))
     out = Path(args.out)
+
+    def go(client: ComfyClient) -> list[Path]:
+        graph = prepare(args, client)
+        return run_graph(client, graph, out, args.timeout, progress=not args.no_progress)
+
     if args.server:
-        files = run_graph(ComfyClient(args.server), graph, out, args.timeout)
+        files = go(ComfyClient(args.server))
     else:
         base = args.base_dir or tempfile.mkdtemp(prefix="spacetime-host-")
-        with ComfyHost(base, comfy_dir=args.comfyui, cpu=not args.gpu) as host:
-            files = run_graph(host.client, graph, out, args.timeout)
+        extra = model_paths_args(Path(base), args)
+        with ComfyHost(base, comfy_dir=args.comfyui, cpu=not args.gpu, extra_args=extra) as host:
+            files = go(host.client)
     for f in files:
         print(f)
     if not files:
@@ -141,28 +127,136 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
+def model_paths_args(base: Path, args: argparse.Namespace) -> tuple[str, ...]:
+    """Let a started host (whose --base-directory is a scratch folder) see the user's models:
+    ``--models-dir``, else ``<ComfyUI>/models``, through an extra_model_paths file."""
+    try:
+        root = Path(args.models_dir) if args.models_dir else M.default_models_dir(args.comfyui)
+    except HostError:
+        return ()
+    if not root.is_dir() or (Path(base) / "models").resolve() == root.resolve():
+        return ()
+    folders = {f: f for f in ("checkpoints", "diffusion_models", "unet", "vae", "text_encoders",
+                              "clip", "clip_vision", "loras", "upscale_models", "embeddings")}
+    lines = ["spacetime_models:", f"    base_path: {json.dumps(str(root.resolve()))}"]
+    lines += [f"    {k}: {v}/" for k, v in folders.items()]
+    cfg = Path(base) / "spacetime_model_paths.yaml"
+    Path(base).mkdir(parents=True, exist_ok=True)
+    cfg.write_text("\n".join(lines) + "\n")
+    log.info("models from %s", root)
+    return ("--extra-model-paths-config", str(cfg))
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    path = Path(args.workflow)
+    data = read_json(path)
+
+    def go(client: ComfyClient) -> dict:
+        return to_api(data, path, client.object_info() if is_ui_workflow(data) else None)
+
+    if args.server:
+        graph = go(ComfyClient(args.server))
+    else:
+        with ComfyHost(tempfile.mkdtemp(prefix="spacetime-host-"), comfy_dir=args.comfyui) as host:
+            graph = go(host.client)
+    json.dump(graph, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def models_dir(args: argparse.Namespace) -> Path:
+    try:
+        return Path(args.models_dir) if args.models_dir else M.default_models_dir(args.comfyui)
+    except HostError as e:
+        raise RunFailed(EXIT_HOST, f"{e} (or pass --models-dir DIR)")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    catalog = M.load_catalog()
+    if args.action == "list":
+        for e in catalog.values():
+            size = f"{e.size / 2**30:.1f} GiB" if e.size else "size ?"
+            print(f"{e.id:28} {e.folder + '/' + e.filename:70} {size:>10}  {e.description}")
+        return EXIT_OK
+    root = models_dir(args)
+    if args.action == "check":
+        if len(args.targets) != 1:
+            raise RunFailed(EXIT_HOST, "models check takes one workflow file")
+        path = Path(args.targets[0])
+        data = read_json(path)
+        ids = M.manifest_ids(path, M.load_manifest(Path(args.manifest)))
+        ids += [i for i in M.referenced_ids(data, catalog) if i not in ids]
+        missing = M.missing_local(M.lookup(ids, catalog), root)
+        for e in M.lookup(ids, catalog):
+            print(f"{'MISSING' if e in missing else 'ok':8} {e.id:28} {e.destination(root)}")
+        if missing:
+            print(M.download_command([e.id for e in missing], args.models_dir), file=sys.stderr)
+            return EXIT_VALIDATION
+        return EXIT_OK
+    try:
+        for e in M.lookup(args.targets, catalog):
+            print(M.download(e, root, force=args.force))
+    except M.ModelError as e:
+        raise RunFailed(EXIT_HOST, str(e))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spacetime-video", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def host_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server", help="URL of a running ComfyUI (default: start a local one)")
+        p.add_argument("--comfyui", help="ComfyUI folder (default: autodetect)")
+
     run = sub.add_parser("run", help="queue a workflow, wait, download its outputs")
-    run.add_argument("workflow", help="API-format workflow JSON")
+    run.add_argument("workflow", help="workflow JSON, UI or API format")
     run.add_argument("--out", default="out", help="folder for the outputs (default: out)")
-    run.add_argument("--server", help="URL of a running ComfyUI (default: start a local one)")
-    run.add_argument("--comfyui", help="ComfyUI folder to start (default: autodetect)")
+    host_args(run)
+    run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="override an input; NODE is a node id or title (repeatable)")
+    run.add_argument("--seed", type=int, help="set every seed / noise_seed input")
     run.add_argument("--base-dir", help="ComfyUI --base-directory for a started host "
                                         "(models, input, output); default: a temporary folder")
+    run.add_argument("--models-dir", help="models/ folder for a started host "
+                                          "(default: <ComfyUI>/models)")
     run.add_argument("--gpu", action="store_true", help="start the local host without --cpu")
     run.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the run")
-    args = parser.parse_args(argv)
+    run.add_argument("--no-progress", action="store_true", help="poll instead of the websocket")
+    run.add_argument("--manifest", default=str(M.MANIFEST_PATH), help=argparse.SUPPRESS)
+    run.add_argument("--skip-model-check", action="store_true",
+                     help="queue even if catalog models seem missing")
+
+    conv = sub.add_parser("convert", help="print the API format of a UI workflow")
+    conv.add_argument("workflow")
+    host_args(conv)
+
+    mod = sub.add_parser("models", help="list, check or download catalog models")
+    mod.add_argument("action", choices=["list", "check", "download"])
+    mod.add_argument("targets", nargs="*", help="check: a workflow file; download: catalog ids")
+    where = mod.add_mutually_exclusive_group()
+    where.add_argument("--comfyui", help="ComfyUI folder whose models/ to use")
+    where.add_argument("--models-dir", help="a ComfyUI models/ folder")
+    mod.add_argument("--force", action="store_true", help="download even if present")
+    mod.add_argument("--manifest", default=str(M.MANIFEST_PATH), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    handlers = {"run": cmd_run, "convert": cmd_convert, "models": cmd_models}
     try:
-        return {"run": cmd_run}[args.command](args)
+        return handlers[args.command](args)
     except RunFailed as e:
         print(f"spacetime-video: {e}", file=sys.stderr)
         return e.code
-    except HostError as e:
+    except (HostError, M.ModelError) as e:
         print(f"spacetime-video: {e}", file=sys.stderr)
         return EXIT_HOST
+    except KeyboardInterrupt:
+        print("spacetime-video: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""Model download node: a catalog id in, the file in ComfyUI's model folder, its name out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..scripts import models as M
+
+
+def _catalog_ids() -> list[str]:
+    try:
+        return sorted(M.load_catalog())
+    except M.ModelError:
+        return []
+
+
+class SpacetimeModelDownload(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        ids = _catalog_ids()
+        return io.Schema(
+            node_id="SpacetimeModelDownload",
+            display_name="Download Model (Spacetime)",
+            category="Spacetime/models",
+            description="Downloads a model of the Spacetime catalog from Hugging Face into "
+                        "ComfyUI's model folder (resumes partial downloads; uses the local hub "
+                        "cache without network) and outputs its file name for a loader.",
+            inputs=[io.Combo.Input("model", options=ids, default=ids[0] if ids else None,
+                                   tooltip="catalog id (spacetime-video models list)")],
+            outputs=[io.String.Output("file_name", tooltip="name inside the model folder"),
+                     io.String.Output("folder", tooltip="the ComfyUI model folder it went to")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model: str) -> str:
+        # Run again when the file disappears; otherwise the cached result stands.
+        entry = M.load_catalog().get(model)
+        if entry is None:
+            return model
+        path = folder_paths.get_full_path(entry.folder, entry.filename)
+        return f"{model}:{path}"
+
+    @classmethod
+    def execute(cls, model: str) -> io.NodeOutput:
+        (entry,) = M.lookup([model])
+        existing = folder_paths.get_full_path(entry.folder, entry.filename)
+        if existing:
+            return io.NodeOutput(entry.filename, entry.folder)
+        folders = folder_paths.get_folder_paths(entry.folder)
+        if not folders:
+            raise M.ModelError(f"ComfyUI has no '{entry.folder}' model folder configured "
+                               "(check extra_model_paths.yaml)")
+        # 0.3.75 lists models/unet before models/diffusion_models: prefer the catalog's name.
+        dest_dir = next((f for f in folders if Path(f).name == entry.folder), folders[0])
+        M.download_to(entry, Path(dest_dir) / entry.filename)
+        return io.NodeOutput(entry.filename, entry.folder)
+
+
+NODES = [SpacetimeModelDownload]

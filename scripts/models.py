@@ -1,0 +1,246 @@
+"""The model catalog, the workflow manifest, and downloads into ComfyUI's model folders.
+
+* ``scripts/catalog.json``: catalog id -> Hugging Face repo, file in the repo, target ComfyUI
+  folder (``diffusion_models``, ``vae``, ``text_encoders``, ``clip_vision``), size and sha256
+  where verified (else null).
+* ``workflows/models.json``: which catalog ids each workflow of the pack needs (format in
+  ``load_manifest``).
+* Downloads use ``huggingface_hub``: a file already in the local hub cache is linked (or
+  copied) without touching the network; otherwise it is fetched with the hub's progress bar
+  and resume (``local_dir`` mode keeps an ``.incomplete`` file across interruptions) and moved
+  into place. Offline, the error names the repo, the file and the destination.
+
+Standard library + huggingface_hub only (imported lazily), so ``import`` never needs the hub.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger("spacetime.models")
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+CATALOG_PATH = Path(__file__).resolve().with_name("catalog.json")
+MANIFEST_PATH = PACK_ROOT / "workflows" / "models.json"
+FOLDERS = ("diffusion_models", "vae", "text_encoders", "clip_vision", "loras")
+DOWNLOAD_SUBDIR = ".spacetime-download"  # inside the target folder: same filesystem, atomic move
+
+
+class ModelError(RuntimeError):
+    """A catalog, manifest or download problem; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    repo: str
+    path: str            # file inside the repo
+    folder: str          # ComfyUI model folder
+    filename: str        # name inside that folder (what loader nodes list)
+    description: str = ""
+    size: int | None = None
+    sha256: str | None = None
+
+    def destination(self, models_dir: str | os.PathLike) -> Path:
+        return Path(models_dir) / self.folder / self.filename
+
+
+def load_catalog(path: str | os.PathLike = CATALOG_PATH) -> dict[str, ModelEntry]:
+    """Catalog id -> entry, checked for the fields every entry needs."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read the model catalog {path}: {e}") from e
+    out = {}
+    for mid, e in data.get("models", {}).items():
+        missing = [k for k in ("repo", "path", "folder") if not e.get(k)]
+        if missing or not str(e["path"]).endswith(".safetensors"):
+            raise ModelError(f"catalog entry {mid!r} in {path} needs repo, path (a .safetensors "
+                             f"file) and folder; missing or wrong: {missing or ['path']}")
+        out[mid] = ModelEntry(mid, e["repo"], e["path"], e["folder"],
+                              e.get("filename") or e["path"].rsplit("/", 1)[-1],
+                              e.get("description", ""), e.get("size"), e.get("sha256"))
+    return out
+
+
+def lookup(ids: Iterable[str], catalog: dict[str, ModelEntry] | None = None) -> list[ModelEntry]:
+    catalog = catalog if catalog is not None else load_catalog()
+    unknown = [i for i in ids if i not in catalog]
+    if unknown:
+        raise ModelError(f"unknown model id(s) {', '.join(unknown)}; valid ids: "
+                         f"{', '.join(sorted(catalog))} (see `spacetime-video models list`)")
+    return [catalog[i] for i in ids]
+
+
+def load_manifest(path: str | os.PathLike = MANIFEST_PATH) -> dict[str, list[str]]:
+    """``workflows/models.json``: ``{"workflows": {"<file>.json": ["<catalog id>", ...]}}``.
+
+    Keys are workflow file names in ``workflows/``; an API twin ``X_api.json`` shares the
+    entry of ``X.json`` unless it has its own. Returns file name -> catalog ids.
+    """
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{p} is not valid JSON: {e}") from e
+    return {k: list(v) for k, v in (data.get("workflows") or {}).items()}
+
+
+def manifest_ids(workflow_path: str | os.PathLike, manifest: dict[str, list[str]]) -> list[str]:
+    name = Path(workflow_path).name
+    if name in manifest:
+        return manifest[name]
+    if name.endswith("_api.json"):
+        return manifest.get(name[: -len("_api.json")] + ".json", [])
+    return []
+
+
+def referenced_ids(graph: dict, catalog: dict[str, ModelEntry]) -> list[str]:
+    """Catalog ids whose file name is an input value of an API-format graph or a widget value
+    of a UI workflow (a loader's ``unet_name``, ``vae_name``...), so any workflow gets its
+    models checked, listed in the manifest or not."""
+    by_name = {e.filename: e.id for e in catalog.values()}
+    if isinstance(graph.get("nodes"), list):  # UI format, subgraphs included
+        nodes = list(graph["nodes"])
+        for sg in (graph.get("definitions") or {}).get("subgraphs") or []:
+            nodes += sg.get("nodes", [])
+        values = [v for n in nodes if n.get("mode", 0) not in (2, 4)
+                  for v in (n.get("widgets_values") or [])
+                  if not isinstance(n.get("widgets_values"), dict)]
+    else:
+        values = [v for n in graph.values() for v in (n.get("inputs") or {}).values()]
+    found = []
+    for value in values:
+        if isinstance(value, str) and value in by_name and by_name[value] not in found:
+            found.append(by_name[value])
+    return found
+
+
+def download_command(ids: Iterable[str], models_dir: str | os.PathLike | None = None) -> str:
+    where = f" --models-dir {models_dir}" if models_dir else ""
+    return f"spacetime-video models download {' '.join(ids)}{where}"
+
+
+def missing_local(entries: Iterable[ModelEntry], models_dir: str | os.PathLike) -> list[ModelEntry]:
+    return [e for e in entries if not e.destination(models_dir).is_file()]
+
+
+def missing_on_server(entries: Iterable[ModelEntry], client: Any) -> list[ModelEntry]:
+    """Entries the server's model folders lack, asked through ``GET /models/<folder>``."""
+    listing: dict[str, set[str]] = {}
+    out = []
+    for e in entries:
+        if e.folder not in listing:
+            try:
+                names = client.get_json(f"/models/{e.folder}")
+            except Exception as err:  # noqa: BLE001 - an old server without the route
+                log.warning("could not list the server's %s folder: %s", e.folder, err)
+                names = None
+            listing[e.folder] = None if names is None else {Path(n).name for n in names}
+        if listing[e.folder] is not None and e.filename not in listing[e.folder]:
+            out.append(e)
+    return out
+
+
+def hub_cache_dir() -> Path:
+    """The hub cache as the environment says now (``HF_HUB_CACHE``, ``HF_HOME``/hub, default)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+    return Path(home) / "hub"
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _place(src: Path, dest: Path) -> None:
+    """Put a cached file at ``dest``: a hard link when possible (no extra space), else a copy."""
+    src = Path(src).resolve()  # the hub's snapshot entry is a symlink to a blob
+    tmp = dest.with_name(dest.name + ".spacetime-tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def verify(entry: ModelEntry, path: Path) -> None:
+    """Size and sha256 where the catalog has them, else the safetensors header is readable."""
+    if entry.size is not None and path.stat().st_size != entry.size:
+        raise ModelError(f"{path} has {path.stat().st_size} bytes, the catalog says {entry.size} "
+                         f"for {entry.repo}/{entry.path}: delete it and download again")
+    if entry.sha256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+        if h.hexdigest() != entry.sha256.lower():
+            raise ModelError(f"{path}: sha256 {h.hexdigest()} != catalog {entry.sha256}: delete it "
+                             "and download again")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < n < 100_000_000 or path.stat().st_size < 8 + n:
+        raise ModelError(f"{path} is not a safetensors file (bad header): delete it and download again")
+
+
+def download(entry: ModelEntry, models_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Make ``models_dir/<folder>/<filename>`` exist; returns its path."""
+    return download_to(entry, entry.destination(models_dir), force)
+
+
+def download_to(entry: ModelEntry, dest: Path, force: bool = False) -> Path:
+    """Make ``dest`` hold the catalog file (from the hub cache, else the network)."""
+    dest = Path(dest)
+    if dest.is_file() and not force:
+        log.info("%s: already present at %s", entry.id, dest)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = hub_cache_dir()
+    try:
+        cached = Path(hf_hub_download(entry.repo, entry.path, cache_dir=cache, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        cached = None
+    if cached is not None:
+        log.info("%s: using the hub cache copy %s", entry.id, cached)
+        _place(cached, dest)
+    else:
+        where = (f"the file {entry.path} of the Hugging Face repo {entry.repo} "
+                 f"(https://huggingface.co/{entry.repo}/resolve/main/{entry.path}) "
+                 f"to {dest}")
+        if offline():
+            raise ModelError(
+                f"cannot download {where}: offline (HF_HUB_OFFLINE=1) and not in the hub cache "
+                f"{cache}. Unset HF_HUB_OFFLINE on a machine with network, or copy the file "
+                f"there by hand.")
+        staging = dest.parent / DOWNLOAD_SUBDIR
+        log.info("%s: downloading %s/%s", entry.id, entry.repo, entry.path)
+        try:
+            got = Path(hf_hub_download(entry.repo, entry.path, local_dir=staging))
+        except Exception as e:  # noqa: BLE001 - network, auth, missing file: all end here
+            raise ModelError(f"cannot download {where}: {type(e).__name__}: {e}. Check the "
+                             "network (or run again: partial downloads resume)") from e
+        os.replace(got, dest)
+    verify(entry, dest)
+    return dest
+
+
+def default_models_dir(comfyui: str | os.PathLike | None = None) -> Path:
+    """``<ComfyUI>/models`` for an explicit or auto-detected ComfyUI folder."""
+    from .host import find_comfyui
+
+    return find_comfyui(comfyui) / "models"
