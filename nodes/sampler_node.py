@@ -42,28 +42,6 @@ def _canvas_conditioning(cond: list, latent: dict, extra_view=None) -> list:
     return node_helpers.conditioning_set_values(cond, values) if values else cond
 
 
-class _Stop(Exception):
-    def __init__(self, x: torch.Tensor) -> None:
-        super().__init__("stop")
-        self.x = x
-
-
-def _until(solver, stop: int):
-    """``solver`` on the full schedule, returning the state at ``sigmas[stop]`` (our solvers
-    integrate to sigma 0 only; the model call of step ``stop`` is spent to learn the state)."""
-    def run(model, x, sigmas, extra_args=None, callback=None, disable=None, **kw):
-        def watch(d: dict) -> None:
-            if d["i"] == stop:
-                raise _Stop(d["x"])
-            if callback is not None:
-                callback(d)
-        try:
-            return solver(model, x, sigmas, extra_args=extra_args, callback=watch, disable=disable, **kw)
-        except _Stop as s:
-            return s.x
-    return run
-
-
 def _concat_channels(model) -> int:
     """Extra input channels of the model (I2V: 20), 0 for T2V / TI2V."""
     inner = model.model.diffusion_model
@@ -129,18 +107,20 @@ class SpacetimeSampler(io.ComfyNode):
         total = len(sigmas) - 1
         callback = latent_preview.prepare_callback(model, total)
         split = samplers.expert_switch_index(sigmas, boundary) if low_noise_model is not None else total
-        stages = [(model, cfg, sigmas, 0, solve if split == total else _until(solve, split))]
+        stages = [(model, cfg, sigmas[:split + 1], 0)]
         if split < total:
-            low = (low_noise_model, low_noise_cfg, sigmas[split:], split, solve)
+            low = (low_noise_model, low_noise_cfg, sigmas[split:], split)
             stages = ([stages[0]] if split > 0 else []) + [low]
         log.info("SpacetimeSampler: %d steps (%s), latent %s, %d expert(s)", total, solver, tuple(x.shape), len(stages))
         out = x
-        for i, (m, scale, sig, offset, fn) in enumerate(stages):
-            sampler = comfy.samplers.KSAMPLER(fn)
+        sampler = comfy.samplers.KSAMPLER(solve)
+        for i, (m, scale, sig, offset) in enumerate(stages):
             if i > 0:  # resume the low-noise expert from the high-noise expert's state
                 fmt = m.get_model_object("latent_format")
                 start = fmt.process_in(x) if torch.count_nonzero(x) > 0 else torch.zeros_like(x)
-                noise = canvas.restart_noise(fmt.process_in(out), start, float(sig[0]))
+                # KSAMPLER returned x / (1 - sigma) at the boundary (its inverse noise scaling)
+                state = fmt.process_in(out) * (1.0 - float(sig[0]))
+                noise = canvas.restart_noise(state, start, float(sig[0]))
             guider = comfy.samplers.CFGGuider(m)
             guider.set_conds(pos, neg)
             guider.set_cfg(scale)

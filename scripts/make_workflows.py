@@ -80,6 +80,19 @@ FAMILIES: dict[str, dict] = {
     "wan21_flf2v_14b": dict(kind="file", dit="wan2.1_flf2v_720p_14B_fp16.safetensors", vae="wan_2.1_vae.safetensors",
                             width=1280, height=720, length=81, fps=16, steps=50, shift=16.0, cfg=5.0, overlap=1,
                             clip_vision=True, caps=["connect", "loop", "extend_backward"]),
+    "wan22_t2v_a14b": dict(kind="file", dit="wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                           low_dit="wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", vae="wan_2.1_vae.safetensors",
+                           width=832, height=480, length=81, fps=16, steps=40, shift=12.0, cfg=4.0, low_cfg=3.0,
+                           boundary=0.875, overlap=17, caps=["t2v"]),
+}
+# catalog ids (scripts/catalog.json) each family needs, for workflows/models.json
+NEEDS = {
+    "embedded": [],
+    "wan21_t2v_1.3b": ["wan2.1-t2v-1.3b", "wan2.1-vae", "umt5-xxl-fp8"],
+    "wan22_ti2v_5b": ["wan2.2-ti2v-5b", "wan2.2-vae", "umt5-xxl-fp8"],
+    "wan21_i2v_14b": ["wan2.1-i2v-480p-14b", "wan2.1-vae", "umt5-xxl-fp8", "clip-vision-h"],
+    "wan21_flf2v_14b": ["wan2.1-flf2v-720p-14b", "wan2.1-vae", "umt5-xxl-fp8", "clip-vision-h"],
+    "wan22_t2v_a14b": ["wan2.2-t2v-a14b-high", "wan2.2-t2v-a14b-low", "wan2.1-vae", "umt5-xxl-fp8"],
 }
 DEFAULT_PROMPT = ("A red fox trots through fresh snow in a quiet birch forest at dawn, soft golden light, "
                   "the camera follows it slowly at eye level, cinematic, detailed fur.")
@@ -162,7 +175,8 @@ def _loaders(g: Graph, fam: dict, prompt: str, negative: str):
         pos = g.add("SpacetimeTextEncode", "Positive prompt", text_encoder=(loader, 2), text=prompt)
         neg = g.add("SpacetimeTextEncode", "Negative prompt", text_encoder=(loader, 2), text=negative)
         return (loader, 0), (loader, 1), (pos, 0), (neg, 0)
-    dit = g.add("SpacetimeDiTLoader", dit_name=fam["dit"], shift=fam["shift"])
+    dit = g.add("SpacetimeDiTLoader", dit_name=fam["dit"], shift=fam["shift"],
+                low_noise_dit_name=fam.get("low_dit", "none"))
     vae = g.add("SpacetimeVAELoader", vae_name=fam["vae"])
     clip = g.add("CLIPLoader", clip_name=TEXT_ENCODER, type="wan", device="default")
     pos = g.add("CLIPTextEncode", "Positive prompt", clip=(clip, 0), text=prompt)
@@ -185,6 +199,8 @@ def build(family: str, cap: str) -> Graph:
     n = fam["overlap"]
     sampler_in = dict(model=model, positive=pos, negative=neg, seed=42, steps=fam["steps"], cfg=fam["cfg"],
                       solver="unipc", shift=fam["shift"], denoise=1.0)
+    if "low_dit" in fam:  # Wan 2.2 A14B: the loader's second output is the low-noise expert
+        sampler_in.update(low_noise_model=(model[0], 1), boundary=fam["boundary"], low_noise_cfg=fam["low_cfg"])
 
     def place(latent, images, position, use, count, see=None):
         extra = {"clip_vision_output": see} if see else {}
@@ -238,9 +254,21 @@ def all_workflows() -> dict[str, Graph]:
     return {f"{family}_{cap}": build(family, cap) for family, fam in FAMILIES.items() for cap in fam["caps"]}
 
 
+def write_manifest(out_dir: Path) -> Path:
+    """Add this generator's workflows to workflows/models.json (other entries are kept)."""
+    path = out_dir / "models.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"format": 1, "workflows": {}}
+    for family, fam in FAMILIES.items():
+        for cap in fam["caps"]:
+            data["workflows"][f"{family}_{cap}.json"] = NEEDS[family]
+    data["workflows"] = dict(sorted(data["workflows"].items()))
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
 def write(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = [write_manifest(out_dir)]
     for name, graph in all_workflows().items():
         for path, data in ((out_dir / f"{name}.json", graph.ui()), (out_dir / f"{name}_api.json", graph.api())):
             path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")

@@ -30,7 +30,9 @@ def test_wrapped_model_matches_own_sampling_loop(cm):
     sigmas = samplers.flow_sigmas(4, 5.0)
     # ours: normalised latent space, denoiser x0 = x - sigma * v
     fmt = cm.latent_format_for(16)
-    ref = samplers.sample(lambda x, s, **_: x - s.view(-1, 1, 1, 1, 1) * dit(x, s * 1000, ctx), noise, sigmas, "euler")
+    # started like ComfyUI's KSAMPLER does: sigma0 * noise (+ (1 - sigma0) * an empty latent)
+    ref = samplers.SOLVERS["euler"](lambda x, s, **_: x - s.view(-1, 1, 1, 1, 1) * dit(x, s * 1000, ctx),
+                                    noise * sigmas[0], sigmas)
     ref = fmt.process_out(ref)
 
     model = cm.wrap_dit(dit, shift=5.0)
