@@ -10,11 +10,10 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..model.dit import load_dit
 from ..model.embedded import config as emb
+from ..model.embedded.pipeline import load_embedded
 from ..model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
 from ..model.loading import WeightsError, load_state_dict, read_safetensors_header
-from ..model.vae import load_vae
 from .comfy_model import latent_format_for, wrap_dit
 from .comfy_vae import wrap_vae
 from .errors import node_error
@@ -26,7 +25,9 @@ TEXT_METADATA_KEY = "spacetime_text_config"
 
 def load_text_encoder(path: str) -> TinyTextEncoder:
     """A TinyTextEncoder from safetensors; sizes from the file's metadata or its shapes."""
-    meta = (read_safetensors_header(path).get("__metadata__") or {}).get(TEXT_METADATA_KEY)
+    header = read_safetensors_header(path).get("__metadata__") or {}
+    meta = header.get(TEXT_METADATA_KEY)
+    words = tuple(json.loads(header["words"])) if "words" in header else None  # the embedded model's files
     sd = load_state_dict(path)
     if "token_emb.weight" not in sd or "proj.weight" not in sd:
         raise WeightsError(f"{os.path.basename(path)}: not a Spacetime tiny text encoder "
@@ -38,7 +39,7 @@ def load_text_encoder(path: str) -> TinyTextEncoder:
         layers = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
         cfg = TextEncoderConfig(vocab_size=vocab, max_len=sd["pos_emb"].shape[0], dim=dim,
                                 heads=max(1, dim // 16), layers=layers, text_dim=sd["proj.weight"].shape[0])
-    model = TinyTextEncoder(cfg)
+    model = TinyTextEncoder(cfg, words=words)
     model.load_state_dict(sd)
     return model.eval()
 
@@ -64,16 +65,13 @@ class SpacetimeEmbeddedLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, shift) -> io.NodeOutput:
-        files = [emb.WEIGHTS_DIR / f for f in (emb.DIT_FILE, emb.VAE_FILE, emb.TEXT_FILE)]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise node_error(cls, "weights", f"the embedded weights {missing} are not in {emb.WEIGHTS_DIR}: "
-                             "reinstall the pack (they ship with it) or train them (see MODEL_CARD.md)")
-        vae = load_vae(str(files[1]))
-        dit = load_dit(str(files[0]), config=emb.DIT_CONFIG)
-        fmt = latent_format_for(vae.config.z_dim, vae.latent_mean.flatten(), vae.latent_std.flatten())
-        model = wrap_dit(dit, shift=shift, per_token=True, latent_format=fmt, name="embedded")
-        return io.NodeOutput(model, wrap_vae(vae), load_text_encoder(str(files[2])))
+        try:
+            m = load_embedded()
+        except (WeightsError, OSError) as e:
+            raise node_error(cls, "weights", f"{e} (they ship in {emb.WEIGHTS_DIR})") from None
+        fmt = latent_format_for(m.vae.config.z_dim, m.vae.latent_mean.flatten(), m.vae.latent_std.flatten())
+        model = wrap_dit(m.dit, shift=shift, per_token=True, latent_format=fmt, name="embedded")
+        return io.NodeOutput(model, wrap_vae(m.vae), m.text_encoder)
 
 
 class SpacetimeTextEncoderLoader(io.ComfyNode):

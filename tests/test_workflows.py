@@ -159,3 +159,20 @@ def test_embedded_workflow_runs(host, tiny, cap):
         return
     frames, fps = read_video(path)
     assert frames.shape == (17, 64, 64, 3) and fps == pytest.approx(8.0, rel=0.05)
+
+
+@pytest.mark.host
+def test_embedded_workflow_with_shipped_weights_or_a_clear_error(host, tiny):
+    """Unmodified: runs when the shipped weights are present, else names the loader and what to do."""
+    from spacetime_video.model.embedded import config as emb
+    graph = json.loads((WORKFLOWS / "embedded_t2v_api.json").read_text())
+    h = run(host, graph, timeout=600)
+    if all((emb.WEIGHTS_DIR / f).is_file() for f in (emb.DIT_FILE, emb.VAE_FILE, emb.TEXT_FILE)):
+        assert error_message(h) is None, error_message(h)
+        (item,) = saved_files(h)
+        from spacetime_video.nodes.video_file import read_video
+        frames, _ = read_video(host.base_dir / "output" / item["subfolder"] / item["filename"])
+        assert frames.shape == (17, 64, 64, 3)
+    else:
+        msg = error_message(h)
+        assert msg and "SpacetimeEmbeddedLoader: input 'weights'" in msg and "missing" in msg, msg
