@@ -125,3 +125,42 @@ def test_fp8_storage_runs_close_to_full_precision(cm):
     model = cm.wrap_dit(dit)
     out = cm.spacetime_dit(model)(x, torch.tensor([700.0]), ctx)
     assert (out - ref).norm() / ref.norm() < 0.1
+
+
+def test_model_management_loads_partially_and_unloads(cm):
+    """ComfyUI's low-VRAM partial load (weights cast per layer) gives the same result, and the
+    model can be unloaded again: the path a GPU with too little memory takes."""
+    import comfy.model_management as mm
+    import comfy.sample
+    import comfy.samplers
+    from spacetime_video import samplers
+
+    model = cm.wrap_dit(_dit(seed=8))
+    assert model.model_size() > 0
+    ctx = torch.randn(1, 5, TINY["t2v"].text_dim)
+    noise = torch.randn(1, 16, 2, 4, 4)
+
+    def sample():
+        return comfy.sample.sample_custom(model, noise, 2.0, comfy.samplers.KSAMPLER(samplers.SOLVERS["euler"]),
+                                          samplers.flow_sigmas(2, 5.0), [[ctx, {}]], [[ctx * 0, {}]],
+                                          torch.zeros_like(noise), seed=0)
+
+    full = sample()
+    mm.unload_all_models()
+    model.load(torch.device("cpu"), lowvram_model_memory=64 * 1024)  # most layers "offloaded"
+    casting = [m for m in model.model.modules() if isinstance(m, cm.CastLinear) and m.comfy_cast_weights]
+    assert casting, "no layer was set to cast its weights"
+    assert torch.allclose(_run(model, sample), full, atol=1e-5)
+    model.detach()
+    mm.unload_all_models()
+    assert not any(lm.model is model for lm in mm.current_loaded_models)
+
+
+def _run(model, fn):
+    import comfy.model_management as mm
+    real = mm.load_models_gpu
+    mm.load_models_gpu = lambda *a, **k: None  # keep the partial load made by the test
+    try:
+        return fn()
+    finally:
+        mm.load_models_gpu = real
