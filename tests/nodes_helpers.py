@@ -67,13 +67,15 @@ def write_tiny_models(base: Path) -> dict[str, str]:
     for folder in ("diffusion_models", "vae", "text_encoders"):
         (base / "models" / folder).mkdir(parents=True, exist_ok=True)
     names = {"dit": "tiny_t2v.safetensors", "vae": "tiny_vae21.safetensors", "text": "tiny_text.safetensors",
-             "dit22": "tiny_ti2v.safetensors"}
+             "dit22": "tiny_ti2v.safetensors", "vae22": "tiny_vae22.safetensors"}
     for key, cfg in (("dit", tiny_config(text_dim=64, text_len=24)),
                      ("dit22", tiny_config(text_dim=64, text_len=24, in_dim=48, out_dim=48, model_type="ti2v"))):
         save_file({k: v.contiguous() for k, v in WanDiT(cfg).state_dict().items()},
                   str(base / "models" / "diffusion_models" / names[key]), metadata=config_metadata(cfg))
-    save_file({k: v.contiguous() for k, v in WanVAE(VAEConfig(dim=4, z_dim=16, num_res_blocks=1)).state_dict().items()},
-              str(base / "models" / "vae" / names["vae"]))
+    for key, vcfg in (("vae", VAEConfig(dim=4, z_dim=16, num_res_blocks=1)),
+                      ("vae22", VAEConfig(version="2.2", dim=4, z_dim=48, num_res_blocks=1))):
+        save_file({k: v.contiguous() for k, v in WanVAE(vcfg).state_dict().items()},
+                  str(base / "models" / "vae" / names[key]))
     tcfg = TextEncoderConfig(vocab_size=128, max_len=24, dim=32, heads=2, layers=1, text_dim=64)
     save_file({k: v.contiguous() for k, v in TinyTextEncoder(tcfg).state_dict().items()},
               str(base / "models" / "text_encoders" / names["text"]),

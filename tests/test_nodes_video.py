@@ -85,3 +85,34 @@ def test_load_video_refuses_paths_outside_the_input_folder(host):
         assert status == 400, body
         text = str(body["node_errors"]["1"])
         assert "video" in text and ("input folder" in text or "not in list" in text.lower()), text
+
+
+@pytest.mark.host
+def test_video_type_interop_with_native_nodes(host):
+    """Native CreateVideo -> our Save Video; our Load Video's VIDEO -> native SaveVideo."""
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 5, "color": 65280}},
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 10.0}},
+        "3": {"class_type": "SpacetimeSaveVideo", "inputs": {"video": ["2", 0], "fps": 1.0,
+              "filename_prefix": "tests/native_in", "format": "webm"}},
+    }
+    h = run(host, graph)
+    assert error_message(h) is None, error_message(h)
+    (item,) = saved_files(h)
+    path = host.base_dir / "output" / item["subfolder"] / item["filename"]
+    frames, fps = video_file.read_video(path)
+    assert frames.shape == (5, 16, 32, 3) and fps == pytest.approx(10.0, rel=0.05)
+    assert frames[..., 1].mean() > 0.9 and frames[..., 0].mean() < 0.1  # green survives
+
+    shutil.copy(path, host.base_dir / "input" / "native.webm")
+    graph = {
+        "1": {"class_type": "SpacetimeLoadVideo", "inputs": {"video": "native.webm", "start_frame": 0,
+              "frame_count": 3, "stride": 1, "width": 0, "height": 0}},
+        "2": {"class_type": "SaveVideo", "inputs": {"video": ["1", 3], "filename_prefix": "tests/native_out",
+              "format": "auto", "codec": "auto"}},
+    }
+    h = run(host, graph)
+    assert error_message(h) is None, error_message(h)
+    (item,) = saved_files(h)
+    frames, _ = video_file.read_video(host.base_dir / "output" / item["subfolder"] / item["filename"])
+    assert frames.shape == (3, 16, 32, 3)

@@ -185,3 +185,40 @@ def test_embedded_workflow_with_shipped_weights_or_a_clear_error(host, tiny):
     else:
         msg = error_message(h)
         assert msg and "SpacetimeEmbeddedLoader: input 'weights'" in msg and "missing" in msg, msg
+
+
+def _with_tiny_files(graph: dict, names: dict, wan22: bool) -> dict:
+    """A Wan workflow on tiny random files: the umT5 CLIPLoader/CLIPTextEncode pair becomes the
+    tiny text encoder, the canvas 64x64x9, 2 steps."""
+    g = json.loads(json.dumps(graph))
+    for nid, node in g.items():
+        t, inp = node["class_type"], node["inputs"]
+        if t == "CLIPLoader":
+            g[nid] = {"class_type": "SpacetimeTextEncoderLoader", "inputs": {"text_encoder_name": names["text"]}}
+        elif t == "CLIPTextEncode":
+            g[nid] = {"class_type": "SpacetimeTextEncode", "inputs": {"text_encoder": inp["clip"], "text": inp["text"]}}
+        elif t == "SpacetimeDiTLoader":
+            inp.update(dit_name=names["dit22" if wan22 else "dit"], compute_dtype="fp32")
+        elif t == "SpacetimeVAELoader":
+            inp.update(vae_name=names["vae22" if wan22 else "vae"], dtype="fp32")
+        elif t == "SpacetimeCanvas":
+            inp.update(width=64, height=64, length=9)
+        elif t == "SpacetimeLoadVideo":
+            inp.update(width=64, height=64)
+        elif t == "SpacetimePlaceFrames":
+            inp["count"] = min(inp["count"], 4)
+        elif t == "SpacetimeSampler":
+            inp["steps"] = 2
+    return g
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("name", ["wan22_ti2v_5b_i2v", "wan21_t2v_1.3b_connect"])
+def test_wan_workflow_runs_on_tiny_files(host, tiny, name):
+    from spacetime_video.nodes.video_file import read_video
+    graph = _with_tiny_files(json.loads((WORKFLOWS / f"{name}_api.json").read_text()), tiny, name.startswith("wan22"))
+    h = run(host, graph, timeout=300)
+    assert error_message(h) is None, error_message(h)
+    (item,) = saved_files(h)
+    frames, _ = read_video(host.base_dir / "output" / item["subfolder"] / item["filename"])
+    assert frames.shape == (9, 64, 64, 3)
