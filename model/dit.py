@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttentionFn, pick_attention
+from .attention import AttentionFn, pick_attention, tune_cpu_allocator
 from .dit_config import DiTConfig
 from .dit_loading import Linear, load_dit  # noqa: F401  (load_dit re-exported)
 from .patch_grid import Grid, apply_rope, grid_of, patchify, rope_table, unpatchify
@@ -263,6 +263,8 @@ class WanDiT(nn.Module):
         grid = grid_of(x.shape, c.patch_size, c.in_dim)
         b = x.shape[0]
         _, attn = pick_attention(self.attention, x.device)
+        if x.device.type == "cpu":
+            tune_cpu_allocator()
         w = self.patch_embedding
         tokens = patchify(x.float(), w.weight.float(), w.bias.float(), c.patch_size)  # (B, L, D) fp32
         e, e0 = self.embed_time(self.time_groups(timestep, b, grid))
