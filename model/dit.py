@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttentionFn, pick_attention
+from .attention import AttentionFn, pick_attention, tune_cpu_allocator
 from .dit_config import DiTConfig
 from .dit_loading import Linear, load_dit  # noqa: F401  (load_dit re-exported)
 from .patch_grid import Grid, apply_rope, grid_of, patchify, rope_table, unpatchify
@@ -50,8 +50,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         # the statistic accumulates in fp32 without a widened copy; then one fp32 copy, scaled.
         # ``gain`` folds a constant into the weight (the attention scale for queries).
-        ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_()
-        r = ms.div_(x.shape[-1]).add_(self.eps).rsqrt_()     # (..., 1)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+        r = torch.rsqrt(norm.square() / x.shape[-1] + self.eps)  # (..., 1), small: out of place
         return (x.float() * r).mul_(self.weight.float() * gain)
 
 
@@ -199,6 +199,25 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(c) for _ in range(c.num_layers))
         self.head = Head(c)
         self.img_emb = MLPProj(c) if c.img_emb else None
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fresh-model initialisation as the official ``WanModel.init_weights``: Xavier-uniform
+        linears with zero bias, N(0, 0.02) text/time embeddings, a zero output layer, and
+        adaLN tables ~ N(0, 1/dim). (A no-op on the meta device, where load_dit builds.)"""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        for p in [b.modulation for b in self.blocks] + [self.head.modulation]:
+            nn.init.normal_(p, std=self.config.dim ** -0.5)
 
     # -- conditioning, built once per call and shared by every block --------------------------
     def time_groups(self, timestep: torch.Tensor | float, b: int, grid: Grid) -> torch.Tensor:
@@ -263,6 +282,8 @@ class WanDiT(nn.Module):
         grid = grid_of(x.shape, c.patch_size, c.in_dim)
         b = x.shape[0]
         _, attn = pick_attention(self.attention, x.device)
+        if x.device.type == "cpu":
+            tune_cpu_allocator()
         w = self.patch_embedding
         tokens = patchify(x.float(), w.weight.float(), w.bias.float(), c.patch_size)  # (B, L, D) fp32
         e, e0 = self.embed_time(self.time_groups(timestep, b, grid))

@@ -143,7 +143,8 @@ class WanVAE(nn.Module):
         """Like :meth:`encode` but returns (mean, log-variance) of the posterior, for training."""
         return self._encode(video, None, None, chunked, 2 * self.config.z_dim).chunk(2, dim=1)
 
-    def _encode(self, video, tile, tile_overlap, chunked, channels) -> torch.Tensor:
+    def _encode(self, video: torch.Tensor, tile: tuple[int, int] | None, tile_overlap: tuple[int, int] | None,
+                chunked: bool, channels: int) -> torch.Tensor:
         self.check_video(video)
         x = self._patchify(video.to(self.device, self.dtype))
         with self._grad_context():
@@ -160,10 +161,9 @@ class WanVAE(nn.Module):
     def _decode_stream(self, x: torch.Tensor, cache: CausalCache, chunked: bool) -> Iterator[torch.Tensor]:
         """Post-quant latent -> patchified pixels, one latent frame (chunked) at a time;
         each item holds all the frames one latent chunk gives."""
-        steps = range(x.shape[2]) if chunked else [slice(None)]
-        for t in steps:
-            sl = slice(t, t + 1) if chunked else t
-            yield torch.cat(list(self.decoder.stream(x[:, :, sl], cache, split=chunked)), dim=2)
+        chunks = x.split(1, dim=2) if chunked else [x]
+        for chunk in chunks:
+            yield torch.cat(list(self.decoder.stream(chunk, cache, split=chunked)), dim=2)
 
     def decode(self, z: torch.Tensor, callback: FrameCallback | None = None, tile: tuple[int, int] | None = None,
                tile_overlap: tuple[int, int] | None = None, chunked: bool = True,

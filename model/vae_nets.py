@@ -8,7 +8,7 @@ Sequential, in 2.2), ``middle`` (residual, attention, residual) and ``head``
 Memory: activations are largest at full resolution, where each chunk has the most frames.
 Because every layer is causal with its own cache, a chunk may be cut into single frames at
 any layer boundary without changing the result. The encoder runs the layers before its first
-temporal downsample one frame at a time; the decoder runs everything after each temporal
+temporal downsample one frame at a time; the decoder runs everything after its last temporal
 upsample one frame at a time (``split=True``). ``split=False`` runs the chunk as a whole.
 """
 from __future__ import annotations
@@ -108,10 +108,15 @@ class Decoder3d(nn.Module):
                 layers.append(Resample(out_dim, "upsample3d" if temporal else "upsample2d"))
         self.upsamples = nn.Sequential(*layers)
         self.head = _head(dims[-1], 3 * cfg.patch_size ** 2)
+        # Split frames after the last temporal upsample: the large full-resolution levels then
+        # hold one frame at a time. (Splitting earlier saves little memory at low resolution
+        # and costs time: thin convs are less efficient on CPU.)
+        flags = [_changes_time(m) for m in self.upsamples]
+        self._split_at = len(flags) - 1 - flags[::-1].index(True) if True in flags else -1
 
     def stream(self, z: torch.Tensor, cache: CausalCache, split: bool = True) -> Iterator[torch.Tensor]:
         """Decode a chunk of latent frames; yields output frames in order as they are done
-        (one at a time after the first temporal upsample when ``split``)."""
+        (one at a time after the last temporal upsample when ``split``)."""
         x = self.conv1(z, cache)
         for layer in self.middle:
             x = layer(x, cache)
@@ -121,7 +126,7 @@ class Decoder3d(nn.Module):
         for i in range(start, len(self.upsamples)):
             layer = self.upsamples[i]
             x = layer(x, cache)
-            if split and _changes_time(layer) and x.shape[2] > 1:
+            if split and i == self._split_at and x.shape[2] > 1:
                 frames, x = x.split(1, dim=2), None
                 for f in frames:
                     yield from self._up(f, i + 1, cache, split)

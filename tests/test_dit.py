@@ -92,15 +92,16 @@ def test_bf16_compute_close_to_fp32(t2v):
     assert rel_err(bf(x, ts, ctx, clip), ref) < 3e-2
 
 
-def _scaled_fp8(sd):
-    """A ComfyUI-style "fp8_scaled" file: block Linear weights in e4m3fn with scale_weight."""
+def _scaled_fp8(sd, suffix="scale_weight"):
+    """A ComfyUI-style "fp8_scaled" file: block Linear weights in e4m3fn with a per-tensor scale
+    (``scale_weight``; newer ComfyUI files name it ``weight_scale``)."""
     out, deq = {"model.diffusion_model.scaled_fp8": torch.empty(2, dtype=torch.float8_e4m3fn)}, {}
     for k, v in sd.items():
         if k.startswith("blocks.") and k.endswith(".weight") and v.ndim == 2:
             scale = v.abs().max() / 448.0
             q = (v / scale).to(torch.float8_e4m3fn)
             out[f"model.diffusion_model.{k}"] = q
-            out[f"model.diffusion_model.{k[:-7]}.scale_weight"] = scale.reshape(())
+            out[f"model.diffusion_model.{k[:-7]}.{suffix}"] = scale.reshape(())
             deq[k] = q.float() * scale
         else:
             out[f"model.diffusion_model.{k}"] = v.to(torch.bfloat16)
@@ -108,11 +109,12 @@ def _scaled_fp8(sd):
     return out, deq
 
 
+@pytest.mark.parametrize("suffix", ["scale_weight", "weight_scale"])
 @torch.no_grad()
-def test_scaled_fp8_file_round_trip(t2v, tmp_path):
+def test_scaled_fp8_file_round_trip(t2v, tmp_path, suffix):
     cfg, sd = t2v
     x, ts, ctx, clip = inputs(cfg)
-    fp8, dequantised = _scaled_fp8(sd)
+    fp8, dequantised = _scaled_fp8(sd, suffix)
     path = tmp_path / "fp8_scaled.safetensors"
     save_file(fp8, str(path), metadata=config_metadata(cfg))
     model = load_dit(path)
