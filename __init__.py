@@ -5,7 +5,8 @@ Importable two ways:
   * as a ComfyUI custom node folder, under any folder name: ComfyUI calls
     ``comfy_entrypoint`` and only then are the nodes (and ``comfy``) imported.
 """
-from . import model, samplers
+if __package__:  # pytest may import this file bare (no package) when collecting tests/
+    from . import model, samplers
 
 __version__ = "0.1.0"
 

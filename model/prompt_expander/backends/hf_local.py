@@ -1,0 +1,205 @@
+"""A local Hugging Face chat model through ``transformers`` (optional).
+
+As the official Wan extender does (Wan-Video/Wan2.1 ``wan/utils/prompt_extend.py``,
+``QwenPromptExpander``): Qwen2.5-Instruct for text, Qwen2.5-VL-Instruct when images are given.
+The weights are fetched once with ``huggingface_hub.snapshot_download`` (safetensors, configs and
+tokenizer files only; tqdm shows the progress) into a models folder chosen by the caller -- the
+node passes ComfyUI's ``models/LLM`` -- loaded on the GPU when there is one, run, then offloaded:
+moved back to CPU RAM (``offload="cpu"``, the default, quick to reuse) or dropped entirely
+(``offload="free"``). ``transformers`` and ``huggingface_hub`` are imported lazily, so the pack
+works without them; a missing one raises ``BackendUnavailable`` naming what to install.
+"""
+from __future__ import annotations
+
+import gc
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BackendUnavailable, EmptyAnswer
+from .openai_compat import clean_answer
+
+log = logging.getLogger("spacetime.prompt_expander")
+
+# Short names as in the official extender, and the defaults (3B: fits beside a video model).
+MODEL_ALIASES = {
+    "Qwen2.5_3B": "Qwen/Qwen2.5-3B-Instruct",
+    "Qwen2.5_7B": "Qwen/Qwen2.5-7B-Instruct",
+    "Qwen2.5_14B": "Qwen/Qwen2.5-14B-Instruct",
+    "QwenVL2.5_3B": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "QwenVL2.5_7B": "Qwen/Qwen2.5-VL-7B-Instruct",
+}
+DEFAULT_TEXT_MODEL = "Qwen/Qwen2.5-3B-Instruct"
+DEFAULT_VISION_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+# Only these files are fetched: never pickled weights (*.bin, *.pt, *.pth).
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+
+
+def default_models_dir() -> Path:
+    """``$SPACETIME_LLM_DIR``, else ``~/.cache/spacetime_video/LLM`` (the node passes ComfyUI's models/LLM)."""
+    env = os.environ.get("SPACETIME_LLM_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "spacetime_video" / "LLM"
+
+
+def resolve(model: str | None, models_dir: str | os.PathLike | None, vision: bool) -> tuple[str | None, Path]:
+    """``(hub repo id or None, local folder)`` for a model name, alias, repo id or local folder."""
+    name = (model or "").strip() or (DEFAULT_VISION_MODEL if vision else DEFAULT_TEXT_MODEL)
+    name = MODEL_ALIASES.get(name, name)
+    if Path(name).expanduser().is_dir():
+        return None, Path(name).expanduser()
+    if name.count("/") != 1 or name.startswith(("/", ".")):
+        raise ValueError(f"model={model!r} is neither a local model folder nor a Hugging Face repo id "
+                         f"like {DEFAULT_TEXT_MODEL!r} (or one of {', '.join(MODEL_ALIASES)})")
+    folder = Path(models_dir) if models_dir else default_models_dir()
+    return name, folder / name.split("/")[1]
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def ensure_downloaded(repo_id: str | None, folder: Path) -> Path:
+    """The model folder, downloading ``repo_id`` into it first if it is not there yet."""
+    if _complete(folder):
+        return folder
+    if repo_id is None:
+        raise BackendUnavailable(f"{folder} holds no model: it needs config.json and *.safetensors weights")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise BackendUnavailable("the local model backend needs huggingface_hub: pip install huggingface_hub") from None
+    log.info("downloading %s into %s (safetensors only)", repo_id, folder)
+    try:
+        snapshot_download(repo_id=repo_id, local_dir=str(folder), allow_patterns=ALLOW_PATTERNS)
+    except Exception as e:  # offline, unknown repo, gated repo, disk full: all end the same way for the user
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise BackendUnavailable(
+            f"could not download {repo_id} into {folder}: {type(e).__name__}: {str(e)[:200]}"
+            + (" (HF_HUB_OFFLINE is set)" if offline else "")
+            + f". Fetch it where there is internet: `huggingface-cli download {repo_id} --local-dir {folder}`"
+            " (or copy the folder there), or use the 'rules' or 'openai' backend.") from None
+    if not _complete(folder):
+        raise BackendUnavailable(f"{repo_id} was downloaded into {folder} but has no safetensors weights; "
+                                 "pick a model published in safetensors")
+    return folder
+
+
+def is_vision_model(folder: Path) -> bool:
+    """Whether the checkpoint in ``folder`` takes images (its config has a vision tower)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return "vision_config" in config
+
+
+@dataclass
+class LocalModel:
+    """A loaded model and its tokenizer (text) or processor (vision)."""
+
+    folder: Path
+    model: Any
+    tokenizer: Any  # a tokenizer, or a processor for vision models
+    vision: bool
+
+
+_LOADED: dict[str, LocalModel] = {}
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise BackendUnavailable("the local model backend needs transformers: pip install transformers "
+                                 "(or use the 'rules' or 'openai' backend)") from None
+    return transformers
+
+
+def load(folder: Path, vision: bool, dtype: torch.dtype | None = None) -> LocalModel:
+    """Load (or reuse) the model in ``folder``; it stays on the CPU until ``generate`` runs it."""
+    key = f"{folder.resolve()}|{vision}"
+    if key in _LOADED:
+        return _LOADED[key]
+    tf = _transformers()
+    dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    log.info("loading %s (%s, %s)", folder, "vision" if vision else "text", dtype)
+    if vision:
+        tokenizer = tf.AutoProcessor.from_pretrained(str(folder))
+        model = tf.AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype)
+    else:
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
+        model = tf.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    model.eval()
+    _LOADED[key] = LocalModel(folder, model, tokenizer, vision)
+    return _LOADED[key]
+
+
+def _pil_images(images: list[tuple[str, bytes]]) -> list[Any]:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BackendUnavailable("image input to the local model needs Pillow: pip install pillow") from None
+    return [Image.open(io.BytesIO(data)).convert("RGB") for _, data in images]
+
+
+def _inputs(lm: LocalModel, system: str, user: str, images: list[tuple[str, bytes]]) -> dict:
+    if lm.vision:
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": user}]
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]},
+                    {"role": "user", "content": content}]
+        text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return dict(lm.tokenizer(text=[text], images=_pil_images(images) or None, return_tensors="pt"))
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return dict(lm.tokenizer([text], return_tensors="pt"))
+
+
+def offload(lm: LocalModel, how: str = "cpu") -> None:
+    """Give the accelerator back: ``cpu`` moves the weights to RAM, ``free`` drops them."""
+    if how == "free":
+        _LOADED.pop(next((k for k, v in _LOADED.items() if v is lm), ""), None)
+        lm.model = None
+        gc.collect()
+    elif how == "cpu":
+        lm.model.to("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def generate(system: str, user: str, images: list[tuple[str, bytes]] | None = None, seed: int = 0,
+             temperature: float = 0.7, max_new_tokens: int = 512, model: str | None = None,
+             models_dir: str | os.PathLike | None = None, device: str | None = None,
+             offload_to: str = "cpu") -> str:
+    """Rewrite ``user`` with a local chat model; seeded sampling (greedy when temperature is 0)."""
+    images = images or []
+    repo_id, folder = resolve(model, models_dir, vision=bool(images))
+    folder = ensure_downloaded(repo_id, folder)
+    vision = is_vision_model(folder)
+    if images and not vision:
+        log.warning("%s is a text-only model: the images are ignored (use a vision model such as %s)",
+                    folder.name, DEFAULT_VISION_MODEL)
+        images = []
+    lm = load(folder, vision=vision)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        lm.model.to(device)
+        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in _inputs(lm, system, user, images).items()}
+        sampling = dict(do_sample=True, temperature=temperature, top_p=0.9) if temperature > 0 else dict(do_sample=False)
+        # A private RNG stream: the seed decides the sampling, and the caller's RNG state is untouched.
+        with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []), torch.no_grad():
+            torch.manual_seed(seed)
+            out = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)  # (1, prompt + new)
+        new_tokens = out[0, inputs["input_ids"].shape[1]:]
+        decoder = lm.tokenizer
+        text = clean_answer(decoder.decode(new_tokens, skip_special_tokens=True))
+    finally:
+        offload(lm, offload_to)
+    if not text:
+        raise EmptyAnswer(f"the local model {folder.name} produced no text; try another model or seed")
+    return text

@@ -1,0 +1,181 @@
+"""``expand_prompt``: a short idea -> the long, detailed caption a video model was trained on."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+from . import rules
+from .cache import cache_key, open_cache
+from .errors import BackendUnavailable, PromptExpanderError
+from .images import data_url, frames_from, pick_frames, to_image_bytes
+from .options import (FAMILIES, LANGUAGES, ON_ERROR, TASKS, check_backend, check_choice, check_max_words)
+from .system_prompts import system_prompt
+
+log = logging.getLogger("spacetime.prompt_expander")
+
+CACHE_VERSION = 1  # bump when post-processing changes, so old cached answers are not reused
+_WARNED: set[str] = set()
+
+
+def _warn_once(kind: str, message: str) -> None:
+    if kind not in _WARNED:
+        _WARNED.add(kind)
+        log.warning(message)
+    else:
+        log.info(message)
+
+
+def _looks_secret(name: str) -> bool:
+    return len(name) >= 24 and bool(re.search(r"\d", name)) and bool(re.search(r"[a-z]", name))
+
+
+def read_api_key(api_key_env: str | None) -> str | None:
+    """The key in the environment variable *named* ``api_key_env`` (None if unnamed or unset).
+
+    The name, not the key, is what workflows store; a value that looks like a key is refused
+    without being echoed."""
+    name = (api_key_env or "").strip()
+    if not name:
+        return None
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name) or _looks_secret(name):
+        raise ValueError("api_key_env must be the NAME of an environment variable that holds the key "
+                         "(e.g. OPENAI_API_KEY), not the key itself (the value given is not shown). Set the "
+                         "variable before starting ComfyUI and put its name here.")
+    key = os.environ.get(name) or None
+    if key is None:
+        log.info("environment variable %s is not set: calling the server without an API key", name)
+    return key
+
+
+def limit_words(text: str, max_words: int) -> str:
+    """``text`` cut to at most ``max_words`` words (Chinese: characters), at a sentence end if possible."""
+    if rules.count_words(text) <= max_words:
+        return text
+    sentences = re.findall(r".+?(?:[.!?。！？](?=\s|$)|[。！？]|$)", text)
+    kept = ""
+    for s in sentences:
+        if rules.count_words(kept + s) > max_words:
+            break
+        kept += s
+    if kept.strip():
+        return kept.strip()
+    words = text.split()  # one long first sentence: cut by words
+    return " ".join(words[:max_words]) if len(words) > 1 else text[:max_words]
+
+
+def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, backend: str = "rules",
+                  model_family: str = "wan2.1", language: str = "en", max_words: int = 100,
+                  images: Any = None, base_url: str | None = None, model: str | None = None,
+                  api_key_env: str | None = "OPENAI_API_KEY", temperature: float = 0.7,
+                  timeout: float = 60.0, retries: int = 2, on_error: str = "fallback",
+                  cache: bool | str | os.PathLike = True, models_dir: str | os.PathLike | None = None,
+                  max_tokens: int | None = None) -> str:
+    """Rewrite a short prompt into a detailed caption for a video model.
+
+    Args:
+        prompt: the user's idea, e.g. "a red fox".
+        task: ``t2v`` | ``i2v`` (images[0] is the first frame) | ``flf2v`` (first and last frame) |
+            ``extend`` (images[-1] is the last frame of the clip to continue).
+        seed: decides every choice (rules) and is sent to the LLM with ``temperature``.
+        backend: ``rules`` (offline, default) | ``openai`` (any OpenAI-compatible server at
+            ``base_url``) | ``hf`` (a local transformers model, fetched into ``models_dir``).
+        model_family: ``wan2.1`` | ``wan2.2`` | ``embedded`` (captions in the toy model's vocabulary).
+        language: ``en`` | ``zh`` (the embedded model reads English only).
+        max_words: length limit (Chinese: characters); Wan captions are usually 80-100.
+        images: ComfyUI IMAGE tensor(s), PIL images, file paths or PNG/JPEG bytes.
+        base_url, model: the server (e.g. ``http://localhost:11434/v1``) and model name (openai);
+            a repo id, alias or local folder for ``hf`` (default Qwen2.5-3B/-VL-3B-Instruct).
+        api_key_env: NAME of the environment variable holding the API key (never the key).
+        temperature, timeout, retries, max_tokens: sampling and robustness of the LLM call.
+        on_error: ``fallback`` (log a warning, return the rule-based caption) or ``raise``.
+        cache: ``True`` (memory + ``~/.cache/spacetime_video/prompts``), ``False``, or a folder.
+
+    Returns:
+        The expanded caption. Same inputs and seed give the same text (LLM answers are cached).
+
+    Raises:
+        ValueError: an input is invalid (the message names the valid values).
+        PromptExpanderError: the LLM backend failed and ``on_error="raise"``.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
+    task = check_choice("task", task, TASKS)
+    model_family = check_choice("model_family", model_family, FAMILIES)
+    language = check_choice("language", language, LANGUAGES)
+    backend = check_backend(backend)
+    on_error = check_choice("on_error", on_error, ON_ERROR)
+    max_words = check_max_words(max_words)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer")
+    if not 0.0 <= float(temperature) <= 2.0:
+        raise ValueError(f"temperature={temperature!r} must be between 0 and 2 (0 = greedy)")
+    if float(timeout) <= 0 or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"timeout must be > 0 seconds and retries a non-negative integer "
+                         f"(got timeout={timeout!r}, retries={retries!r})")
+    frames = pick_frames(frames_from(images), task)
+    if not prompt.strip() and not frames:
+        raise ValueError("prompt is empty: write a short idea (e.g. 'a red fox running through snow') "
+                         "or give an image to describe")
+
+    def with_rules(hint: str | None = None) -> str:
+        return rules.expand_with_rules(prompt.strip() or "the scene", task, model_family, language, seed, max_words, hint)
+
+    if backend == "rules":
+        if frames:
+            log.info("the rules backend cannot see images; they are ignored")
+        return with_rules()
+
+    if task == "flf2v" and len(frames) == 1:
+        log.warning("task flf2v expects two images (first and last frame); got one")
+    encoded = [to_image_bytes(f) for f in frames]  # [(mime, bytes)]
+    system = system_prompt(task, model_family, language, max_words)
+    user = prompt.strip() or "(no text: describe the image)"
+    max_tokens = int(max_tokens or 4 * max_words + 256)
+    if backend == "openai":
+        if not base_url:
+            raise ValueError("backend 'openai' needs base_url, e.g. http://localhost:11434/v1 (Ollama), "
+                             "http://localhost:8080/v1 (llama.cpp), https://api.openai.com/v1")
+        if not model:
+            raise ValueError("backend 'openai' needs a model name, e.g. 'qwen2.5:7b' (Ollama) or 'gpt-4o-mini'")
+    api_key = read_api_key(api_key_env) if backend == "openai" else None
+
+    store = open_cache(cache)
+    key = cache_key({
+        "v": CACHE_VERSION, "backend": backend, "base_url": (base_url or "").rstrip("/"), "model": model or "",
+        "api_key_env": api_key_env or "", "models_dir": str(models_dir or ""), "task": task,
+        "family": model_family, "language": language, "max_words": max_words, "seed": seed,
+        "temperature": float(temperature), "max_tokens": max_tokens, "system": system, "user": user,
+        "images": [data for _, data in encoded],
+    })
+    if store is not None and (hit := store.get(key)) is not None:
+        log.debug("prompt expander: cache hit %s", key[:12])
+        return hit
+
+    try:
+        if backend == "openai":
+            from .backends.openai_compat import ChatRequest, chat
+            answer = chat(ChatRequest(base_url=base_url, model=model, system=system, user=user,
+                                      images=[data_url(m, d) for m, d in encoded], seed=seed,
+                                      temperature=float(temperature), max_tokens=max_tokens,
+                                      timeout=float(timeout), retries=retries, api_key=api_key))
+        else:
+            from .backends import hf_local
+            answer = hf_local.generate(system, user, encoded, seed=seed, temperature=float(temperature),
+                                       max_new_tokens=max_tokens, model=model, models_dir=models_dir)
+    except PromptExpanderError as e:
+        if on_error == "raise":
+            raise
+        if isinstance(e, BackendUnavailable):
+            _warn_once(f"unavailable:{backend}:{e}", f"prompt expander backend '{backend}' unavailable ({e}); "
+                       "using the offline rule-based expander")
+        else:
+            log.warning("prompt expander backend '%s' failed (%s); using the offline rule-based expander",
+                        backend, e)
+        return with_rules()  # not cached: the next call tries the backend again
+
+    text = with_rules(hint=answer) if model_family == "embedded" else limit_words(answer, max_words)
+    if store is not None:
+        store.put(key, text)
+    return text

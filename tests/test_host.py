@@ -1,0 +1,58 @@
+"""A real ComfyUI host loads the pack: every Spacetime node is listed, nothing failed to import."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.host
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def declared_node_ids() -> set[str]:
+    ids = set()
+    for path in (ROOT / "nodes").glob("*.py"):
+        ids |= set(re.findall(r'node_id\s*=\s*"(Spacetime\w+)"', path.read_text()))
+    return ids
+
+
+def test_every_node_is_listed(host, object_info):
+    declared = declared_node_ids()
+    assert declared, "no Spacetime nodes declared in nodes/"
+    listed = {k for k in object_info if k.startswith("Spacetime")}
+    assert declared <= listed, f"missing from /object_info: {sorted(declared - listed)}"
+    assert not host.pack_import_failed(), host.log_tail(80)
+    assert f"custom_nodes/{host.pack_link}" in host.log_text()  # the check above looked at our line
+
+
+def test_node_ids_are_permanent_api(object_info):
+    for node_id, info in object_info.items():
+        if node_id.startswith("Spacetime"):
+            assert re.fullmatch(r"Spacetime[A-Z][A-Za-z0-9]*", node_id), node_id
+            assert info["category"].startswith("Spacetime"), (node_id, info["category"])
+
+
+def test_pack_loads_under_another_folder_name(tmp_path):
+    """Cloned into custom_nodes/ under any name (here with dashes) it still loads."""
+    from spacetime_video.scripts.host import ComfyHost
+
+    with ComfyHost(tmp_path / "base", pack_link="ComfyUI-Spacetime-main") as server:
+        assert [p.name for p in (server.base_dir / "custom_nodes").iterdir()] == ["ComfyUI-Spacetime-main"]
+        info = server.client.object_info()
+    assert declared_node_ids() <= set(info)
+    assert not server.pack_import_failed(), server.log_tail(80)
+
+
+def test_import_failure_of_the_pack_is_detected(tmp_path):
+    """The check used above really reads ComfyUI's failure line for our folder."""
+    from spacetime_video.scripts.host import ComfyHost
+
+    server = ComfyHost(tmp_path / "base")  # not started: only its log is examined
+    folder = server.base_dir / "custom_nodes" / "spacetime"
+    server.log_path.write_text(f"Import times for custom nodes:\n   0.1 seconds (IMPORT FAILED): {folder}\n")
+    assert server.pack_import_failed()
+    server.log_path.write_text(f"Import times for custom nodes:\n   0.1 seconds: {folder}\n"
+                               "IMPORT FAILED: nodes_audio.py\n")
+    assert not server.pack_import_failed()

@@ -1,0 +1,64 @@
+"""The package imports without ComfyUI, and its layout is what ComfyUI and pip expect."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    # -I: isolated, so neither the cwd nor PYTHONPATH can bring ComfyUI in.
+    return subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                          cwd="/", timeout=120)
+
+
+def test_imports_without_comfyui():
+    code = (
+        "import sys, importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('spacetime_video', {str(ROOT / '__init__.py')!r},"
+        f" submodule_search_locations=[{str(ROOT)!r}])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['spacetime_video'] = m\n"
+        "spec.loader.exec_module(m)\n"
+        "import spacetime_video.model, spacetime_video.samplers, spacetime_video.nodes.video_file\n"
+        "assert importlib.util.find_spec('comfy') is None, 'ComfyUI must not be importable here'\n"
+        "bad = [k for k in sys.modules if k.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths')]\n"
+        "assert not bad, bad\n"
+        "assert callable(m.comfy_entrypoint)\n"
+        "print('ok', m.__version__)\n"
+    )
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok ")
+
+
+def test_installed_distribution_points_at_this_layout():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = meta["project"]
+    assert project["name"] == "spacetime-video"
+    deps = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["dependencies"]}
+    assert {"einops", "safetensors", "huggingface_hub", "av", "torch"} <= deps
+    assert not any(d.startswith("torch") and any(c in d for c in "=<>~") for d in project["dependencies"]), \
+        "torch must never be pinned (a user's CUDA build must be kept)"
+    comfy = meta["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"]
+    assert project["scripts"]["spacetime-video"] == "spacetime_video.scripts.cli:main"
+    reqs = {line.split(">")[0].split("=")[0].strip()
+            for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
+    assert reqs == deps - {"torch"}, "requirements.txt must list the same runtime dependencies"
+
+
+def test_node_modules_only_in_nodes():
+    """Only nodes/ may import ComfyUI."""
+    offenders = []
+    for folder in ("model", "samplers", "scripts"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for line in path.read_text().splitlines():
+                s = line.strip()
+                if s.startswith(("import ", "from ")) and s.split()[1].split(".")[0] in (
+                        "comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes"):
+                    offenders.append(f"{path.relative_to(ROOT)}: {s}")
+    assert not offenders, offenders
