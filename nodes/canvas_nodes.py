@@ -45,8 +45,9 @@ class SpacetimeCanvas(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, width, height, length, invalid_size) -> bool | str:
-        if min(width, height, length) < 1:
-            return f"SpacetimeCanvas: width, height and length must be positive (got {width}x{height}, {length})"
+        if not (16 <= width <= 8192 and 16 <= height <= 8192 and 1 <= length <= 1025):
+            return (f"SpacetimeCanvas: width/height must be in 16..8192 and length in 1..1025 "
+                    f"(got {width}x{height}, {length} frames)")
         if invalid_size == "error":
             problems = canvas.check_canvas(width, height, length, stride=(4, 8, 8))
             if problems:
@@ -77,6 +78,11 @@ class SpacetimeCanvas(io.ComfyNode):
             peak = canvas.estimate_peak_bytes(size, c.dim, c.num_layers, c.ffn_dim, wbytes,
                                               torch.finfo(dit.compute_dtype).bits // 8)
             lines.append(f"estimated peak memory ~{peak / 2**30:.1f} GiB")
+            total = mm.get_total_memory(mm.get_torch_device())
+            if peak > total:
+                lines.append(f"WARNING: more than this device's {total / 2**30:.0f} GiB; ComfyUI will offload "
+                             "weights (slow) - lower the size or length, or store the DiT in fp8")
+                log.warning("SpacetimeCanvas: %s", lines[-1])
         samples = torch.zeros((1, *size.latent_shape), device=mm.intermediate_device())
         info = {"width": size.width, "height": size.height, "length": size.length, "stride": stride}
         return io.NodeOutput({"samples": samples, "spacetime": info}, ui=ui.PreviewText("\n".join(lines)))
