@@ -128,3 +128,11 @@ def test_two_experts_split_the_schedule(nodes):
     # the high-noise expert runs the steps above the boundary, the low-noise one the rest
     assert calls == {"high": split, "low": 6 - split}
     assert torch.isfinite(res["samples"]).all()
+
+
+def test_canvas_snaps_and_says_so(nodes):
+    vae = ours_vae(nodes, tiny_vae_sd())
+    res = nodes.canvas.SpacetimeCanvas.execute(vae, 70, 50, 10, "snap")
+    text = res.ui.as_dict()["text"][0]
+    assert "width 70 -> 64" in text and "height 50 -> 48" in text and "length 10 -> 9" in text
+    assert "tokens" in text and res.result[0]["samples"].shape == (1, 16, 3, 6, 8)
