@@ -1,9 +1,9 @@
 """Our WanDiT as a real ComfyUI MODEL.
 
 A ``comfy.model_patcher.ModelPatcher`` around a ``comfy.model_base.WAN21`` / ``WAN22`` whose
-``diffusion_model`` is our ``WanDiT`` behind a thin adapter, so ComfyUI's model management
+``diffusion_model`` is our ``WanDiT`` (re-typed to take ComfyUI's call), so ComfyUI's model management
 loads it to the GPU when a sampler needs it and offloads it when another model needs the
-memory; native KSampler / SamplerCustomAdvanced drive it; the model sampling is flow matching
+memory; native KSampler / SamplerCustomAdvanced / LoRA loaders work on it; the sampling is flow matching
 (``ModelSamplingDiscreteFlow``: CONST prediction, Wan's shift) and the latent format is Wan's
 (``latent_formats.Wan21`` / ``Wan22``: per-channel mean/std applied inside the model).
 
@@ -55,26 +55,19 @@ def make_castable(dit: WanDiT) -> None:
             m.__class__ = CastLinear
 
 
-class DiffusionAdapter(torch.nn.Module):
-    """ComfyUI's ``diffusion_model(x, t, context=, clip_fea=, transformer_options=, **conds)``
-    call -> ``WanDiT(x, timestep, context, clip_fea)``; returns the velocity."""
-
-    def __init__(self, dit: WanDiT) -> None:
-        super().__init__()
-        self.dit = dit
+class ComfyWanDiT(WanDiT):
+    """Our WanDiT with ComfyUI's diffusion-model call, ``diffusion_model(x, t, context=,
+    clip_fea=, control=, transformer_options=, **conds)``; returns the velocity. An instance is
+    re-typed, not wrapped, so its parameters keep the official Wan names under
+    ``diffusion_model.`` exactly as ComfyUI's own WanModel: native LoRA loaders find them."""
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.dit.compute_dtype
-
-    @property
-    def patch_embedding(self) -> torch.nn.Module:  # WAN21.concat_cond reads its in-channels
-        return self.dit.patch_embedding
+    def dtype(self) -> torch.dtype:  # BaseModel casts inputs to this
+        return self.compute_dtype
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | None = None,
-                clip_fea: torch.Tensor | None = None, transformer_options: dict | None = None,
-                **_: object) -> torch.Tensor:
-        return self.dit(x, timestep, context, clip_fea=clip_fea)
+                clip_fea: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+        return WanDiT.forward(self, x, timestep, context, clip_fea=clip_fea)
 
 
 class SpacetimeWan21(comfy.model_base.WAN21):
@@ -87,7 +80,7 @@ class SpacetimeWan22(comfy.model_base.WAN22):
     def process_timestep(self, timestep: torch.Tensor, x: torch.Tensor, denoise_mask=None, **kwargs):
         if denoise_mask is None:
             return timestep
-        patch = tuple(self.diffusion_model.dit.config.patch_size)
+        patch = tuple(self.diffusion_model.config.patch_size)
         return canvas.token_timesteps(denoise_mask, timestep, patch)  # (B, tokens)
 
 
@@ -123,8 +116,9 @@ def wrap_dit(dit: WanDiT, shift: float = 5.0, per_token: bool | None = None,
     config.set_inference_dtype(dit.compute_dtype, None)
     cls = SpacetimeWan22 if per_token else SpacetimeWan21
     make_castable(dit)
+    dit.__class__ = ComfyWanDiT
     model = cls(config, image_to_video=c.in_dim != c.out_dim, device=None)
-    model.diffusion_model = DiffusionAdapter(dit)
+    model.diffusion_model = dit
     model.spacetime_name = name
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
@@ -136,4 +130,4 @@ def wrap_dit(dit: WanDiT, shift: float = 5.0, per_token: bool | None = None,
 def spacetime_dit(model: comfy.model_patcher.ModelPatcher) -> WanDiT | None:
     """Our WanDiT inside a MODEL, or None for a native ComfyUI model."""
     inner = getattr(model.model, "diffusion_model", None)
-    return inner.dit if isinstance(inner, DiffusionAdapter) else None
+    return inner if isinstance(inner, ComfyWanDiT) else None

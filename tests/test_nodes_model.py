@@ -63,9 +63,9 @@ def test_ti2v_known_frames_get_timestep_zero_and_stay(cm):
 
     dit = _dit("ti2v")
     seen = []
-    real_forward = dit.forward
-    dit.forward = lambda x, t, c, clip_fea=None: (seen.append(t.clone()), real_forward(x, t, c, clip_fea))[1]
     model = cm.wrap_dit(dit, shift=5.0)
+    real_forward = dit.forward
+    dit.forward = lambda x, t, **kw: (seen.append(t.clone()), real_forward(x, t, **kw))[1]
     known = torch.randn(1, 48, 3, 4, 4)
     mask = torch.ones(1, 1, 3, 4, 4)
     mask[:, :, 0] = 0
@@ -164,3 +164,24 @@ def _run(model, fn):
         return fn()
     finally:
         mm.load_models_gpu = real
+
+
+def test_native_lora_loader_patches_our_model(cm):
+    """Parameters keep the official names under diffusion_model.: a LoRA in ComfyUI's generic
+    format applies through comfy.sd.load_lora_for_models (what LoraLoaderModelOnly calls)."""
+    import comfy.sd
+    dit = _dit(seed=9)
+    model = cm.wrap_dit(dit)
+    w = dit.blocks[0].ffn[0].weight
+    assert "diffusion_model.blocks.0.ffn.0.weight" in model.model.state_dict()
+    up, down = torch.randn(w.shape[0], 2), torch.randn(2, w.shape[1])
+    lora = {"diffusion_model.blocks.0.ffn.0.lora_up.weight": up,
+            "diffusion_model.blocks.0.ffn.0.lora_down.weight": down}
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 0.5, 0.0)
+    before = w.detach().clone()
+    patched.patch_model()
+    try:
+        assert torch.allclose(cm.spacetime_dit(patched).blocks[0].ffn[0].weight, before + 0.5 * up @ down, atol=1e-5)
+    finally:
+        patched.unpatch_model()
+    assert torch.equal(w, before)

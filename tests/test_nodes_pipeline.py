@@ -112,9 +112,10 @@ def test_two_experts_split_the_schedule(nodes):
     calls = {"high": 0, "low": 0}
 
     def counted(dit, name):
+        model = nodes.model.wrap_dit(dit, shift=5.0)
         f = dit.forward
         dit.forward = lambda *a, **k: (calls.__setitem__(name, calls[name] + 1), f(*a, **k))[1]
-        return nodes.model.wrap_dit(dit, shift=5.0)
+        return model
 
     high = counted(load_dit(random_state_dict(cfg, 3), config=cfg), "high")
     low = counted(load_dit(random_state_dict(cfg, 4), config=cfg), "low")
