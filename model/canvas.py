@@ -9,10 +9,13 @@ backward), both ends (connect, loop). This module holds the arithmetic of that p
   accept (``4k+1`` frames, sides a multiple of ``s*p``), snapping to the nearest valid values;
 * the pixel canvas: ``[T, H, W, 3]`` frames in 0..1, mid-grey where unknown, plus a per-frame
   "known" flag; the whole canvas is encoded at once so that the causal VAE sees the frames in
-  their true order (as ComfyUI's ``WanFirstLastFrameToVideo`` does);
+  their true order (as ComfyUI's ``WanFirstLastFrameToVideo`` does). For the kept latents the
+  unknown frames before a known run are first filled with that run's first frame (a still
+  lead-in, as the embedded model's pipeline encodes end frames), so a latent whose last
+  frames are known (e.g. one end image) is still a faithful, keepable latent;
 * masks in ComfyUI's convention (``noise_mask``: 1 = generate, 0 = keep), per latent frame:
-  latent 0 holds frame 0, latent ``t >= 1`` holds frames ``4t-3 .. 4t``, and it is known only
-  when all its frames are;
+  latent 0 holds frame 0, latent ``t >= 1`` holds frames ``4t-3 .. 4t``, and it is known when
+  its known frames are a non-empty suffix of its group (the rest is the lead-in);
 * the 4-channel concat mask of Wan 2.1 I2V / FLF2V (frame 0 counted four times, as the
   official ``wan/image2video.py`` builds ``msk``);
 * per-token timesteps for models trained with clean known tokens (Wan 2.2 TI2V: the official
@@ -146,11 +149,25 @@ def place(pixels: torch.Tensor, known: torch.Tensor, frames: torch.Tensor, at: i
 
 
 def latent_known(known: torch.Tensor, stride_t: int = 4) -> torch.Tensor:
-    """Per-latent-frame known flags ``[T']`` from per-frame flags ``[T]``: a latent frame is
-    known only when every pixel frame it holds is known."""
-    first = known[:1]
-    rest = known[1:].reshape(-1, stride_t).all(dim=1)
-    return torch.cat([first, rest])
+    """Per-latent-frame known flags ``[T']`` from per-frame flags ``[T]``: latent 0 when frame
+    0 is known; a later latent when its group of ``stride_t`` frames ends in known frames and
+    has no unknown frame after a known one (unknown, ..., known, known: the lead-in case)."""
+    group = known[1:].reshape(-1, stride_t)  # (T'-1, 4)
+    suffix = group[:, -1] & (group[:, 1:] >= group[:, :-1]).all(dim=1)  # non-decreasing, ends True
+    return torch.cat([known[:1], suffix])
+
+
+def fill_lead_in(pixels: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """A copy of the canvas where each unknown frame before a known one shows the next known
+    frame (a still lead-in); unknown frames after the last known one stay as they are."""
+    out = pixels.clone()
+    nxt = None
+    for t in range(len(known) - 1, -1, -1):  # walk backwards, remembering the next known frame
+        if known[t]:
+            nxt = t
+        elif nxt is not None:
+            out[t] = pixels[nxt]
+    return out
 
 
 def noise_mask(known: torch.Tensor, latent_hw: tuple[int, int], stride_t: int = 4) -> torch.Tensor:

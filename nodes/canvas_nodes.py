@@ -135,7 +135,10 @@ class SpacetimePlaceFrames(io.ComfyNode):
             canvas.place(pixels, known, frames.cpu(), at)
         except canvas.CanvasError as e:
             raise node_error(cls, "frame" if position == "frame" else "images", str(e)) from None
-        z = vae.encode(pixels).to(mm.intermediate_device())  # (1, C, T', H', W') raw
+        # kept latents: unknown frames before a known run show its first frame (a still lead-in);
+        # the Wan 2.1 I2V/FLF2V concat image: grey where unknown, as those models were trained
+        z = vae.encode(canvas.fill_lead_in(pixels, known)).to(mm.intermediate_device())  # (1, C, T', H', W')
+        z_grey = vae.encode(pixels).to(mm.intermediate_device()) if (~known).any() else z
         if tuple(z.shape[2:]) != tuple(latent["samples"].shape[2:]) or z.shape[1] != latent["samples"].shape[1]:
             raise node_error(cls, "vae", f"the VAE encodes the canvas to {tuple(z.shape)} but the canvas latent is "
                              f"{tuple(latent['samples'].shape)}: use the VAE the canvas was made with")
@@ -143,7 +146,7 @@ class SpacetimePlaceFrames(io.ComfyNode):
         info.update(pixels=pixels, known=known,
                     clip_vision=list(info.get("clip_vision", [])) + ([clip_vision_output] if clip_vision_output is not None else []))
         out = {**latent, "samples": z, "noise_mask": canvas.noise_mask(known, hw, info["stride"][0]),
-               "concat_latent_image": z, "concat_mask": canvas.concat_mask(known, hw, info["stride"][0]),
+               "concat_latent_image": z_grey, "concat_mask": canvas.concat_mask(known, hw, info["stride"][0]),
                "spacetime": info}
         log.info("SpacetimePlaceFrames: %d frame(s) at %d; known latent frames %s", frames.shape[0], at,
                  canvas.latent_known(known, info["stride"][0]).int().tolist())

@@ -43,6 +43,8 @@ def test_place_and_masks_extend_both_ends():
     assert canvas.latent_known(known).tolist() == [True, True, False]
     m = canvas.noise_mask(known, (2, 2))
     assert m.shape == (1, 1, 3, 2, 2) and m[0, 0, :, 0, 0].tolist() == [0.0, 0.0, 1.0]
+    known[5:7] = False   # frames 5, 6 unknown, 7, 8 known: a lead-in, so latent 2 is kept
+    assert canvas.latent_known(known).tolist() == [True, True, True]
 
 
 def test_place_errors_name_sizes_and_range():
@@ -99,3 +101,13 @@ def test_restart_noise_inverts_forward_process():
     assert torch.allclose(canvas.restart_noise(xs, x0, 0.3), n, atol=1e-5)
     with pytest.raises(ValueError):
         canvas.restart_noise(xs, x0, 0.0)
+
+
+def test_fill_lead_in_holds_the_next_known_frame():
+    pixels, known = canvas.new_pixel_canvas(9, 2, 2)
+    end = torch.rand(1, 2, 2, 3)
+    canvas.place(pixels, known, end, 8)                 # one end image (loop / connect)
+    filled = canvas.fill_lead_in(pixels, known)
+    assert torch.equal(filled, end.expand(9, 2, 2, 3))
+    assert pixels[1:8].eq(canvas.GREY).all()            # the canvas itself is untouched
+    assert canvas.latent_known(known).tolist() == [False, False, True]

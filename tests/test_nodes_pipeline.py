@@ -137,3 +137,17 @@ def test_canvas_snaps_and_says_so(nodes):
     text = res.ui.as_dict()["text"][0]
     assert "width 70 -> 64" in text and "height 50 -> 48" in text and "length 10 -> 9" in text
     assert "tokens" in text and res.result[0]["samples"].shape == (1, 16, 3, 6, 8)
+
+
+def test_loop_keeps_one_image_at_both_ends(nodes):
+    model, cfg = _ti2v_model(nodes)
+    vae = ours_vae(nodes, tiny_vae_sd("2.2"))
+    latent = out(nodes.canvas.SpacetimeCanvas.execute(vae, 64, 64, 9, "snap", model))
+    image = torch.rand(1, 64, 64, 3)
+    place = nodes.canvas.SpacetimePlaceFrames.execute
+    placed = out(place(out(place(latent, vae, image, "start", 0, "all", 1)), vae, image, "end", 0, "all", 1))
+    assert placed["noise_mask"][0, 0, :, 0, 0].tolist() == [0.0, 1.0, 0.0]   # the end image's latent is kept
+    assert placed["concat_mask"][0, :, 2, 0, 0].tolist() == [1.0, 1.0, 1.0, 0.0]
+    cond = [[torch.randn(1, 5, cfg.text_dim), {}]]
+    z = out(nodes.sampler.SpacetimeSampler.execute(model, cond, cond, placed, 2, 2, 1.0, "euler", 5.0, 1.0))["samples"]
+    assert torch.allclose(z[:, :, [0, 2]], placed["samples"][:, :, [0, 2]], atol=1e-4)
