@@ -157,12 +157,12 @@ def config_metadata(config: DiTConfig) -> dict[str, str]:
 
 
 def _storage_dtype(name: str, src: torch.dtype, dtype: torch.dtype | None, compute: torch.dtype,
-                   scaled: bool) -> torch.dtype:
+                   linear: bool) -> torch.dtype:
     from .dit import keeps_fp32
     if keeps_fp32(name):
         return torch.float32
-    if src in FP8_DTYPES and name.endswith(".weight") and (dtype is None or dtype == src):
-        return src  # stays fp8; widened per layer at run time
+    if src in FP8_DTYPES and linear and name.endswith(".weight") and (dtype is None or dtype == src):
+        return src  # stays fp8; widened per layer at run time by Linear
     return dtype if dtype is not None and dtype not in FP8_DTYPES else compute
 
 
@@ -198,16 +198,17 @@ def load_dit(path_or_state_dict: PathOrStateDict, dtype: torch.dtype | None = No
     modules = dict(model.named_modules())
     for name in expected:
         t = reader.read(names[name])
-        target = _storage_dtype(name, t.dtype, dtype, compute_dtype, name in scales)
         mod_name, _, attr = name.rpartition(".")
         module = modules[mod_name]
-        scale = reader.read(scales[name]).float().reshape(()) if name in scales else None
-        if t.dtype in FP8_DTYPES and target not in FP8_DTYPES:
-            t = t.float() * scale if scale is not None else t
-        elif scale is not None and target in FP8_DTYPES:
-            if not isinstance(module, Linear):
-                raise WeightsError(f"{name}: fp8 scale on a layer that is not a Linear")
-            module.scale_weight = scale.to(device)
+        target = _storage_dtype(name, t.dtype, dtype, compute_dtype, isinstance(module, Linear))
+        scale = None
+        if name in scales:  # per tensor (ComfyUI), or per output row
+            scale = reader.read(scales[name]).float()
+            scale = scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1, 1)
+        if target in FP8_DTYPES:
+            module.scale_weight = None if scale is None else scale.to(device)
+        elif t.dtype in FP8_DTYPES and scale is not None:
+            t = t.float() * scale  # widened once here; stored in ``target``
         t = t.to(device=device, dtype=target)
         setattr(module, attr, nn.Parameter(t, requires_grad=False))
     log.info("loaded Wan DiT %s (%s, %d layers) compute %s", preset_name(cfg) or "custom",
