@@ -81,28 +81,31 @@ class _Reader:
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise WeightsError(f"{path.name}: pickle checkpoints are not loaded (they can run code); "
                                "use the .safetensors release of these weights")
-        if not path.is_file():
-            raise WeightsError(f"DiT weights file not found: {path}")
-        header = read_safetensors_header(path)
-        self.path, self.metadata = path, dict(header.pop("__metadata__", None) or {})
-        self.data_start = 8 + int.from_bytes(path.open("rb").read(8), "little")
-        self.entries = header
-        self.shapes = {k: tuple(v["shape"]) for k, v in header.items()}
-        self.dtypes = {k: ST_DTYPES.get(v["dtype"]) for k, v in header.items()}
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]  # sharded diffusers dirs
+        if not files or not all(f.is_file() for f in files):
+            raise WeightsError(f"DiT weights not found: {path} (a .safetensors file, or a folder of them)")
+        self.entries: dict[str, tuple[Path, int, dict]] = {}
+        for f in files:
+            header = read_safetensors_header(f)
+            self.metadata.update(header.pop("__metadata__", None) or {})
+            start = 8 + int.from_bytes(f.open("rb").read(8), "little")
+            self.entries.update({k: (f, start, v) for k, v in header.items()})
+        self.shapes = {k: tuple(v["shape"]) for k, (_, _, v) in self.entries.items()}
+        self.dtypes = {k: ST_DTYPES.get(v["dtype"]) for k, (_, _, v) in self.entries.items()}
 
     def read(self, key: str) -> torch.Tensor:
         if self.sd is not None:
             return self.sd[key]
-        e = self.entries[key]
+        path, start, e = self.entries[key]
         dtype = self.dtypes[key]
         if dtype is None:
-            raise WeightsError(f"{self.path.name}: tensor {key} has unsupported dtype {e['dtype']}")
+            raise WeightsError(f"{path.name}: tensor {key} has unsupported dtype {e['dtype']}")
         t = torch.empty(self.shapes[key], dtype=dtype)
         begin, end = e["data_offsets"]
-        with open(self.path, "rb") as f:  # plain read into the final buffer: no mmap, no copy
-            f.seek(self.data_start + begin)
+        with open(path, "rb") as f:  # plain read into the final buffer: no mmap, no copy
+            f.seek(start + begin)
             if end > begin and f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != end - begin:
-                raise WeightsError(f"{self.path.name}: short read for {key}; the file is truncated")
+                raise WeightsError(f"{path.name}: short read for {key}; the file is truncated")
         return t
 
 

@@ -37,6 +37,14 @@ def test_every_layout_and_file_gives_identical_output(t2v, tmp_path):
         model = load_dit(path)  # config from shapes + metadata (heads of a tiny model)
         assert model.config == cfg
         assert torch.equal(model(x, ts, ctx, clip), want), name
+    shards = tmp_path / "sharded"  # diffusers repos ship a folder of shards
+    shards.mkdir()
+    keys = sorted(layouts["diffusers"])
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        save_file({k: layouts["diffusers"][k].contiguous() for k in part},
+                  str(shards / f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors"),
+                  metadata=config_metadata(cfg))
+    assert torch.equal(load_dit(shards)(x, ts, ctx, clip), want)
 
 
 def test_presets_detected_from_shapes():
