@@ -81,28 +81,31 @@ class _Reader:
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise WeightsError(f"{path.name}: pickle checkpoints are not loaded (they can run code); "
                                "use the .safetensors release of these weights")
-        if not path.is_file():
-            raise WeightsError(f"DiT weights file not found: {path}")
-        header = read_safetensors_header(path)
-        self.path, self.metadata = path, dict(header.pop("__metadata__", None) or {})
-        self.data_start = 8 + int.from_bytes(path.open("rb").read(8), "little")
-        self.entries = header
-        self.shapes = {k: tuple(v["shape"]) for k, v in header.items()}
-        self.dtypes = {k: ST_DTYPES.get(v["dtype"]) for k, v in header.items()}
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]  # sharded diffusers dirs
+        if not files or not all(f.is_file() for f in files):
+            raise WeightsError(f"DiT weights not found: {path} (a .safetensors file, or a folder of them)")
+        self.entries: dict[str, tuple[Path, int, dict]] = {}
+        for f in files:
+            header = read_safetensors_header(f)
+            self.metadata.update(header.pop("__metadata__", None) or {})
+            start = 8 + int.from_bytes(f.open("rb").read(8), "little")
+            self.entries.update({k: (f, start, v) for k, v in header.items()})
+        self.shapes = {k: tuple(v["shape"]) for k, (_, _, v) in self.entries.items()}
+        self.dtypes = {k: ST_DTYPES.get(v["dtype"]) for k, (_, _, v) in self.entries.items()}
 
     def read(self, key: str) -> torch.Tensor:
         if self.sd is not None:
             return self.sd[key]
-        e = self.entries[key]
+        path, start, e = self.entries[key]
         dtype = self.dtypes[key]
         if dtype is None:
-            raise WeightsError(f"{self.path.name}: tensor {key} has unsupported dtype {e['dtype']}")
+            raise WeightsError(f"{path.name}: tensor {key} has unsupported dtype {e['dtype']}")
         t = torch.empty(self.shapes[key], dtype=dtype)
         begin, end = e["data_offsets"]
-        with open(self.path, "rb") as f:  # plain read into the final buffer: no mmap, no copy
-            f.seek(self.data_start + begin)
+        with open(path, "rb") as f:  # plain read into the final buffer: no mmap, no copy
+            f.seek(start + begin)
             if end > begin and f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != end - begin:
-                raise WeightsError(f"{self.path.name}: short read for {key}; the file is truncated")
+                raise WeightsError(f"{path.name}: short read for {key}; the file is truncated")
         return t
 
 
@@ -157,12 +160,12 @@ def config_metadata(config: DiTConfig) -> dict[str, str]:
 
 
 def _storage_dtype(name: str, src: torch.dtype, dtype: torch.dtype | None, compute: torch.dtype,
-                   scaled: bool) -> torch.dtype:
+                   linear: bool) -> torch.dtype:
     from .dit import keeps_fp32
     if keeps_fp32(name):
         return torch.float32
-    if src in FP8_DTYPES and name.endswith(".weight") and (dtype is None or dtype == src):
-        return src  # stays fp8; widened per layer at run time
+    if src in FP8_DTYPES and linear and name.endswith(".weight") and (dtype is None or dtype == src):
+        return src  # stays fp8; widened per layer at run time by Linear
     return dtype if dtype is not None and dtype not in FP8_DTYPES else compute
 
 
@@ -198,16 +201,17 @@ def load_dit(path_or_state_dict: PathOrStateDict, dtype: torch.dtype | None = No
     modules = dict(model.named_modules())
     for name in expected:
         t = reader.read(names[name])
-        target = _storage_dtype(name, t.dtype, dtype, compute_dtype, name in scales)
         mod_name, _, attr = name.rpartition(".")
         module = modules[mod_name]
-        scale = reader.read(scales[name]).float().reshape(()) if name in scales else None
-        if t.dtype in FP8_DTYPES and target not in FP8_DTYPES:
-            t = t.float() * scale if scale is not None else t
-        elif scale is not None and target in FP8_DTYPES:
-            if not isinstance(module, Linear):
-                raise WeightsError(f"{name}: fp8 scale on a layer that is not a Linear")
-            module.scale_weight = scale.to(device)
+        target = _storage_dtype(name, t.dtype, dtype, compute_dtype, isinstance(module, Linear))
+        scale = None
+        if name in scales:  # per tensor (ComfyUI), or per output row
+            scale = reader.read(scales[name]).float()
+            scale = scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1, 1)
+        if target in FP8_DTYPES:
+            module.scale_weight = None if scale is None else scale.to(device)
+        elif t.dtype in FP8_DTYPES and scale is not None:
+            t = t.float() * scale  # widened once here; stored in ``target``
         t = t.to(device=device, dtype=target)
         setattr(module, attr, nn.Parameter(t, requires_grad=False))
     log.info("loaded Wan DiT %s (%s, %d layers) compute %s", preset_name(cfg) or "custom",

@@ -37,6 +37,14 @@ def test_every_layout_and_file_gives_identical_output(t2v, tmp_path):
         model = load_dit(path)  # config from shapes + metadata (heads of a tiny model)
         assert model.config == cfg
         assert torch.equal(model(x, ts, ctx, clip), want), name
+    shards = tmp_path / "sharded"  # diffusers repos ship a folder of shards
+    shards.mkdir()
+    keys = sorted(layouts["diffusers"])
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        save_file({k: layouts["diffusers"][k].contiguous() for k in part},
+                  str(shards / f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors"),
+                  metadata=config_metadata(cfg))
+    assert torch.equal(load_dit(shards)(x, ts, ctx, clip), want)
 
 
 def test_presets_detected_from_shapes():
@@ -97,7 +105,7 @@ def _scaled_fp8(sd, suffix="scale_weight"):
     (``scale_weight``; newer ComfyUI files name it ``weight_scale``)."""
     out, deq = {"model.diffusion_model.scaled_fp8": torch.empty(2, dtype=torch.float8_e4m3fn)}, {}
     for k, v in sd.items():
-        if k.startswith("blocks.") and k.endswith(".weight") and v.ndim == 2:
+        if (k.startswith("blocks.") and k.endswith(".weight") and v.ndim == 2) or k == "patch_embedding.weight":
             scale = v.abs().max() / 448.0
             q = (v / scale).to(torch.float8_e4m3fn)
             out[f"model.diffusion_model.{k}"] = q
@@ -119,6 +127,7 @@ def test_scaled_fp8_file_round_trip(t2v, tmp_path, suffix):
     save_file(fp8, str(path), metadata=config_metadata(cfg))
     model = load_dit(path)
     assert model.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn  # stays fp8 in memory
+    assert model.patch_embedding.weight.dtype == torch.float32  # a scaled fp8 conv is widened at load
     out = model(x, ts, ctx, clip)
     # exact dequantisation: same as fp32 weights w8 * scale
     assert rel_err(out, load_dit(dequantised, config=cfg)(x, ts, ctx, clip)) < 1e-5
