@@ -35,18 +35,33 @@ log = logging.getLogger("spacetime.nodes")
 
 
 class CastLinear(Linear, comfy.ops.CastWeightBiasOp):
-    """Our Linear (narrow or fp8-scaled storage) plus ComfyUI's on-the-fly weight casting."""
+    """Our Linear (narrow or fp8-scaled storage) plus ComfyUI's on-the-fly weight casting: when
+    ComfyUI loads the model partially (``comfy_cast_weights``) or patches a weight in low-VRAM
+    mode (``weight_function``), the weight is moved and patched per use, also where the DiT
+    reads it directly (``weight_as``, e.g. its fused QKV projection)."""
+
+    def _casting(self) -> bool:
+        return bool(self.comfy_cast_weights or self.weight_function or self.bias_function)
+
+    def _cast(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        comfy.ops.run_every_op()
+        w, b = comfy.ops.cast_bias_weight(self, dtype=dtype, device=mm.get_torch_device(), bias_dtype=dtype)
+        if self.scale_weight is not None and self.weight.dtype != dtype:
+            w = w * self.scale_weight.to(w)
+        return w, b
+
+    def weight_as(self, dtype: torch.dtype) -> torch.Tensor:
+        return self._cast(dtype)[0] if self._casting() else Linear.weight_as(self, dtype)
+
+    def bias_as(self, dtype: torch.dtype) -> torch.Tensor | None:
+        return self._cast(dtype)[1] if self._casting() else Linear.bias_as(self, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         comfy.ops.run_every_op()
-        if not (self.comfy_cast_weights or self.weight_function or self.bias_function):
+        if not self._casting():
             return Linear.forward(self, x)
-        w, b, stream = comfy.ops.cast_bias_weight(self, x, offloadable=True)
-        if self.scale_weight is not None:
-            w = w * self.scale_weight.to(w)
-        out = F.linear(x, w, b)
-        comfy.ops.uncast_bias_weight(self, w, b, stream)
-        return out
+        w, b = self._cast(x.dtype)
+        return F.linear(x, w.to(x.device), None if b is None else b.to(x.device))
 
 
 def make_castable(dit: WanDiT) -> None:

@@ -185,3 +185,28 @@ def test_native_lora_loader_patches_our_model(cm):
     finally:
         patched.unpatch_model()
     assert torch.equal(w, before)
+
+
+def test_lora_applies_in_low_vram_mode_too(cm):
+    """Partially loaded, a LoRA is applied per use (weight_function), also on the DiT's fused
+    QKV path that reads the weights directly: same result as a fully loaded patched model."""
+    import comfy.model_management as mm
+    import comfy.sd
+    dit = _dit(seed=10)
+    model = cm.wrap_dit(dit)
+    q = dit.blocks[0].self_attn.q.weight
+    lora = {"diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.randn(q.shape[0], 2),
+            "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.randn(2, q.shape[1])}
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    x, ctx = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 5, TINY["t2v"].text_dim)
+    t = torch.tensor([600.0])
+    mm.unload_all_models()
+    patched.patch_model()
+    full = cm.spacetime_dit(patched)(x, t, ctx)
+    patched.unpatch_model()
+    plain = cm.spacetime_dit(patched)(x, t, ctx)
+    patched.load(torch.device("cpu"), lowvram_model_memory=1)   # everything "offloaded", patches per use
+    low = cm.spacetime_dit(patched)(x, t, ctx)
+    patched.detach()
+    assert not torch.allclose(full, plain, atol=1e-3)
+    assert torch.allclose(low, full, atol=1e-4), (low - full).abs().max()
