@@ -8,7 +8,10 @@ without it, so this file imports ComfyUI only when the node list is asked for.
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
+
+log = logging.getLogger("spacetime.nodes")
 
 
 def all_nodes() -> list:
@@ -17,7 +20,11 @@ def all_nodes() -> list:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
+        try:
+            module = importlib.import_module(f"{__name__}.{info.name}")
+        except Exception:  # one broken module must not take the whole pack down
+            log.exception("Spacetime: nodes/%s.py failed to import; its nodes are missing", info.name)
+            continue
         nodes.extend(getattr(module, "NODES", []))
     ids = [n.GET_SCHEMA().node_id for n in nodes]
     bad = [i for i in ids if not i.startswith("Spacetime")]

@@ -1,10 +1,28 @@
-"""Video output nodes."""
+"""Video file nodes: Save Video (MP4/WebM/GIF with the workflow in its metadata) and Load Video
+(frame range, stride, resize; files from ComfyUI's input folder only). Both also speak
+ComfyUI's VIDEO type, so they interoperate with CreateVideo / SaveVideo / LoadVideo."""
 from __future__ import annotations
 
-import folder_paths
-from comfy_api.latest import io, ui
+import os
+from fractions import Fraction
 
-from .video_file import write_video
+import folder_paths
+from comfy_api.latest import InputImpl, Types, io, ui
+
+from .errors import node_error
+from .video_file import FORMATS, READABLE, read_video, write_video
+
+
+def _summary(prompt: dict | None) -> dict:
+    """The seeds and text prompts of an API-format graph, for quick reading of a file."""
+    seeds, texts = {}, {}
+    for nid, node in (prompt or {}).items():
+        for key, value in node.get("inputs", {}).items():
+            if key in ("seed", "noise_seed") and isinstance(value, int):
+                seeds[nid] = value
+            elif key in ("text", "prompt") and isinstance(value, str):
+                texts[nid] = value
+    return {"seeds": seeds, "prompts": texts}
 
 
 class SpacetimeSaveVideo(io.ComfyNode):
@@ -14,31 +32,113 @@ class SpacetimeSaveVideo(io.ComfyNode):
             node_id="SpacetimeSaveVideo",
             display_name="Save Video (Spacetime)",
             category="Spacetime/video",
-            description="Encode frames to an MP4 (H.264) or WebM file in the output folder; "
-                        "the workflow and prompt are stored in the file's metadata.",
+            description="Encode frames to MP4 (H.264), WebM (VP9) or GIF in the output folder; the "
+                        "workflow, the API graph, its seeds and prompts go into the file's metadata.",
             inputs=[
-                io.Image.Input("images", tooltip="frames [N, H, W, 3]"),
+                io.Image.Input("images", optional=True, tooltip="frames [N, H, W, 3]"),
                 io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0),
                 io.String.Input("filename_prefix", default="spacetime/video"),
-                io.Combo.Input("format", options=["mp4", "webm"], default="mp4"),
+                io.Combo.Input("format", options=list(FORMATS), default="mp4"),
+                io.Video.Input("video", optional=True, tooltip="a ComfyUI VIDEO instead of frames "
+                               "(its own frame rate is used)"),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, images, fps, filename_prefix, format) -> io.NodeOutput:
+    def execute(cls, fps, filename_prefix, format, images=None, video=None) -> io.NodeOutput:
+        if images is None and video is None:
+            raise node_error(cls, "images", "connect frames (IMAGE) or a VIDEO to save")
+        if images is None:
+            parts = video.get_components()
+            images, fps = parts.images, float(parts.frame_rate)
         out_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, out_dir, images.shape[2], images.shape[1])
-        filename = f"{name}_{counter:05}.{format}"
+        filename = f"{name}_{counter:05}_.{format}"
         metadata = {}
         if cls.hidden.prompt is not None:
             metadata["prompt"] = cls.hidden.prompt
+            metadata["spacetime"] = _summary(cls.hidden.prompt)
         if cls.hidden.extra_pnginfo:
             metadata.update(cls.hidden.extra_pnginfo)
-        write_video(f"{folder}/{filename}", images, fps, metadata)
+        write_video(os.path.join(folder, filename), images, fps, metadata)
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
         return io.NodeOutput(ui=ui.PreviewVideo([saved]))
 
 
-NODES = [SpacetimeSaveVideo]
+def _input_videos() -> list[str]:
+    root = folder_paths.get_input_directory()
+    found = []
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f.lower().endswith(READABLE):
+                found.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def resolve_input_file(name: str) -> str | None:
+    """The path of ``name`` inside ComfyUI's input folder, or None when it is missing or points
+    outside it (``..``, absolute paths, links out); nothing is opened."""
+    root = os.path.realpath(folder_paths.get_input_directory())
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        return None
+    return path
+
+
+class SpacetimeLoadVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimeLoadVideo",
+            display_name="Load Video (Spacetime)",
+            category="Spacetime/video",
+            description="Frames of a video from ComfyUI's input folder: a range, every n-th frame, "
+                        "optionally resized.",
+            inputs=[
+                io.Combo.Input("video", options=_input_videos(), tooltip="a video file in ComfyUI's input folder"),
+                io.Int.Input("start_frame", default=0, min=0, max=100000),
+                io.Int.Input("frame_count", default=0, min=0, max=100000, tooltip="0 = all"),
+                io.Int.Input("stride", default=1, min=1, max=100, tooltip="keep every n-th frame"),
+                io.Int.Input("width", default=0, min=0, max=16384, step=8, tooltip="0 = keep"),
+                io.Int.Input("height", default=0, min=0, max=16384, step=8, tooltip="0 = keep"),
+            ],
+            outputs=[io.Image.Output("images"), io.Float.Output("fps"),
+                     io.Int.Output("frames", display_name="frame_count"),
+                     io.Video.Output("clip", display_name="video")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, video) -> bool | str:
+        if resolve_input_file(video) is None:
+            return (f"SpacetimeLoadVideo: input 'video' = {video!r} is not a file inside ComfyUI's "
+                    "input folder; upload it there and pick it from the list")
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, video, **_) -> float:
+        path = resolve_input_file(video)
+        return os.path.getmtime(path) if path else 0.0
+
+    @classmethod
+    def execute(cls, video, start_frame, frame_count, stride, width, height) -> io.NodeOutput:
+        path = resolve_input_file(video)
+        if path is None:
+            raise node_error(cls, "video", f"{video!r} is not a file inside ComfyUI's input folder")
+        size = None
+        if width or height:
+            if not (width and height):
+                raise node_error(cls, "width/height", "set both (or both 0 to keep the size)")
+            size = (width, height)
+        try:
+            frames, fps = read_video(path, start_frame, frame_count, stride, size)
+        except ValueError as e:
+            raise node_error(cls, "start_frame", str(e)) from None
+        clip = InputImpl.VideoFromComponents(
+            Types.VideoComponents(images=frames, frame_rate=Fraction(fps).limit_denominator(1000)))
+        return io.NodeOutput(frames, fps, frames.shape[0], clip)
+
+
+NODES = [SpacetimeSaveVideo, SpacetimeLoadVideo]

@@ -1,0 +1,38 @@
+"""The embedded tiny model's configs: the same Wan classes as the real models, small sizes.
+
+64x64 pixels x 17 frames -> a Wan 2.1-style causal VAE (stride 4x8x8, 16 latent channels)
+-> a 16 x 5 x 8 x 8 latent -> DiT patches of 1x2x2 -> 5 x 4 x 4 = 80 tokens. Sized so the
+whole recipe trains on two CPU cores within the budget in MODEL_CARD.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..dit_config import DiTConfig
+from ..vae_config import VAEConfig
+from .text_encoder import TextEncoderConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+VAE_FILE, DIT_FILE, TEXT_FILE = "vae.safetensors", "dit.safetensors", "text_encoder.safetensors"
+
+FRAMES = 17          # pixel frames the model was trained on (4k+1)
+SIZE = 64            # pixels per side
+LATENT_FRAMES = 5    # (FRAMES - 1) / 4 + 1
+LATENT_SIZE = 8      # SIZE / 8
+Z_DIM = 16
+
+# Wan 2.1 VAE layout (dim_mult 1,2,4,4; temporal downsample in the last two levels), narrow.
+VAE_CONFIG = VAEConfig(version="2.1", dim=12, z_dim=Z_DIM, dim_mult=(1, 2, 4, 4), num_res_blocks=1,
+                       temperal_downsample=(False, True, True))
+
+TEXT_CONFIG = TextEncoderConfig(vocab_size=128, max_len=24, dim=64, heads=4, layers=2, text_dim=64)
+
+# Wan DiT layout (patch 1x2x2, qk-norm, cross-attention to text), 4 blocks of width 128.
+DIT_CONFIG = DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=Z_DIM, out_dim=Z_DIM,
+                       text_dim=TEXT_CONFIG.text_dim, freq_dim=256, text_len=TEXT_CONFIG.max_len,
+                       model_type="t2v")
+
+# Sampling defaults measured with the shipped weights (MODEL_CARD.md).
+DEFAULT_STEPS = 20
+DEFAULT_SHIFT = 2.0
+DEFAULT_GUIDANCE = 4.0

@@ -1,0 +1,141 @@
+"""Training of the embedded DiT and text encoder on precomputed VAE latents.
+
+Flow matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; the rectified-flow
+form of Esser et al. 2024, "Scaling Rectified Flow Transformers"): x_s = (1 - s) x0 + s eps,
+the DiT predicts v = eps - x0. Each sample draws a known-frame mode (`known.MODES`): known
+latent frames enter clean with timestep 0 and are left out of the loss, so one model learns
+text-to-video, image-to-video, extend forward/backward and connect. Captions are dropped to
+"" with probability `p_uncond` so classifier-free guidance has an unconditional branch.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..dit import WanDiT
+from .known import random_frame_masks, token_timesteps
+from .text_encoder import TinyTextEncoder
+
+log = logging.getLogger("spacetime.embedded.train")
+
+
+@dataclass(frozen=True)
+class DiTTrainConfig:
+    steps: int = 4000
+    batch: int = 48
+    lr: float = 6e-4
+    warmup: int = 200
+    weight_decay: float = 0.01
+    p_uncond: float = 0.1
+    ema: float = 0.998
+    seed: int = 0
+
+
+def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Half logit-normal (SD3's choice, dense in the middle), half uniform (covers the ends)."""
+    logit = torch.sigmoid(torch.randn(batch, generator=generator))
+    uni = torch.rand(batch, generator=generator)
+    pick = torch.rand(batch, generator=generator) < 0.5
+    return torch.where(pick, logit, uni).clamp(1e-3, 1.0)
+
+
+def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: list[str],
+              generator: torch.Generator, p_uncond: float = 0.1) -> torch.Tensor:
+    """One flow-matching loss on normalized latents x0 [B, C, T, H, W] with random known frames."""
+    B, _, T, H, W = x0.shape
+    ph, pw = dit.config.patch_size[1:]
+    drop = torch.rand(B, generator=generator) < p_uncond
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    context = text.encode(captions)                                       # (B, L, text_dim)
+    known = random_frame_masks(B, T, generator)                           # (B, T)
+    sigma = sample_sigmas(B, generator)                                   # (B,)
+    eps = torch.randn(x0.shape, generator=generator)
+    s = sigma.view(B, 1, 1, 1, 1)
+    xs = (1 - s) * x0 + s * eps
+    m = known[:, None, :, None, None]
+    xs = torch.where(m, x0, xs)
+    t = token_timesteps(sigma, known, (H // ph) * (W // pw))              # (B, tokens)
+    v = dit(xs, t, context)
+    err = (v - (eps - x0)) ** 2                                           # (B, C, T, H, W)
+    weight = (~m).float().expand_as(err)
+    return (err * weight).sum() / weight.sum().clamp_min(1)
+
+
+def _lr(step: int, cfg: DiTTrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+class DiTTrainer:
+    """Holds the models, optimizer and EMA copies; `step()` runs one batch.
+
+    latents [N, C, T, H, W] are already normalized; `describe(i, rng)` returns a caption
+    for clip i (fresh wording every time it is drawn).
+    """
+
+    def __init__(self, dit: WanDiT, text: TinyTextEncoder, latents: torch.Tensor, describe,
+                 cfg: DiTTrainConfig = DiTTrainConfig()) -> None:
+        self.dit, self.text, self.latents, self.describe, self.cfg = dit, text, latents, describe, cfg
+        params = list(dit.parameters()) + list(text.parameters())
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        self.ema_dit = copy.deepcopy(dit).requires_grad_(False)
+        self.ema_text = copy.deepcopy(text).requires_grad_(False)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.rng = random.Random(cfg.seed)
+        self.step_no = 0
+
+    def step(self) -> float:
+        cfg = self.cfg
+        idx = torch.randint(0, self.latents.shape[0], (cfg.batch,), generator=self.gen)
+        captions = [self.describe(int(i), self.rng) for i in idx]
+        for g in self.opt.param_groups:
+            g["lr"] = _lr(self.step_no, cfg)
+        self.dit.train()
+        self.text.train()
+        loss = flow_loss(self.dit, self.text, self.latents[idx], captions, self.gen, cfg.p_uncond)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(self.dit.parameters()) + list(self.text.parameters()), 1.0)
+        self.opt.step()
+        decay = min(cfg.ema, (1 + self.step_no) / (10 + self.step_no))
+        with torch.no_grad():
+            for ema, live in ((self.ema_dit, self.dit), (self.ema_text, self.text)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - decay)
+        self.step_no += 1
+        return float(loss.detach())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Everything to resume: live and EMA weights, prefixed."""
+        out = {}
+        for name, mod in (("dit", self.dit), ("text", self.text), ("ema_dit", self.ema_dit),
+                          ("ema_text", self.ema_text)):
+            out.update({f"{name}.{k}": v.detach().contiguous() for k, v in mod.state_dict().items()})
+        return out
+
+    def load(self, state: dict[str, torch.Tensor], step: int) -> None:
+        for name, mod in (("dit", self.dit), ("text", self.text), ("ema_dit", self.ema_dit),
+                          ("ema_text", self.ema_text)):
+            p = f"{name}."
+            mod.load_state_dict({k[len(p):]: v for k, v in state.items() if k.startswith(p)})
+        self.step_no = step
+
+
+def eval_loss(dit: WanDiT, text: TinyTextEncoder, latents: torch.Tensor, captions: list[str],
+              seed: int = 0) -> float:
+    """The flow loss on a fixed batch with fixed noise (for learning curves)."""
+    gen = torch.Generator().manual_seed(seed)
+    dit.eval()
+    text.eval()
+    with torch.no_grad():
+        return float(flow_loss(dit, text, latents, captions, gen, p_uncond=0.0))
+
+
+__all__ = ["DiTTrainConfig", "DiTTrainer", "flow_loss", "eval_loss", "sample_sigmas"]

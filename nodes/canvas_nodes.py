@@ -1,0 +1,156 @@
+"""The canvas nodes: an empty latent video of a valid size (Patchify), and placing known frames
+on it (chainable). The maths is in ``model/canvas.py``; these nodes only move data.
+
+LATENT keys: ``samples`` (raw latent), ``noise_mask`` (ComfyUI's own key: 1 = generate, 0 =
+keep, so native samplers re-impose the known latents too), ``concat_latent_image`` /
+``concat_mask`` (Wan 2.1 I2V/FLF2V channels; our Sampler hands them to the model), and
+``spacetime`` (canvas size, the pixel canvas, CLIP-vision outputs of placed images).
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management as mm
+import torch
+from comfy_api.latest import io, ui
+
+from ..model import canvas
+from .comfy_model import spacetime_dit
+from .comfy_vae import vae_geometry
+from .errors import node_error
+
+log = logging.getLogger("spacetime.nodes")
+MODES = ["snap", "error"]
+
+
+class SpacetimeCanvas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimeCanvas",
+            display_name="Canvas / Patchify (Spacetime)",
+            category="Spacetime/canvas",
+            description="An empty latent video on the VAE x patch grid; invalid sizes snap to the "
+                        "nearest valid ones (or fail, if asked). Shows tokens and a memory estimate.",
+            inputs=[
+                io.Vae.Input("vae"),
+                io.Int.Input("width", default=832, min=16, max=8192, step=16),
+                io.Int.Input("height", default=480, min=16, max=8192, step=16),
+                io.Int.Input("length", default=81, min=1, max=1025, step=4, tooltip="frames, 4k+1"),
+                io.Combo.Input("invalid_size", options=MODES, default="snap"),
+                io.Model.Input("model", optional=True, tooltip="for the token count and memory estimate"),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, width, height, length, invalid_size) -> bool | str:
+        if not (16 <= width <= 8192 and 16 <= height <= 8192 and 1 <= length <= 1025):
+            return (f"SpacetimeCanvas: width/height must be in 16..8192 and length in 1..1025 "
+                    f"(got {width}x{height}, {length} frames)")
+        if invalid_size == "error":
+            problems = canvas.check_canvas(width, height, length, stride=(4, 8, 8))
+            if problems:
+                return "SpacetimeCanvas: " + "; ".join(problems)
+        return True
+
+    @classmethod
+    def execute(cls, vae, width, height, length, invalid_size, model=None) -> io.NodeOutput:
+        stride, channels = vae_geometry(vae)
+        dit = spacetime_dit(model) if model is not None else None
+        patch = tuple(dit.config.patch_size) if dit is not None else (1, 2, 2)
+        if invalid_size == "error":
+            problems = canvas.check_canvas(width, height, length, stride, patch)
+            if problems:
+                raise node_error(cls, "width/height/length", "; ".join(problems))
+        size, notes = canvas.snap_canvas(width, height, length, stride, patch, channels)
+        for n in notes:
+            log.warning("SpacetimeCanvas: %s", n)
+        if dit is not None and dit.config.out_dim != channels:
+            raise node_error(cls, "vae", f"this VAE makes {channels}-channel latents but the model denoises "
+                             f"{dit.config.out_dim}-channel ones: use the VAE of the model's family "
+                             f"(Wan {'2.2' if dit.config.out_dim == 48 else '2.1'})")
+        lines = notes + [f"{size.width}x{size.height}, {size.length} frames -> latent {size.latent_shape}, "
+                         f"{size.tokens} tokens"]
+        if dit is not None:
+            c = dit.config
+            wbytes = dit.blocks[0].ffn[0].weight.element_size()
+            peak = canvas.estimate_peak_bytes(size, c.dim, c.num_layers, c.ffn_dim, wbytes,
+                                              torch.finfo(dit.compute_dtype).bits // 8)
+            lines.append(f"estimated peak memory ~{peak / 2**30:.1f} GiB")
+            total = mm.get_total_memory(mm.get_torch_device())
+            if peak > total:
+                lines.append(f"WARNING: more than this device's {total / 2**30:.0f} GiB; ComfyUI will offload "
+                             "weights (slow) - lower the size or length, or store the DiT in fp8")
+                log.warning("SpacetimeCanvas: %s", lines[-1])
+        samples = torch.zeros((1, *size.latent_shape), device=mm.intermediate_device())
+        info = {"width": size.width, "height": size.height, "length": size.length, "stride": stride}
+        return io.NodeOutput({"samples": samples, "spacetime": info}, ui=ui.PreviewText("\n".join(lines)))
+
+
+class SpacetimePlaceFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimePlaceFrames",
+            display_name="Place Known Frames (Spacetime)",
+            category="Spacetime/canvas",
+            description="Put an image or frames of a clip on the canvas (start, end or a frame index): "
+                        "they are encoded with the VAE and kept while the rest is generated. Chain "
+                        "several to extend, connect or loop clips.",
+            inputs=[
+                io.Latent.Input("latent", tooltip="from a Canvas (or another Place Frames)"),
+                io.Vae.Input("vae"),
+                io.Image.Input("images", tooltip="an image or a clip [N, H, W, 3] of the canvas size"),
+                io.Combo.Input("position", options=["start", "end", "frame"], default="start"),
+                io.Int.Input("frame", default=0, min=0, max=100000, tooltip="start frame when position = frame"),
+                io.Combo.Input("use", options=["all", "first", "last"], default="all",
+                               tooltip="which frames of the clip: all, or the first / last `count`"),
+                io.Int.Input("count", default=1, min=1, max=100000),
+                io.ClipVisionOutput.Input("clip_vision_output", optional=True,
+                                          tooltip="Wan 2.1 I2V/FLF2V: CLIP-vision encoding of this image"),
+            ],
+            outputs=[io.Latent.Output("latent_out", display_name="latent"),
+                     io.Image.Output("frames", display_name="placed_frames",
+                                     tooltip="the frames placed (e.g. for CLIP Vision Encode)")],
+        )
+
+    @classmethod
+    def execute(cls, latent, vae, images, position, frame, use, count, clip_vision_output=None) -> io.NodeOutput:
+        info = latent.get("spacetime")
+        if info is None:
+            raise node_error(cls, "latent", "this LATENT has no canvas: start the chain with a Spacetime Canvas")
+        info = dict(info)
+        length, height, width = info["length"], info["height"], info["width"]
+        try:
+            frames = images if use == "all" else canvas.clip_end(images, count, use)
+        except canvas.CanvasError as e:
+            raise node_error(cls, "images", str(e)) from None
+        at = {"start": 0, "end": length - frames.shape[0], "frame": frame}[position]
+        if "pixels" in info:
+            pixels, known = info["pixels"].clone(), info["known"].clone()
+        else:
+            pixels, known = canvas.new_pixel_canvas(length, height, width)
+        try:
+            canvas.place(pixels, known, frames.cpu(), at)
+        except canvas.CanvasError as e:
+            raise node_error(cls, "frame" if position == "frame" else "images", str(e)) from None
+        # kept latents: unknown frames before a known run show its first frame (a still lead-in);
+        # the Wan 2.1 I2V/FLF2V concat image: grey where unknown, as those models were trained
+        z = vae.encode(canvas.fill_lead_in(pixels, known)).to(mm.intermediate_device())  # (1, C, T', H', W')
+        z_grey = vae.encode(pixels).to(mm.intermediate_device()) if (~known).any() else z
+        if tuple(z.shape[2:]) != tuple(latent["samples"].shape[2:]) or z.shape[1] != latent["samples"].shape[1]:
+            raise node_error(cls, "vae", f"the VAE encodes the canvas to {tuple(z.shape)} but the canvas latent is "
+                             f"{tuple(latent['samples'].shape)}: use the VAE the canvas was made with")
+        hw = tuple(z.shape[-2:])
+        info.update(pixels=pixels, known=known,
+                    clip_vision=list(info.get("clip_vision", [])) + ([clip_vision_output] if clip_vision_output is not None else []))
+        out = {**latent, "samples": z, "noise_mask": canvas.noise_mask(known, hw, info["stride"][0]),
+               "concat_latent_image": z_grey, "concat_mask": canvas.concat_mask(known, hw, info["stride"][0]),
+               "spacetime": info}
+        log.info("SpacetimePlaceFrames: %d frame(s) at %d; known latent frames %s", frames.shape[0], at,
+                 canvas.latent_known(known, info["stride"][0]).int().tolist())
+        return io.NodeOutput(out, frames)
+
+
+NODES = [SpacetimeCanvas, SpacetimePlaceFrames]

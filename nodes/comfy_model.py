@@ -1,0 +1,148 @@
+"""Our WanDiT as a real ComfyUI MODEL.
+
+A ``comfy.model_patcher.ModelPatcher`` around a ``comfy.model_base.WAN21`` / ``WAN22`` whose
+``diffusion_model`` is our ``WanDiT`` (re-typed to take ComfyUI's call), so ComfyUI's model management
+loads it to the GPU when a sampler needs it and offloads it when another model needs the
+memory; native KSampler / SamplerCustomAdvanced / LoRA loaders work on it; the sampling is flow matching
+(``ModelSamplingDiscreteFlow``: CONST prediction, Wan's shift) and the latent format is Wan's
+(``latent_formats.Wan21`` / ``Wan22``: per-channel mean/std applied inside the model).
+
+References: ComfyUI ``comfy/model_base.py`` (WAN21, WAN22), ``comfy/supported_models.py``
+(WAN21_T2V, WAN22_T2V) and ``comfy/sd.py`` (``load_diffusion_model_state_dict``).
+
+Linear layers are re-typed to a subclass that understands ComfyUI's weight casting
+(``comfy_cast_weights``, ``weight_function``): partial (low-VRAM) loading and LoRA-style
+weight patches work, and every layer checks for an interrupt (``comfy.ops.run_every_op``).
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.supported_models
+import torch
+import torch.nn.functional as F
+
+from ..model import canvas
+from ..model.dit import WanDiT
+from ..model.dit_loading import Linear
+
+log = logging.getLogger("spacetime.nodes")
+
+
+class CastLinear(Linear, comfy.ops.CastWeightBiasOp):
+    """Our Linear (narrow or fp8-scaled storage) plus ComfyUI's on-the-fly weight casting: when
+    ComfyUI loads the model partially (``comfy_cast_weights``) or patches a weight in low-VRAM
+    mode (``weight_function``), the weight is moved and patched per use, also where the DiT
+    reads it directly (``weight_as``, e.g. its fused QKV projection)."""
+
+    def _casting(self) -> bool:
+        return bool(self.comfy_cast_weights or self.weight_function or self.bias_function)
+
+    def _cast(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        comfy.ops.run_every_op()
+        w, b = comfy.ops.cast_bias_weight(self, dtype=dtype, device=mm.get_torch_device(), bias_dtype=dtype)
+        if self.scale_weight is not None and self.weight.dtype != dtype:
+            w = w * self.scale_weight.to(w)
+        return w, b
+
+    def weight_as(self, dtype: torch.dtype) -> torch.Tensor:
+        return self._cast(dtype)[0] if self._casting() else Linear.weight_as(self, dtype)
+
+    def bias_as(self, dtype: torch.dtype) -> torch.Tensor | None:
+        return self._cast(dtype)[1] if self._casting() else Linear.bias_as(self, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        comfy.ops.run_every_op()
+        if not self._casting():
+            return Linear.forward(self, x)
+        w, b = self._cast(x.dtype)
+        return F.linear(x, w.to(x.device), None if b is None else b.to(x.device))
+
+
+def make_castable(dit: WanDiT) -> None:
+    for m in dit.modules():
+        if type(m) is Linear:
+            m.__class__ = CastLinear
+
+
+class ComfyWanDiT(WanDiT):
+    """Our WanDiT with ComfyUI's diffusion-model call, ``diffusion_model(x, t, context=,
+    clip_fea=, control=, transformer_options=, **conds)``; returns the velocity. An instance is
+    re-typed, not wrapped, so its parameters keep the official Wan names under
+    ``diffusion_model.`` exactly as ComfyUI's own WanModel: native LoRA loaders find them."""
+
+    @property
+    def dtype(self) -> torch.dtype:  # BaseModel casts inputs to this
+        return self.compute_dtype
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | None = None,
+                clip_fea: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+        return WanDiT.forward(self, x, timestep, context, clip_fea=clip_fea)
+
+
+class SpacetimeWan21(comfy.model_base.WAN21):
+    """Wan 2.1 semantics: known frames are re-noised to the current sigma each step."""
+
+
+class SpacetimeWan22(comfy.model_base.WAN22):
+    """Wan 2.2 TI2V semantics: known frames stay clean and their tokens get timestep 0."""
+
+    def process_timestep(self, timestep: torch.Tensor, x: torch.Tensor, denoise_mask=None, **kwargs):
+        if denoise_mask is None:
+            return timestep
+        patch = tuple(self.diffusion_model.config.patch_size)
+        return canvas.token_timesteps(denoise_mask, timestep, patch)  # (B, tokens)
+
+
+def latent_format_for(channels: int, mean: torch.Tensor | None = None,
+                      std: torch.Tensor | None = None) -> comfy.latent_formats.LatentFormat:
+    """Wan21 (16 ch) / Wan22 (48 ch) formats, or a custom one from a VAE's statistics."""
+    if mean is None and channels in (16, 48):
+        return comfy.latent_formats.Wan21() if channels == 16 else comfy.latent_formats.Wan22()
+    fmt = comfy.latent_formats.Wan21()
+    fmt.latent_channels = channels
+    fmt.latents_mean = (mean if mean is not None else torch.zeros(channels)).reshape(1, channels, 1, 1, 1).float()
+    fmt.latents_std = (std if std is not None else torch.ones(channels)).reshape(1, channels, 1, 1, 1).float()
+    fmt.latent_rgb_factors = fmt.latent_rgb_factors_bias = None
+    fmt.taesd_decoder_name = None
+    return fmt
+
+
+def wrap_dit(dit: WanDiT, shift: float = 5.0, per_token: bool | None = None,
+             latent_format: comfy.latent_formats.LatentFormat | None = None,
+             name: str = "spacetime") -> comfy.model_patcher.ModelPatcher:
+    """A ComfyUI MODEL (ModelPatcher) around ``dit``.
+
+    ``per_token``: known-frame tokens get timestep 0 (default: Wan 2.2 TI2V models);
+    ``latent_format``: default from the model's channels (Wan21 / Wan22).
+    """
+    c = dit.config
+    per_token = c.model_type == "ti2v" if per_token is None else per_token
+    base = comfy.supported_models.WAN22_T2V if c.out_dim == 48 else comfy.supported_models.WAN21_T2V
+    config = base({"image_model": "wan2.1", "model_type": c.model_type, "dim": c.dim,
+                   "in_dim": c.in_dim, "out_dim": c.out_dim, "disable_unet_model_creation": True})
+    config.sampling_settings["shift"] = float(shift)
+    config.latent_format = latent_format or latent_format_for(c.out_dim)
+    config.set_inference_dtype(dit.compute_dtype, None)
+    cls = SpacetimeWan22 if per_token else SpacetimeWan21
+    make_castable(dit)
+    dit.__class__ = ComfyWanDiT
+    model = cls(config, image_to_video=c.in_dim != c.out_dim, device=None)
+    model.diffusion_model = dit
+    model.spacetime_name = name
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    log.info("Spacetime DiT %s as a ComfyUI MODEL: %s, shift %.2f, %s", name, c.model_type, shift,
+             "per-token timesteps" if per_token else "latent replacement")
+    return patcher
+
+
+def spacetime_dit(model: comfy.model_patcher.ModelPatcher) -> WanDiT | None:
+    """Our WanDiT inside a MODEL, or None for a native ComfyUI model."""
+    inner = getattr(model.model, "diffusion_model", None)
+    return inner if isinstance(inner, ComfyWanDiT) else None

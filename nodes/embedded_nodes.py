@@ -1,0 +1,122 @@
+"""The embedded tiny model as nodes: its loader (MODEL, VAE, text encoder from the weights
+shipped in model/embedded/weights), a loader for a tiny text encoder file in
+models/text_encoders, and Text Encode (caption -> ComfyUI CONDITIONING)."""
+from __future__ import annotations
+
+import json
+import os
+
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..model.embedded import config as emb
+from ..model.embedded.pipeline import load_embedded
+from ..model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
+from ..model.loading import WeightsError, load_state_dict, read_safetensors_header
+from .comfy_model import latent_format_for, wrap_dit
+from .comfy_vae import wrap_vae
+from .errors import node_error
+from .loaders import check_file, model_file
+
+TextEncoder = io.Custom("SPACETIME_TEXT_ENCODER")
+TEXT_METADATA_KEY = "spacetime_text_config"
+
+
+def load_text_encoder(path: str) -> TinyTextEncoder:
+    """A TinyTextEncoder from safetensors; sizes from the file's metadata or its shapes."""
+    header = read_safetensors_header(path).get("__metadata__") or {}
+    meta = header.get(TEXT_METADATA_KEY)
+    words = tuple(json.loads(header["words"])) if "words" in header else None  # the embedded model's files
+    sd = load_state_dict(path)
+    if "token_emb.weight" not in sd or "proj.weight" not in sd:
+        raise WeightsError(f"{os.path.basename(path)}: not a Spacetime tiny text encoder "
+                           "(expected token_emb.weight and proj.weight)")
+    if meta:
+        cfg = TextEncoderConfig(**json.loads(meta))
+    else:
+        vocab, dim = sd["token_emb.weight"].shape
+        layers = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
+        cfg = TextEncoderConfig(vocab_size=vocab, max_len=sd["pos_emb"].shape[0], dim=dim,
+                                heads=max(1, dim // 16), layers=layers, text_dim=sd["proj.weight"].shape[0])
+    model = TinyTextEncoder(cfg, words=words)
+    model.load_state_dict(sd)
+    return model.eval()
+
+
+def _conditioning(encoder: TinyTextEncoder, text: str) -> list:
+    with torch.no_grad():
+        ctx = encoder.encode([text]).float()  # (1, max_len, text_dim)
+    return [[ctx, {}]]
+
+
+class SpacetimeEmbeddedLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimeEmbeddedLoader",
+            display_name="Load Embedded Tiny Model (Spacetime)",
+            category="Spacetime/loaders",
+            description="The tiny model shipped with the pack (64x64, 17 frames, synthetic world of "
+                        "coloured shapes): runs on a CPU in seconds.",
+            inputs=[io.Float.Input("shift", default=emb.DEFAULT_SHIFT, min=0.1, max=100.0, step=0.1)],
+            outputs=[io.Model.Output(), io.Vae.Output(), TextEncoder.Output("text_encoder")],
+        )
+
+    @classmethod
+    def execute(cls, shift) -> io.NodeOutput:
+        try:
+            m = load_embedded()
+        except (WeightsError, OSError) as e:
+            raise node_error(cls, "weights", f"{e} (they ship in {emb.WEIGHTS_DIR})") from None
+        fmt = latent_format_for(m.vae.config.z_dim, m.vae.latent_mean.flatten(), m.vae.latent_std.flatten())
+        model = wrap_dit(m.dit, shift=shift, per_token=True, latent_format=fmt, name="embedded")
+        return io.NodeOutput(model, wrap_vae(m.vae), m.text_encoder)
+
+
+class SpacetimeTextEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimeTextEncoderLoader",
+            display_name="Load Tiny Text Encoder (Spacetime)",
+            category="Spacetime/loaders",
+            description="A Spacetime tiny text encoder from models/text_encoders (Wan's umT5 loads "
+                        "with ComfyUI's own CLIPLoader, type wan).",
+            inputs=[io.Combo.Input("text_encoder_name", options=folder_paths.get_filename_list("text_encoders"))],
+            outputs=[TextEncoder.Output("text_encoder")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, text_encoder_name) -> bool | str:
+        return check_file("SpacetimeTextEncoderLoader", "text_encoder_name", "text_encoders", text_encoder_name)
+
+    @classmethod
+    def execute(cls, text_encoder_name) -> io.NodeOutput:
+        path = model_file("text_encoders", text_encoder_name)
+        if path is None:
+            raise node_error(cls, "text_encoder_name", f"{text_encoder_name!r} is not in models/text_encoders")
+        try:
+            return io.NodeOutput(load_text_encoder(path))
+        except (WeightsError, RuntimeError, ValueError) as e:
+            raise node_error(cls, "text_encoder_name", str(e)) from None
+
+
+class SpacetimeTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimeTextEncode",
+            display_name="Text Encode (Spacetime tiny)",
+            category="Spacetime/conditioning",
+            description="A caption -> CONDITIONING with the embedded model's text encoder.",
+            inputs=[TextEncoder.Input("text_encoder"), io.String.Input("text", multiline=True, default="")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder, text) -> io.NodeOutput:
+        return io.NodeOutput(_conditioning(text_encoder, text))
+
+
+NODES = [SpacetimeEmbeddedLoader, SpacetimeTextEncoderLoader, SpacetimeTextEncode]

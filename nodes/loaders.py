@@ -1,0 +1,157 @@
+"""Loaders: a Wan DiT from models/diffusion_models (as a ComfyUI MODEL) and a Wan VAE from
+models/vae (as a ComfyUI VAE). Files are picked from ComfyUI's model folders only."""
+from __future__ import annotations
+
+import os
+
+import comfy.model_management as mm
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..model.attention import BACKENDS
+from ..model.dit import load_dit
+from ..model.dit_loading import FP8_DTYPES
+from ..model.loading import WeightsError
+from ..model.vae import load_vae
+from .comfy_model import wrap_dit
+from .comfy_vae import wrap_vae
+from .errors import node_error
+
+DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+          "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+COMPUTE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+NONE = "none"
+
+
+def model_file(folder: str, name: str) -> str | None:
+    """The path of ``name`` inside one of ComfyUI's ``folder`` model directories, or None when
+    it is missing or points outside them (nothing is opened)."""
+    for root in folder_paths.get_folder_paths(folder):
+        root = os.path.realpath(root)
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, path]) == root and os.path.isfile(path):
+            return path
+    return None
+
+
+def check_file(node: str, input_name: str, folder: str, name: str) -> bool | str:
+    if name == NONE or model_file(folder, name) is not None:
+        return True
+    return (f"{node}: input '{input_name}' = {name!r} is not a file in ComfyUI's models/{folder} "
+            f"folder; put the .safetensors file there and refresh")
+
+
+def pick_compute_dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return COMPUTE[name]
+    device = mm.get_torch_device()
+    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float16 if mm.should_use_fp16(device) else torch.float32
+
+
+def to_fp8(dit: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store the big Linear weights as fp8 (widened per layer when used); the small
+    precision-critical parameters stay as loaded."""
+    from ..model.dit import keeps_fp32
+    from ..model.dit_loading import Linear
+
+    for name, m in dit.named_modules():
+        if isinstance(m, Linear) and not keeps_fp32(name + ".weight") and m.weight.dtype not in FP8_DTYPES:
+            m.weight = torch.nn.Parameter(m.weight.data.to(dtype), requires_grad=False)
+
+
+class SpacetimeDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = folder_paths.get_filename_list("diffusion_models")
+        return io.Schema(
+            node_id="SpacetimeDiTLoader",
+            display_name="Load Wan DiT (Spacetime)",
+            category="Spacetime/loaders",
+            description="A Wan 2.1 / 2.2 diffusion transformer (any variant, official, ComfyUI or "
+                        "diffusers layout) from models/diffusion_models, as a ComfyUI MODEL.",
+            inputs=[
+                io.Combo.Input("dit_name", options=files),
+                io.Combo.Input("weight_dtype", options=list(DTYPES), default="default",
+                               tooltip="storage precision; fp8 halves memory (weights widened per layer)"),
+                io.Combo.Input("compute_dtype", options=["auto", *COMPUTE], default="auto"),
+                io.Combo.Input("attention", options=list(BACKENDS), default="auto"),
+                io.Float.Input("shift", default=5.0, min=0.1, max=100.0, step=0.1,
+                               tooltip="flow shift used by native samplers (Wan: 5; 2.2 A14B T2V: 12)"),
+                io.Combo.Input("low_noise_dit_name", options=[NONE, *files], default=NONE, optional=True,
+                               tooltip="Wan 2.2 A14B: the low-noise expert (the first file is the high-noise one)"),
+            ],
+            outputs=[io.Model.Output("model", display_name="model"),
+                     io.Model.Output("low_noise_model", display_name="low_noise_model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, dit_name, low_noise_dit_name=NONE) -> bool | str:
+        ok = check_file("SpacetimeDiTLoader", "dit_name", "diffusion_models", dit_name)
+        if ok is True:
+            ok = check_file("SpacetimeDiTLoader", "low_noise_dit_name", "diffusion_models", low_noise_dit_name)
+        return ok
+
+    @classmethod
+    def _load(cls, input_name: str, name: str, weight_dtype, cdt, attention, shift):
+        path = model_file("diffusion_models", name)
+        if path is None:
+            raise node_error(cls, input_name, f"{name!r} is not in models/diffusion_models")
+        dtype = DTYPES[weight_dtype]
+        try:
+            dit = load_dit(path, dtype=None if dtype in FP8_DTYPES else dtype, compute_dtype=cdt,
+                           attention=attention)
+        except (WeightsError, ValueError) as e:
+            raise node_error(cls, input_name, str(e)) from None
+        if dtype in FP8_DTYPES:
+            to_fp8(dit, dtype)
+        return wrap_dit(dit, shift=shift, name=os.path.basename(path))
+
+    @classmethod
+    def execute(cls, dit_name, weight_dtype, compute_dtype, attention, shift,
+                low_noise_dit_name=NONE) -> io.NodeOutput:
+        cdt = pick_compute_dtype(compute_dtype)
+        high = cls._load("dit_name", dit_name, weight_dtype, cdt, attention, shift)
+        low = None
+        if low_noise_dit_name != NONE:
+            low = cls._load("low_noise_dit_name", low_noise_dit_name, weight_dtype, cdt, attention, shift)
+        return io.NodeOutput(high, low)
+
+
+class SpacetimeVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimeVAELoader",
+            display_name="Load Wan VAE (Spacetime)",
+            category="Spacetime/loaders",
+            description="A Wan 2.1 / 2.2 video VAE from models/vae as a ComfyUI VAE (streams "
+                        "frames chunk by chunk; native VAE nodes accept it too).",
+            inputs=[
+                io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae")),
+                io.Combo.Input("dtype", options=["auto", *COMPUTE], default="auto"),
+            ],
+            outputs=[io.Vae.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, vae_name) -> bool | str:
+        return check_file("SpacetimeVAELoader", "vae_name", "vae", vae_name)
+
+    @classmethod
+    def execute(cls, vae_name, dtype) -> io.NodeOutput:
+        path = model_file("vae", vae_name)
+        if path is None:
+            raise node_error(cls, "vae_name", f"{vae_name!r} is not in models/vae")
+        if dtype == "auto":
+            dt = mm.vae_dtype(mm.vae_device(), [torch.bfloat16, torch.float16, torch.float32])
+        else:
+            dt = COMPUTE[dtype]
+        try:
+            vae = load_vae(path, dtype=dt)
+        except (WeightsError, ValueError) as e:
+            raise node_error(cls, "vae_name", str(e)) from None
+        return io.NodeOutput(wrap_vae(vae))
+
+
+NODES = [SpacetimeDiTLoader, SpacetimeVAELoader]

@@ -1,0 +1,181 @@
+"""Train the embedded tiny model from a seed: VAE, then latents, then DiT + text encoder.
+
+    python scripts/train_embedded.py vae     --run RUN_DIR [--steps N] [--minutes M]
+    python scripts/train_embedded.py latents --run RUN_DIR [--clips N]
+    python scripts/train_embedded.py decoder --run RUN_DIR [--steps N]   (optional, beside `dit`)
+    python scripts/train_embedded.py dit     --run RUN_DIR [--steps N] [--minutes M]
+    python scripts/train_embedded.py export  --run RUN_DIR [--to model/embedded/weights]
+
+Every stage resumes from RUN_DIR's checkpoint (saved every --every steps and at the end), so a
+stage can be stopped and started again; `--minutes` stops a stage early at a checkpoint (the
+number of steps done is logged and written into the checkpoint's metadata).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from model.dit import WanDiT  # noqa: E402
+from model.embedded import config as C  # noqa: E402
+from model.embedded import world  # noqa: E402
+from model.embedded.text_encoder import TinyTextEncoder  # noqa: E402
+from model.embedded.train_dit import DiTTrainConfig, DiTTrainer, eval_loss  # noqa: E402
+from model.embedded.train_vae import (VAETrainConfig, VAETrainer, heldout_psnr,  # noqa: E402
+                                      latent_stats)
+from model.embedded.weights_io import save_embedded, vae_with_stats  # noqa: E402
+from model.vae import WanVAE  # noqa: E402
+
+log = logging.getLogger("spacetime.embedded.train")
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+    tmp.replace(path)
+
+
+def _meta(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def stage_vae(run: Path, steps: int, minutes: float, every: int, seed: int, frames: int, batch: int,
+              decoder_only: bool = False) -> None:
+    torch.manual_seed(seed)
+    vae = WanVAE(C.VAE_CONFIG)
+    trainer = VAETrainer(vae, VAETrainConfig(steps=steps, seed=seed, frames=frames, batch=batch,
+                                             decoder_only=decoder_only,
+                                             lr=3e-4 if decoder_only else 1e-3))
+    ckpt = run / "vae_ckpt.safetensors"
+    if ckpt.exists():
+        vae.load_state_dict(load_file(str(ckpt)))
+        trainer.step_no = _meta(ckpt)["step"]
+        trainer.rng.seed(f"{seed}:{trainer.step_no}")
+        log.info("resumed VAE at step %d", trainer.step_no)
+    t0, ema = time.time(), None
+    while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
+        loss, p = trainer.step()
+        ema = p if ema is None else 0.95 * ema + 0.05 * p
+        if trainer.step_no % 10 == 0:
+            log.info("vae step %d loss %.4f crop psnr %.2f (avg %.2f) %.1fs", trainer.step_no, loss, p, ema,
+                     time.time() - t0)
+        if trainer.step_no % every == 0:
+            _save(ckpt, vae.state_dict(), {"step": trainer.step_no})
+    _save(ckpt, vae.state_dict(), {"step": trainer.step_no})
+    log.info("VAE stopped at step %d; held-out PSNR %.2f dB", trainer.step_no, heldout_psnr(vae, n=8))
+
+
+def stage_latents(run: Path, clips: int, seed: int) -> None:
+    vae = WanVAE(C.VAE_CONFIG)
+    vae.load_state_dict(load_file(str(run / "vae_ckpt.safetensors")))
+    mean, std = latent_stats(vae, list(range(10**6, 10**6 + 32)))
+    vae = vae_with_stats(vae, mean, std)
+    out = run / "latents.safetensors"
+    done = load_file(str(out))["latents"] if out.exists() else torch.zeros(0)
+    zs = [done] if done.numel() else []
+    n = done.shape[0] if done.numel() else 0
+    t0 = time.time()
+    while n < clips:
+        seeds = list(range(n, min(n + 8, clips)))
+        video = world.batch(seeds)[0]
+        zs.append(vae.normalize(vae.encode(video)))
+        n += len(seeds)
+        if n % 64 == 0 or n >= clips:
+            _save(out, {"latents": torch.cat(zs)}, {"mean": mean, "std": std, "clips": n})
+            log.info("encoded %d / %d clips (%.0fs)", n, clips, time.time() - t0)
+
+
+def _describer(n: int):
+    cache: dict[int, world.Clip] = {}
+
+    def describe(i: int, rng) -> str:
+        clip = cache.get(i)
+        if clip is None:
+            clip = cache[i] = world.sample_clip(i)
+        return world.describe(clip.objects, clip.background, rng)
+    return describe
+
+
+def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int) -> None:
+    torch.manual_seed(seed)
+    lat = load_file(str(run / "latents.safetensors"))["latents"]
+    dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
+    trainer = DiTTrainer(dit, text, lat, _describer(lat.shape[0]),
+                         DiTTrainConfig(steps=steps, seed=seed, batch=batch))
+    ckpt = run / "dit_ckpt.safetensors"
+    if ckpt.exists():
+        trainer.load(load_file(str(ckpt)), _meta(ckpt)["step"])
+        trainer.gen.manual_seed(seed + trainer.step_no)
+        log.info("resumed DiT at step %d", trainer.step_no)
+    probe = lat[:32]
+    probe_caps = [world.sample_clip(i).caption for i in range(32)]
+    t0, avg = time.time(), None
+    while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
+        loss = trainer.step()
+        avg = loss if avg is None else 0.98 * avg + 0.02 * loss
+        if trainer.step_no % 20 == 0:
+            log.info("dit step %d loss %.4f (avg %.4f) %.1fs", trainer.step_no, loss, avg, time.time() - t0)
+        if trainer.step_no % every == 0:
+            _save(ckpt, trainer.state(), {"step": trainer.step_no})
+            log.info("probe loss (ema) %.4f", eval_loss(trainer.ema_dit, trainer.ema_text, probe, probe_caps))
+    _save(ckpt, trainer.state(), {"step": trainer.step_no})
+
+
+def stage_export(run: Path, to: Path) -> None:
+    vae = WanVAE(C.VAE_CONFIG)
+    vae.load_state_dict(load_file(str(run / "vae_ckpt.safetensors")))
+    m = _meta(run / "latents.safetensors")
+    state = load_file(str(run / "dit_ckpt.safetensors"))
+    dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
+    dit.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("ema_dit.")})
+    text.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("ema_text.")})
+    steps = {"vae": _meta(run / "vae_ckpt.safetensors")["step"], "dit": _meta(run / "dit_ckpt.safetensors")["step"],
+             "latent_clips": m["clips"]}
+    save_embedded(to, vae_with_stats(vae, m["mean"], m["std"]), dit, text, steps)
+    log.info("exported to %s (%s)", to, steps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "export"])
+    ap.add_argument("--run", type=Path, default=Path("/tmp/spacetime-embedded-run"))
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--minutes", type=float, default=1e9)
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--clips", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=32, help="batch (DiT 32; use 8 for the VAE)")
+    ap.add_argument("--frames", type=int, default=9, help="frames per VAE training crop (4k+1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--to", type=Path, default=C.WEIGHTS_DIR)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(a.threads)
+    a.run.mkdir(parents=True, exist_ok=True)
+    if a.stage == "vae":
+        stage_vae(a.run, a.steps or 1500, a.minutes, a.every, a.seed, a.frames, a.batch)
+    elif a.stage == "decoder":  # after `latents`: the encoder is frozen, the latents stay valid
+        stage_vae(a.run, a.steps or 3000, a.minutes, a.every, a.seed, a.frames, a.batch, decoder_only=True)
+    elif a.stage == "latents":
+        stage_latents(a.run, a.clips, a.seed)
+    elif a.stage == "dit":
+        stage_dit(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch)
+    else:
+        stage_export(a.run, a.to)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Helpers for the node tests: queue a graph on the test host and wait for its outcome."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+IMAGE_IN, CLIP_A, CLIP_B = "spacetime_start.png", "spacetime_clip_a.mp4", "spacetime_clip_b.mp4"
+
+
+def queue(host, prompt: dict, extra_data: dict | None = None) -> tuple[int, dict]:
+    body = {"prompt": prompt, "client_id": "spacetime-tests-" + uuid.uuid4().hex[:6]}
+    if extra_data:
+        body["extra_data"] = extra_data
+    return host.client.post_json("/prompt", body)
+
+
+def wait(host, prompt_id: str, timeout: float = 120.0) -> dict:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        h = host.client.history(prompt_id)
+        if h and h.get("status", {}).get("completed") is not None and (
+                h["status"].get("completed") or h["status"].get("status_str") == "error"):
+            return h
+        time.sleep(0.2)
+    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{host.log_tail()}")
+
+
+def run(host, prompt: dict, extra_data: dict | None = None, timeout: float = 120.0) -> dict:
+    """Queue and wait; assert the server accepted the graph; return its history entry."""
+    status, body = queue(host, prompt, extra_data)
+    assert status == 200, body
+    return wait(host, body["prompt_id"], timeout)
+
+
+def error_message(history: dict) -> str | None:
+    for kind, data in history.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return f"{data.get('node_type')}: {data.get('exception_message')}"
+    return None
+
+
+def saved_files(history: dict) -> list[dict]:
+    files = []
+    for out in history.get("outputs", {}).values():
+        for key in ("images", "gifs", "videos", "animated"):
+            for item in out.get(key, []) or []:
+                if isinstance(item, dict) and "filename" in item:
+                    files.append(item)
+    return files
+
+
+def write_tiny_models(base: Path) -> dict[str, str]:
+    from safetensors.torch import save_file
+
+    from spacetime_video.model.dit import WanDiT
+    from spacetime_video.model.dit_config import tiny_config
+    from spacetime_video.model.dit_loading import config_metadata
+    from spacetime_video.model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
+    from spacetime_video.model.vae import WanVAE
+    from spacetime_video.model.vae_config import VAEConfig
+
+    torch.manual_seed(0)
+    for folder in ("diffusion_models", "vae", "text_encoders"):
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+    names = {"dit": "tiny_t2v.safetensors", "vae": "tiny_vae21.safetensors", "text": "tiny_text.safetensors",
+             "dit22": "tiny_ti2v.safetensors", "vae22": "tiny_vae22.safetensors"}
+    for key, cfg in (("dit", tiny_config(text_dim=64, text_len=24)),
+                     ("dit22", tiny_config(text_dim=64, text_len=24, in_dim=48, out_dim=48, model_type="ti2v"))):
+        save_file({k: v.contiguous() for k, v in WanDiT(cfg).state_dict().items()},
+                  str(base / "models" / "diffusion_models" / names[key]), metadata=config_metadata(cfg))
+    for key, vcfg in (("vae", VAEConfig(dim=4, z_dim=16, num_res_blocks=1)),
+                      ("vae22", VAEConfig(version="2.2", dim=4, z_dim=48, num_res_blocks=1))):
+        save_file({k: v.contiguous() for k, v in WanVAE(vcfg).state_dict().items()},
+                  str(base / "models" / "vae" / names[key]))
+    tcfg = TextEncoderConfig(vocab_size=128, max_len=24, dim=32, heads=2, layers=1, text_dim=64)
+    save_file({k: v.contiguous() for k, v in TinyTextEncoder(tcfg).state_dict().items()},
+              str(base / "models" / "text_encoders" / names["text"]),
+              metadata={"spacetime_text_config": json.dumps(tcfg.__dict__)})
+    return names
+
+
+def write_inputs(base: Path) -> None:
+    from PIL import Image
+
+    from spacetime_video.nodes.video_file import write_video
+    ramp = torch.linspace(0, 1, 17).view(17, 1, 1, 1)
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(base / "input" / IMAGE_IN)
+    write_video(base / "input" / CLIP_A, (ramp * torch.tensor([1.0, 0.2, 0.2])).expand(17, 64, 64, 3), 8.0)
+    write_video(base / "input" / CLIP_B, (ramp * torch.tensor([0.2, 0.2, 1.0])).expand(17, 64, 64, 3), 8.0)

@@ -1,0 +1,97 @@
+"""The shipped embedded model: it follows prompts and known frames, and training lowers the loss.
+
+Adherence is read by the deterministic analyser, so these tests fail if the weights are
+replaced by noise or the text / known-frame conditioning is disconnected.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from spacetime_video.model.dit import WanDiT
+from spacetime_video.model.dit_config import tiny_config
+from spacetime_video.model.embedded import config as C
+from spacetime_video.model.embedded import world
+from spacetime_video.model.embedded.analyser import analyse
+from spacetime_video.model.embedded.pipeline import Known, generate, load_embedded
+from spacetime_video.model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
+from spacetime_video.model.embedded.train_dit import DiTTrainConfig, DiTTrainer, eval_loss
+from spacetime_video.model.embedded.train_vae import VAETrainConfig, VAETrainer, psnr, vae_loss
+from spacetime_video.model.vae import WanVAE
+from spacetime_video.model.vae_config import VAEConfig
+
+# (prompt, colour, motion): held-out combinations, never seen in training.
+PROMPTS = [
+    ("a red circle moves to the left across a black background", "red", "left"),
+    ("a green square moves up across a gray background", "green", "up"),
+    ("a white square moves to the right across a navy background", "white", "right"),
+    ("a cyan triangle moves down across a beige background", "cyan", "down"),
+]
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    return load_embedded()
+
+
+def test_shipped_weights_are_small_and_recorded() -> None:
+    files = [C.WEIGHTS_DIR / f for f in (C.VAE_FILE, C.DIT_FILE, C.TEXT_FILE)]
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+    assert (C.WEIGHTS_DIR.parent / "MODEL_CARD.md").is_file()
+
+
+def test_text_to_video_follows_the_prompt(model) -> None:
+    colours, motions = 0, 0
+    for i, (prompt, colour, motion) in enumerate(PROMPTS):
+        got = analyse(generate(prompt, steps=STEPS, seed=i, model=model))
+        colours += got.colour == colour
+        motions += got.motion == motion
+    assert colours == len(PROMPTS)
+    assert motions >= len(PROMPTS) - 1
+
+
+def test_image_to_video_keeps_the_image_and_moves(model) -> None:
+    gt = world.sample_clip(5, split="heldout", combo=("purple", "circle", "up"), background="black").video
+    v = generate("a purple circle moves up across a black background", steps=STEPS, seed=3, model=model,
+                 known=[Known(gt[:, :1])])
+    assert psnr(v[:, 0], gt[:, 0]) >= 24
+    assert analyse(v).motion == "up"
+
+
+def test_connect_matches_both_ends(model) -> None:
+    gt = world.sample_clip(9, split="heldout", combo=("yellow", "triangle", "right"), background="navy").video
+    v = generate("a yellow triangle moves to the right across a navy background", steps=STEPS, seed=4,
+                 model=model, known=[Known(gt[:, :1]), Known(gt[:, -1:], "end")])
+    assert psnr(v[:, 0], gt[:, 0]) >= 24 and psnr(v[:, -1], gt[:, -1]) >= 22
+
+
+def test_a_few_dit_steps_lower_the_loss() -> None:
+    torch.manual_seed(0)
+    text = TinyTextEncoder(TextEncoderConfig(dim=16, heads=2, layers=1, text_dim=16, max_len=8))
+    dit = WanDiT(tiny_config(dim=32, ffn_dim=64, num_heads=2, num_layers=1, text_dim=16, text_len=8,
+                             freq_dim=32, in_dim=4, out_dim=4))
+    lat = torch.randn(8, 4, 3, 4, 4)
+    caps = [world.sample_clip(i).caption for i in range(8)]
+    trainer = DiTTrainer(dit, text, lat, lambda i, rng: caps[i], DiTTrainConfig(batch=8, lr=3e-3, warmup=1, steps=40))
+    before = eval_loss(dit, text, lat, caps)
+    for _ in range(40):
+        trainer.step()
+    assert eval_loss(dit, text, lat, caps) < 0.9 * before
+
+
+def test_a_few_vae_steps_lower_the_loss() -> None:
+    torch.manual_seed(0)
+    vae = WanVAE(VAEConfig(dim=4, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1))
+    cfg = VAETrainConfig(batch=2, crop=16, frames=5, lr=3e-3, steps=25)
+    from spacetime_video.model.embedded.train_vae import crop_batch
+    fixed = crop_batch(random.Random(1), cfg)
+    before = float(vae_loss(vae.train(), fixed, cfg, torch.Generator().manual_seed(0))[0])
+    trainer = VAETrainer(vae, cfg)
+    for _ in range(25):
+        trainer.step(fixed)
+    after = float(vae_loss(vae.train(), fixed, cfg, torch.Generator().manual_seed(0))[0])
+    assert after < 0.8 * before

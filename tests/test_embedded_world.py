@@ -1,0 +1,90 @@
+"""The embedded world: deterministic clips whose labels the analyser reads back correctly."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from spacetime_video.model.embedded import analyser, world
+from spacetime_video.model.embedded.known import frame_mask, random_frame_masks, token_timesteps
+from spacetime_video.model.embedded.text_encoder import TinyTextEncoder, Tokenizer, build_vocabulary
+from spacetime_video.model.embedded.vocab import COLOURS, MOTIONS, SHAPES
+
+
+def test_clip_is_deterministic_and_well_formed() -> None:
+    a, b = world.sample_clip(7), world.sample_clip(7)
+    assert torch.equal(a.video, b.video) and a.caption == b.caption
+    assert a.video.shape == (3, world.FRAMES, world.SIZE, world.SIZE)
+    assert float(a.video.min()) >= -1 and float(a.video.max()) <= 1
+    assert not torch.equal(a.video, world.sample_clip(8).video)
+
+
+def test_heldout_triples_never_in_training() -> None:
+    assert 8 <= len(world.HELD_OUT) <= 16
+    for s in range(300):
+        c = world.sample_clip(s)
+        for o in c.objects:
+            assert (o.colour, o.shape, o.motion) not in world.HELD_OUT
+    # every colour, shape and motion still occurs in training triples
+    train = {(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS} - world.HELD_OUT
+    assert {t[0] for t in train} == set(COLOURS) and {t[2] for t in train} == set(MOTIONS)
+    held = world.sample_clip(3, split="heldout")
+    assert (held.labels["colour"], held.labels["shape"], held.labels["motion"]) in world.HELD_OUT
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_analyser_reads_ground_truth(split: str) -> None:
+    for seed in range(25):
+        clip = world.sample_clip(seed, split)
+        got = analyser.analyse(clip.video)
+        assert got.background == clip.background, clip.caption
+        want = sorted((o.colour, o.shape, o.motion) for o in clip.objects)
+        assert sorted((o.colour, o.shape, o.motion) for o in got.objects) == want, clip.caption
+
+
+def test_analyser_every_motion_and_shape_and_layout() -> None:
+    for i, motion in enumerate(MOTIONS):
+        for j, shape in enumerate(SHAPES):
+            clip = world.sample_clip(100 + 3 * i + j, combo=("red", shape, motion), pair_prob=0.0)
+            frames = (clip.video.permute(1, 2, 3, 0) + 1) / 2        # ComfyUI [T, H, W, 3] 0..1
+            got = analyser.analyse(frames)
+            assert (got.colour, got.shape, got.motion) == ("red", shape, motion)
+
+
+def test_analyser_rejects_bad_layout_and_sees_a_jump() -> None:
+    with pytest.raises(ValueError, match="expected"):
+        analyser.analyse(torch.zeros(5, 4, 4))
+    clip = world.sample_clip(0, combo=("blue", "circle", "right"))
+    smooth = analyser.analyse(clip.video).objects[0].max_step
+    jumped = torch.cat([clip.video[:, :9], clip.video[:, :8]], dim=1)  # back to the start mid-clip
+    assert analyser.analyse(jumped).objects[0].max_step > 3 * smooth
+
+
+def test_describe_rewords_but_keeps_meaning() -> None:
+    clip = world.sample_clip(11)
+    words = {world.describe(clip.objects, clip.background, random.Random(i)) for i in range(20)}
+    assert len(words) > 3
+
+
+def test_tokenizer_and_text_encoder() -> None:
+    tok = Tokenizer(max_len=8)
+    ids, mask = tok(["A red ball rolls LEFT, on navy!", "", "zebra"])
+    vocab = build_vocabulary()
+    assert vocab[int(ids[0, 1])] == "a" and vocab[int(ids[0, 2])] == "red"
+    assert mask.sum(1).tolist() == [8, 1, 2] and vocab[int(ids[2, 1])] == "<unk>"
+    enc = TinyTextEncoder()
+    out = enc.encode(["a red ball", ""]).detach()
+    assert out.shape == (2, enc.config.max_len, enc.config.text_dim)
+    assert float(out[1, 1:].abs().sum()) == 0 and float(out[1, 0].abs().sum()) > 0
+
+
+def test_known_frame_masks_and_timesteps() -> None:
+    assert frame_mask("connect", 5).tolist() == [True, False, False, False, True]
+    assert frame_mask("extend", 5).tolist() == [True, True, False, False, False]
+    with pytest.raises(ValueError, match="valid modes"):
+        frame_mask("sideways", 5)
+    m = random_frame_masks(64, 5, torch.Generator().manual_seed(0))
+    assert m.shape == (64, 5) and bool((~m).any(1).all())
+    t = token_timesteps(torch.tensor([0.5, 1.0]), torch.tensor([[True, False], [False, False]]), 3)
+    assert t.tolist() == [[0, 0, 0, 500, 500, 500], [1000] * 6]
