@@ -3,7 +3,11 @@
 diffusers, each in its own subprocess on the same safetensors file, plus the bf16 matmul peak
 of this machine and the peak RSS of loading the file.
 
-Run:  flock /tmp/spacetime-heavy.lock .venv/bin/python bench/bench_dit.py [--threads N]
+Run:  flock /tmp/spacetime-heavy.lock .venv/bin/python bench/bench_dit.py [--rounds 2]
+
+The machine this was written on is shared (7 agents on 2 cores), so each implementation lives in
+its own worker process and forwards are interleaved round-robin, each with glibc's allocator as
+shipped ("plain") and with the setting our DiT applies on CPU ("tuned"); best-of is reported.
 """
 from __future__ import annotations
 
