@@ -104,15 +104,16 @@ def tune_cpu_allocator() -> bool:
     """Keep freed large blocks inside the process (glibc ``mallopt``) so that the DiT's big
     per-block temporaries are reused instead of being mmap-ed and page-faulted afresh each time.
 
-    On the CPUs tested this made a 1.3B forward 1.5-2x faster (bench/bench_dit.py). It affects
-    the whole process (memory is returned to the OS less eagerly), so it is logged once and can
-    be switched off with ``SPACETIME_MALLOC_TUNING=0``. Linux/glibc only; elsewhere a no-op.
+    On the CPUs tested this made a 1.3B forward up to 1.2-1.5x faster (bench/bench_dit.py). It
+    affects the whole process (up to 2 GB of freed memory stays in the heap instead of going back
+    to the OS), which a host such as ComfyUI may not want, so it is opt-in: set
+    ``SPACETIME_MALLOC_TUNING=1``. Logged once when applied. Linux/glibc only; elsewhere a no-op.
     """
     global _allocator_tuned
     if _allocator_tuned is not None:
         return _allocator_tuned
     _allocator_tuned = False
-    if os.environ.get("SPACETIME_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    if os.environ.get("SPACETIME_MALLOC_TUNING", "0") != "1" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -122,5 +123,5 @@ def tune_cpu_allocator() -> bool:
         ok = False
     _allocator_tuned = ok
     if ok:
-        log.info("CPU DiT: glibc malloc keeps freed blocks for reuse (set SPACETIME_MALLOC_TUNING=0 to disable)")
+        log.info("CPU DiT: glibc malloc keeps freed blocks for reuse (SPACETIME_MALLOC_TUNING=1)")
     return ok
