@@ -8,8 +8,10 @@ OUT ?= out
 setup:
 	@bash scripts/setup.sh
 
+PROMPT ?=
+
 demo: setup
-	$(PY) scripts/demo.py --out $(OUT)
+	$(PY) scripts/demo.py --out $(OUT) --prompt "$(PROMPT)"
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)

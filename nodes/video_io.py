@@ -41,13 +41,16 @@ class SpacetimeSaveVideo(io.ComfyNode):
                 io.Combo.Input("format", options=list(FORMATS), default="mp4"),
                 io.Video.Input("video", optional=True, tooltip="a ComfyUI VIDEO instead of frames "
                                "(its own frame rate is used)"),
+                io.String.Input("caption", optional=True, force_input=True,
+                                tooltip="the text the video was generated from (e.g. the Prompt "
+                                        "Expander's output), stored in the file's metadata"),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, fps, filename_prefix, format, images=None, video=None) -> io.NodeOutput:
+    def execute(cls, fps, filename_prefix, format, images=None, video=None, caption=None) -> io.NodeOutput:
         if images is None and video is None:
             raise node_error(cls, "images", "connect frames (IMAGE) or a VIDEO to save")
         if images is None:
@@ -63,6 +66,8 @@ class SpacetimeSaveVideo(io.ComfyNode):
             metadata["spacetime"] = _summary(cls.hidden.prompt)
         if cls.hidden.extra_pnginfo:
             metadata.update(cls.hidden.extra_pnginfo)
+        if caption:
+            metadata["caption"] = caption
         write_video(os.path.join(folder, filename), images, fps, metadata)
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
         return io.NodeOutput(ui=ui.PreviewVideo([saved]))

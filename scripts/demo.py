@@ -1,7 +1,8 @@
-"""`make demo`: render a video from a workflow in workflows/ through a real local ComfyUI.
+"""`make demo`: render a video from a prompt with the embedded tiny model, through a real local
+ComfyUI, headless: the workflow workflows/embedded_t2v.json (UI format, as users share it) is
+converted, its "Prompt" node (the Prompt Expander) gets --prompt, and the MP4 lands in --out.
 
-Starts the project's ComfyUI host (installed by scripts/setup.sh) with .host/base as its base
-directory, runs the workflow headless and writes the outputs to --out.
+    python scripts/demo.py [--prompt "red ball right, navy background"] [--seed 42] [--out out]
 """
 from __future__ import annotations
 
@@ -11,32 +12,30 @@ import sys
 import time
 from pathlib import Path
 
-from spacetime_video.scripts.cli import RunFailed, load_workflow, run_graph
-from spacetime_video.scripts.host import ComfyHost
+from spacetime_video.scripts.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-DEFAULT_WORKFLOW = ROOT / "workflows" / "foundation_test_pattern_api.json"
+WORKFLOW = ROOT / "workflows" / "embedded_t2v.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workflow", default=str(DEFAULT_WORKFLOW))
+    p.add_argument("--prompt", default="", help="short idea; empty keeps the workflow's own prompt")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--workflow", default=str(WORKFLOW))
     p.add_argument("--out", default="out")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cli = ["run", args.workflow, "--out", args.out, "--base-dir", str(ROOT / ".host" / "base")]
+    if args.prompt:
+        cli += ["--set", f"Prompt.prompt={args.prompt}"]
+    if args.seed is not None:
+        cli += ["--seed", str(args.seed)]
     t0 = time.monotonic()
-    graph = load_workflow(Path(args.workflow))
-    try:
-        with ComfyHost(ROOT / ".host" / "base") as host:
-            files = run_graph(host.client, graph, Path(args.out))
-    except RunFailed as e:
-        logging.error("demo failed: %s", e)
-        return e.code
-    for f in files:
-        logging.info("wrote %s", f)
-    logging.info("demo finished in %.1fs", time.monotonic() - t0)
-    return 0 if files else 1
+    code = cli_main(cli)
+    logging.getLogger("spacetime.demo").info("demo %s in %.1fs (outputs in %s/)",
+                                             "finished" if code == 0 else f"failed (exit {code})",
+                                             time.monotonic() - t0, args.out)
+    return code
 
 
 if __name__ == "__main__":

@@ -43,7 +43,12 @@ NODE_SPECS: dict[str, tuple[list, list, list]] = {
                          [("LATENT", "LATENT")]),
     "SpacetimeVAEEncode": ([("images", "IMAGE"), ("vae", "VAE")], ["tile"], [("LATENT", "LATENT")]),
     "SpacetimeVAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], ["tile"], [("IMAGE", "IMAGE")]),
-    "SpacetimeSaveVideo": ([("images", "IMAGE"), ("video", "VIDEO")], ["fps", "filename_prefix", "format"], []),
+    "SpacetimeSaveVideo": ([("images", "IMAGE"), ("video", "VIDEO"), ("caption", "STRING")],
+                           ["fps", "filename_prefix", "format"], []),
+    "SpacetimePromptExpander": ([("images", "IMAGE")],
+                                ["prompt", "task", "model_family", "language", "seed", "$control", "max_words",
+                                 "backend", "base_url", "model", "api_key_env", "on_error", "temperature"],
+                                [("expanded", "STRING"), ("original", "STRING")]),
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
 }
 # values of widgets not set by a workflow (the frontend needs every widget's value)
@@ -51,7 +56,9 @@ WIDGET_DEFAULTS = {"$control": "fixed", "$upload": "image", "weight_dtype": "def
                    "attention": "auto", "low_noise_dit_name": "none", "dtype": "auto", "device": "default",
                    "invalid_size": "snap", "frame": 0, "use": "all", "count": 1, "tile": 0, "boundary": 0.875,
                    "low_noise_cfg": 3.0, "denoise": 1.0, "solver": "unipc", "start_frame": 0, "frame_count": 0,
-                   "stride": 1, "width": 0, "height": 0, "format": "mp4", "crop": "none"}
+                   "stride": 1, "width": 0, "height": 0, "format": "mp4", "crop": "none",
+                   "language": "en", "max_words": 100, "backend": "rules", "base_url": "http://localhost:11434/v1",
+                   "model": "", "api_key_env": "OPENAI_API_KEY", "on_error": "fallback", "temperature": 0.7}
 
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"  # Comfy-Org repackaged file names
 CLIP_VISION = "clip_vision_h.safetensors"
@@ -63,7 +70,7 @@ IMAGE_IN, CLIP_A, CLIP_B = "spacetime_start.png", "spacetime_clip_a.mp4", "space
 # family -> loader kind, files, and the official defaults (MODELS.md)
 FAMILIES: dict[str, dict] = {
     "embedded": dict(kind="embedded", width=64, height=64, length=17, fps=8, steps=20, shift=2.0, cfg=4.0,
-                     overlap=5, prompt="a red circle moves to the right across a navy background",
+                     overlap=5, prompt="red ball right, navy background",
                      negative="", caps=["t2v", "i2v", "extend_forward", "extend_backward", "connect", "loop",
                                         "edit", "image"]),
     "wan21_t2v_1.3b": dict(kind="file", dit="wan2.1_t2v_1.3B_fp16.safetensors", vae="wan_2.1_vae.safetensors",
@@ -148,10 +155,18 @@ class Graph:
                     link = len(links) + 1
                     links.append([link, src.id, slot, n.id, len(inputs), typ])
                 inputs.append({"name": name, "type": typ, "link": link})
+            for name in widget_names:
+                if name in n.links:
+                    src, slot = n.links[name]
+                    typ = NODE_SPECS[src.type][2][slot][1]
+                    link = len(links) + 1
+                    links.append([link, src.id, slot, n.id, len(inputs), typ])
+                    inputs.append({"name": name, "type": typ, "widget": {"name": name}, "link": link})
             unknown = set(n.widgets) - set(widget_names)
             if unknown:
                 raise ValueError(f"{n.type}: no widget(s) {sorted(unknown)}")
-            values = [n.widgets.get(w, WIDGET_DEFAULTS.get(w)) for w in widget_names]
+            # a widget fed by a link keeps a placeholder value, as the frontend saves it
+            values = [n.widgets.get(w, "" if w in n.links else WIDGET_DEFAULTS.get(w)) for w in widget_names]
             col, row = depth[n.id], rows.get(depth[n.id], 0)
             rows[col] = row + 1
             ui_nodes.append({
@@ -168,20 +183,23 @@ class Graph:
                 "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
-def _loaders(g: Graph, fam: dict, prompt: str, negative: str):
-    """-> model, vae, positive, negative (each a (Node, slot))."""
+def _loaders(g: Graph, fam: dict, prompt: str, negative: str, task: str):
+    """-> model, vae, positive, negative (each a (Node, slot)), and the caption (or None)."""
     if fam["kind"] == "embedded":
         loader = g.add("SpacetimeEmbeddedLoader", shift=fam["shift"])
-        pos = g.add("SpacetimeTextEncode", "Positive prompt", text_encoder=(loader, 2), text=prompt)
+        # The Sora recipe: a short idea becomes the caption the model was trained on.
+        expander = g.add("SpacetimePromptExpander", "Prompt", prompt=prompt, task=task,
+                         model_family="embedded", seed=0, max_words=40)
+        pos = g.add("SpacetimeTextEncode", "Positive prompt", text_encoder=(loader, 2), text=(expander, 0))
         neg = g.add("SpacetimeTextEncode", "Negative prompt", text_encoder=(loader, 2), text=negative)
-        return (loader, 0), (loader, 1), (pos, 0), (neg, 0)
+        return (loader, 0), (loader, 1), (pos, 0), (neg, 0), (expander, 0)
     dit = g.add("SpacetimeDiTLoader", dit_name=fam["dit"], shift=fam["shift"],
                 low_noise_dit_name=fam.get("low_dit", "none"))
     vae = g.add("SpacetimeVAELoader", vae_name=fam["vae"])
     clip = g.add("CLIPLoader", clip_name=TEXT_ENCODER, type="wan", device="default")
     pos = g.add("CLIPTextEncode", "Positive prompt", clip=(clip, 0), text=prompt)
     neg = g.add("CLIPTextEncode", "Negative prompt", clip=(clip, 0), text=negative)
-    return (dit, 0), (vae, 0), (pos, 0), (neg, 0)
+    return (dit, 0), (vae, 0), (pos, 0), (neg, 0), None
 
 
 def _clip(g: Graph, fam: dict, name: str):
@@ -193,7 +211,9 @@ def build(family: str, cap: str) -> Graph:
     fam = FAMILIES[family]
     g = Graph()
     prompt = fam.get("prompt", DEFAULT_PROMPT)
-    model, vae, pos, neg = _loaders(g, fam, prompt, fam.get("negative", NEGATIVE))
+    task = {"i2v": "i2v", "connect": "flf2v", "loop": "flf2v", "extend_forward": "extend",
+            "extend_backward": "extend"}.get(cap, "t2v")
+    model, vae, pos, neg, caption = _loaders(g, fam, prompt, fam.get("negative", NEGATIVE), task)
     vision = g.add("CLIPVisionLoader", clip_name=CLIP_VISION) if fam.get("clip_vision") else None
     length = 1 if cap == "image" else fam["length"]
     n = fam["overlap"]
@@ -246,7 +266,9 @@ def build(family: str, cap: str) -> Graph:
     if cap == "image":
         g.add("SaveImage", images=(frames, 0), filename_prefix=prefix)
     else:
-        g.add("SpacetimeSaveVideo", images=(frames, 0), fps=float(fam["fps"]), filename_prefix=prefix, format="mp4")
+        extra = {"caption": caption} if caption else {}
+        g.add("SpacetimeSaveVideo", images=(frames, 0), fps=float(fam["fps"]), filename_prefix=prefix, format="mp4",
+              **extra)
     return g
 
 

@@ -33,7 +33,7 @@ def _inputs(info: dict):
 def _widgets(info: dict) -> list[str]:
     names = []
     for name, typ, opts in _inputs(info):
-        if typ in WIDGET_TYPES:
+        if typ in WIDGET_TYPES and not opts.get("forceInput"):  # forced inputs are sockets in the UI
             names.append(name)
             names += ["$control"] if opts.get("control_after_generate") else []
             names += ["$upload"] if opts.get("image_upload") else []
@@ -65,7 +65,8 @@ def test_node_specs_match_object_info(object_info):
         info = object_info.get(node_type)
         assert info is not None, f"{node_type} is not registered"
         assert widgets == _widgets(info), node_type
-        assert [(n, t) for n, t, _ in _inputs(info) if t not in WIDGET_TYPES] == sockets, node_type
+        assert [(n, t) for n, t, o in _inputs(info) if t not in WIDGET_TYPES or o.get("forceInput")] == sockets, \
+            node_type
         assert [t for _, t in outputs] == list(info["output"]), node_type
 
 
@@ -166,8 +167,14 @@ def test_embedded_workflow_runs(host, tiny, cap):
     assert frames.shape == (9, 64, 64, 3) and fps == pytest.approx(8.0, rel=0.05)
     if cap == "t2v":  # the graph, its seed and prompts travel in the file
         from spacetime_video.nodes.video_file import read_metadata
-        meta = read_metadata(path)["spacetime"]
+        metadata = read_metadata(path)
+        meta = metadata["spacetime"]
         assert 42 in meta["seeds"].values() and mw.FAMILIES["embedded"]["prompt"] in meta["prompts"].values()
+        # the expanded prompt (an output of the Prompt Expander, not in the graph) is recorded too
+        from spacetime_video.model import expand_prompt
+        short = mw.FAMILIES["embedded"]["prompt"]
+        assert metadata["caption"] == expand_prompt(short, model_family="embedded", seed=0, max_words=40)
+        assert metadata["caption"] != short
 
 
 @pytest.mark.host
