@@ -99,13 +99,14 @@ def stage_latents(run: Path, clips: int, seed: int) -> None:
 
 
 def _describer(n: int):
-    cache: dict[int, world.Clip] = {}
+    """describe(i, rng): a fresh caption of training clip i (its objects are cached, not its pixels)."""
+    cache: dict[int, tuple] = {}
 
     def describe(i: int, rng) -> str:
-        clip = cache.get(i)
-        if clip is None:
-            clip = cache[i] = world.sample_clip(i)
-        return world.describe(clip.objects, clip.background, rng)
+        if i not in cache:
+            clip = world.sample_clip(i)
+            cache[i] = (clip.objects, clip.background)
+        return world.describe(*cache[i], rng)
     return describe
 
 
