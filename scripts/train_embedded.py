@@ -135,14 +135,15 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
     _save(ckpt, trainer.state(), {"step": trainer.step_no})
 
 
-def stage_export(run: Path, to: Path) -> None:
+def stage_export(run: Path, to: Path, live: bool = False) -> None:
     vae = WanVAE(C.VAE_CONFIG)
     vae.load_state_dict(load_file(str(run / "vae_ckpt.safetensors")))
     m = _meta(run / "latents.safetensors")
     state = load_file(str(run / "dit_ckpt.safetensors"))
     dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
-    dit.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("ema_dit.")})
-    text.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("ema_text.")})
+    pd, pt = ("dit.", "text.") if live else ("ema_dit.", "ema_text.")
+    dit.load_state_dict({k[len(pd):]: v for k, v in state.items() if k.startswith(pd)})
+    text.load_state_dict({k[len(pt):]: v for k, v in state.items() if k.startswith(pt)})
     steps = {"vae": _meta(run / "vae_ckpt.safetensors")["step"], "dit": _meta(run / "dit_ckpt.safetensors")["step"],
              "latent_clips": m["clips"]}
     save_embedded(to, vae_with_stats(vae, m["mean"], m["std"]), dit, text, steps)
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--to", type=Path, default=C.WEIGHTS_DIR)
+    ap.add_argument("--live", action="store_true", help="export the live DiT weights, not the EMA")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.stage == "dit":
         stage_dit(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch)
     else:
-        stage_export(a.run, a.to)
+        stage_export(a.run, a.to, a.live)
 
 
 if __name__ == "__main__":
