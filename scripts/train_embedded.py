@@ -4,7 +4,8 @@
     python scripts/train_embedded.py latents --run RUN_DIR [--clips N]
     python scripts/train_embedded.py decoder --run RUN_DIR [--steps N]   (optional, beside `dit`)
     python scripts/train_embedded.py dit     --run RUN_DIR [--steps N] [--minutes M]
-    python scripts/train_embedded.py export  --run RUN_DIR [--to model/embedded/weights]
+    python scripts/train_embedded.py adapt   --run RUN_DIR [--steps N]   (decoder on the DiT's x0, after `dit`)
+    python scripts/train_embedded.py export  --run RUN_DIR [--to model/embedded/weights] [--vae-file F]
 
 Every stage resumes from RUN_DIR's checkpoint (saved every --every steps and at the end), so a
 stage can be stopped and started again; `--minutes` stops a stage early at a checkpoint (the
@@ -99,13 +100,14 @@ def stage_latents(run: Path, clips: int, seed: int) -> None:
 
 
 def _describer(n: int):
-    cache: dict[int, world.Clip] = {}
+    """describe(i, rng): a fresh caption of training clip i (its objects are cached, not its pixels)."""
+    cache: dict[int, tuple] = {}
 
     def describe(i: int, rng) -> str:
-        clip = cache.get(i)
-        if clip is None:
-            clip = cache[i] = world.sample_clip(i)
-        return world.describe(clip.objects, clip.background, rng)
+        if i not in cache:
+            clip = world.sample_clip(i)
+            cache[i] = (clip.objects, clip.background)
+        return world.describe(*cache[i], rng)
     return describe
 
 
@@ -134,23 +136,78 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
     _save(ckpt, trainer.state(), {"step": trainer.step_no})
 
 
-def stage_export(run: Path, to: Path) -> None:
+def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int) -> None:
+    """Fine-tune the decoder on the DiT's own x0 predictions (sigma 0.05-0.6) of training
+    latents, target = the clip's pixels, on 4x4-latent (32x32-pixel) crops: teaches the decoder
+    to read the slightly-off latents a sampler ends in. Encoder and DiT stay fixed."""
+    from model.embedded.known import token_timesteps
+    from model.embedded.train_vae import psnr
+    g = torch.Generator().manual_seed(seed)
+    lat_file = load_file(str(run / "latents.safetensors"))["latents"]
+    m = _meta(run / "latents.safetensors")
     vae = WanVAE(C.VAE_CONFIG)
     vae.load_state_dict(load_file(str(run / "vae_ckpt.safetensors")))
-    m = _meta(run / "latents.safetensors")
+    vae = vae_with_stats(vae, m["mean"], m["std"]).train()
+    vae.encoder.requires_grad_(False)
+    vae.conv1.requires_grad_(False)
     state = load_file(str(run / "dit_ckpt.safetensors"))
     dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
     dit.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("ema_dit.")})
     text.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("ema_text.")})
+    dit.eval().requires_grad_(False)
+    text.eval().requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=2e-4)
+    describe = _describer(lat_file.shape[0])
+    import random as _r
+    rng = _r.Random(seed)
+    t0, step = time.time(), 0
+    while step < steps and time.time() - t0 < minutes * 60:
+        idx = torch.randint(0, lat_file.shape[0], (batch,), generator=g)
+        x0 = lat_file[idx]
+        sigma = 0.05 + 0.55 * torch.rand(batch, generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        xs = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * eps
+        with torch.no_grad():
+            ctx = text.encode([describe(int(i), rng) for i in idx])
+            t = token_timesteps(sigma, torch.zeros(batch, x0.shape[2], dtype=torch.bool), 16)
+            pred = xs - sigma.view(-1, 1, 1, 1, 1) * dit(xs, t, ctx)
+        oy, ox = rng.randrange(5), rng.randrange(5)
+        z = vae.denormalize(pred[:, :, :, oy:oy + 4, ox:ox + 4])
+        target = world.batch([int(i) for i in idx])[0][:, :, :, 8 * oy:8 * oy + 32, 8 * ox:8 * ox + 32]
+        y = vae.decode(z, chunked=False, clamp=False)
+        loss = ((y - target) ** 2 + 0.3 * (y - target).abs()).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 10 == 0:
+            log.info("adapt step %d loss %.4f psnr %.2f %.0fs", step, float(loss.detach()), psnr(y.detach(), target),
+                     time.time() - t0)
+        if step % every == 0:
+            _save(run / "vae_adapt.safetensors", vae.state_dict(), {"step": step})
+    _save(run / "vae_adapt.safetensors", vae.state_dict(), {"step": step})
+
+
+def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_ckpt.safetensors") -> None:
+    vae = WanVAE(C.VAE_CONFIG)
+    vae.load_state_dict(load_file(str(run / vae_file)))
+    m = _meta(run / "latents.safetensors")
+    state = load_file(str(run / "dit_ckpt.safetensors"))
+    dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
+    pd, pt = ("dit.", "text.") if live else ("ema_dit.", "ema_text.")
+    dit.load_state_dict({k[len(pd):]: v for k, v in state.items() if k.startswith(pd)})
+    text.load_state_dict({k[len(pt):]: v for k, v in state.items() if k.startswith(pt)})
     steps = {"vae": _meta(run / "vae_ckpt.safetensors")["step"], "dit": _meta(run / "dit_ckpt.safetensors")["step"],
              "latent_clips": m["clips"]}
+    if vae_file != "vae_ckpt.safetensors":
+        steps["decoder_adapt"] = _meta(run / vae_file)["step"]
     save_embedded(to, vae_with_stats(vae, m["mean"], m["std"]), dit, text, steps)
     log.info("exported to %s (%s)", to, steps)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "export"])
+    ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "adapt", "export"])
     ap.add_argument("--run", type=Path, default=Path("/tmp/spacetime-embedded-run"))
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=1e9)
@@ -161,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--to", type=Path, default=C.WEIGHTS_DIR)
+    ap.add_argument("--live", action="store_true", help="export the live DiT weights, not the EMA")
+    ap.add_argument("--vae-file", default="vae_ckpt.safetensors",
+                    help="VAE checkpoint in RUN_DIR to export (vae_adapt.safetensors after `adapt`)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
@@ -173,8 +233,10 @@ def main(argv: list[str] | None = None) -> None:
         stage_latents(a.run, a.clips, a.seed)
     elif a.stage == "dit":
         stage_dit(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch)
+    elif a.stage == "adapt":
+        stage_adapt(a.run, a.steps or 2000, a.minutes, a.every, a.seed, a.batch)
     else:
-        stage_export(a.run, a.to)
+        stage_export(a.run, a.to, a.live, a.vae_file)
 
 
 if __name__ == "__main__":
