@@ -48,11 +48,12 @@ class CausalConv3d(nn.Conv3d):
         if self.context:
             past = cache.take(self) if cache is not None else None
             if past is None:           # clip start: the official zero padding
-                past = x.new_zeros(x.shape[0], x.shape[1], self.context, *x.shape[3:])
-            x = torch.cat([past.to(x.dtype), x], dim=2)  # (B, C, ctx + T, H, W)
-            del past
+                past = (x.new_zeros(x.shape[0], x.shape[1], self.context, *x.shape[3:]),)
+            parts = (*past, x)
             if cache is not None:
-                cache.keep(self, x[:, :, -self.context:].clone())
+                cache.keep(self, _last_frames(parts, self.context))
+            x = torch.cat(parts, dim=2)                    # (B, C, ctx + T, H, W)
+            del past, parts
         kt = self.kernel_size[0]
         if x.shape[2] == kt and self.stride[0] == 1 and x.is_contiguous():
             # One output frame: fold time into channels, (B, C, kt, H, W) -> (B, C kt, H, W),
@@ -63,6 +64,23 @@ class CausalConv3d(nn.Conv3d):
             y = F.conv2d(x.reshape(x.shape[0], c * kt, *x.shape[3:]), w, self.bias, self.stride[1:], self.padding[1:])
             return y.unsqueeze(2)
         return super().forward(x)
+
+
+def _last_frames(parts: tuple[torch.Tensor, ...], n: int) -> tuple[torch.Tensor, ...]:
+    """The last ``n`` frames of the time-concatenation of ``parts``, as a tuple of tensors.
+
+    Whole single-frame parts are kept by reference, not copied: a conv input is never
+    modified after the conv, and in the one-frame-at-a-time steady state this makes the
+    cache update free. Longer parts are sliced and copied, so that no large activation is
+    kept alive by a view."""
+    kept: list[torch.Tensor] = []
+    for p in reversed(parts):
+        if n == 0:
+            break
+        t = p.shape[2]
+        kept.append(p if t <= n and t == 1 else p[:, :, t - min(t, n):].clone())
+        n -= min(t, n)
+    return tuple(reversed(kept))
 
 
 class RMS_norm(nn.Module):  # noqa: N801 (the official class name; key: ``gamma``)
@@ -179,8 +197,8 @@ class Resample(nn.Module):
         if cache.first_visit(self):
             first, past, rest = x[:, :, :1], x[:, :, :1], x[:, :, 1:]
         else:
-            first, past, rest = x[:, :, :0], cache.take(self), x
-        cache.keep(self, x[:, :, -1:].clone())
+            first, past, rest = x[:, :, :0], cache.take(self)[0], x
+        cache.keep(self, (x[:, :, -1:].clone(),))
         if rest.shape[2] == 0:
             return first
         y = self.time_conv(torch.cat([past, rest], dim=2))                 # (B, C, T / 2, H, W)

@@ -26,17 +26,18 @@ class CausalCache:
     """
 
     def __init__(self) -> None:
-        self._frames: dict[nn.Module, torch.Tensor] = {}
+        self._frames: dict[nn.Module, tuple[torch.Tensor, ...]] = {}
         self._visited: set[nn.Module] = set()
 
-    def take(self, layer: nn.Module) -> torch.Tensor | None:
-        """The frames ``layer`` kept from the previous chunk (removed from the cache)."""
+    def take(self, layer: nn.Module) -> tuple[torch.Tensor, ...] | None:
+        """The frames ``layer`` kept from the previous chunk, oldest first, as pieces to be
+        concatenated along time (removed from the cache)."""
         return self._frames.pop(layer, None)
 
-    def keep(self, layer: nn.Module, frames: torch.Tensor) -> None:
-        """Remember ``frames`` for ``layer``'s next chunk. Pass a copy, not a view: a view
-        would keep the whole chunk's activation alive."""
-        self._frames[layer] = frames
+    def keep(self, layer: nn.Module, frames: tuple[torch.Tensor, ...]) -> None:
+        """Remember ``frames`` (B, C, t, H, W pieces, oldest first) for ``layer``'s next chunk.
+        Do not pass a view of a large tensor: it would keep the whole of it alive."""
+        self._frames[layer] = tuple(frames)
 
     def first_visit(self, layer: nn.Module) -> bool:
         """True the first time ``layer`` asks (the clip's first chunk), False afterwards."""
@@ -47,7 +48,7 @@ class CausalCache:
 
     def nbytes(self) -> int:
         """Memory held by the cached frames (bytes)."""
-        return sum(t.numel() * t.element_size() for t in self._frames.values())
+        return sum(t.numel() * t.element_size() for parts in self._frames.values() for t in parts)
 
     def __len__(self) -> int:
         return len(self._frames)

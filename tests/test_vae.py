@@ -289,3 +289,24 @@ def test_tiled_vae_close_to_untiled(version):
     assert zt.shape == z.shape and rel(zt, z) < 0.5
     with pytest.raises(ValueError, match="overlap"):
         vae.decode(z, tile=(2 * s, 2 * s), tile_overlap=(2 * s, 2 * s))
+
+
+@pytest.mark.parametrize("preset", ["wan2.1", "wan2.2"])
+def test_real_sizes_detected_from_shapes(preset):
+    """The released VAEs (official and diffusers layouts) are recognised from tensor shapes
+    alone; built on the meta device, so no memory or time is spent."""
+    from diffusers import AutoencoderKLWan
+
+    from spacetime_video.model.convert import wan_vae_to_official
+    from spacetime_video.model.vae import vae_config_from_state_dict
+
+    with torch.device("meta"):
+        official = WanVAE(VAE_PRESETS[preset]).state_dict()
+        kwargs = dict(base_dim=96, z_dim=16) if preset == "wan2.1" else dict(
+            base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12, out_channels=12,
+            patch_size=2, scale_factor_spatial=16)
+        diffusers_sd = AutoencoderKLWan(**kwargs).state_dict()
+    assert vae_config_from_state_dict(official) == VAE_PRESETS[preset]
+    converted, layout = wan_vae_to_official(diffusers_sd)
+    assert layout == "diffusers" and set(converted) == set(official)
+    assert vae_config_from_state_dict(converted) == VAE_PRESETS[preset]
