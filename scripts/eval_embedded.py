@@ -13,21 +13,17 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from model.embedded import world  # noqa: E402
-from model.embedded.analyser import analyse  # noqa: E402
-from model.embedded.pipeline import Known, generate, load_embedded  # noqa: E402
-from model.embedded.train_vae import psnr  # noqa: E402
-from model.embedded.vocab import BACKGROUNDS  # noqa: E402
+from spacetime_video.model.embedded import world
+from spacetime_video.model.embedded.analyser import analyse
+from spacetime_video.scripts.embedded_generate import Known, generate, load_embedded
+from spacetime_video.model.embedded.train_vae import psnr
+from spacetime_video.model.embedded.vocab import BACKGROUNDS
 
 log = logging.getLogger("spacetime.embedded.eval")
 
@@ -108,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
-    from model.embedded import config as C
+    from spacetime_video.model.embedded import config as C
     res = evaluate(a.weights, a.per_combo, a.steps, a.guidance if a.guidance is not None else C.DEFAULT_GUIDANCE)
     summary = {k: v for k, v in res.items() if k != "rows"}
     log.info("%s", json.dumps(summary, indent=1))

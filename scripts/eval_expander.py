@@ -19,7 +19,7 @@ import torch
 from spacetime_video.model import expand_prompt
 from spacetime_video.model.embedded import world
 from spacetime_video.model.embedded.analyser import analyse
-from spacetime_video.model.embedded.pipeline import generate, load_embedded
+from spacetime_video.scripts.embedded_generate import generate, load_embedded
 from spacetime_video.model.embedded.vocab import words_for
 
 log = logging.getLogger("spacetime.eval_expander")

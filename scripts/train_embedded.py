@@ -16,26 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from model.dit import WanDiT  # noqa: E402
-from model.embedded import config as C  # noqa: E402
-from model.embedded import world  # noqa: E402
-from model.embedded.text_encoder import TinyTextEncoder  # noqa: E402
-from model.embedded.train_dit import DiTTrainConfig, DiTTrainer, eval_loss  # noqa: E402
-from model.embedded.train_vae import (VAETrainConfig, VAETrainer, heldout_psnr,  # noqa: E402
+from spacetime_video.model.dit import WanDiT
+from spacetime_video.model.embedded import config as C
+from spacetime_video.model.embedded import world
+from spacetime_video.model.embedded.text_encoder import TinyTextEncoder
+from spacetime_video.model.embedded.train_dit import DiTTrainConfig, DiTTrainer, eval_loss
+from spacetime_video.model.embedded.train_vae import (VAETrainConfig, VAETrainer, heldout_psnr,
                                       latent_stats)
-from model.embedded.weights_io import save_embedded, vae_with_stats  # noqa: E402
-from model.vae import WanVAE  # noqa: E402
+from spacetime_video.model.embedded.weights_io import save_embedded, vae_with_stats
+from spacetime_video.model.vae import WanVAE
 
 log = logging.getLogger("spacetime.embedded.train")
 
@@ -140,8 +136,8 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     """Fine-tune the decoder on the DiT's own x0 predictions (sigma 0.05-0.6) of training
     latents, target = the clip's pixels, on 4x4-latent (32x32-pixel) crops: teaches the decoder
     to read the slightly-off latents a sampler ends in. Encoder and DiT stay fixed."""
-    from model.embedded.known import token_timesteps
-    from model.embedded.train_vae import psnr
+    from spacetime_video.model.embedded.known import token_timesteps
+    from spacetime_video.model.embedded.train_vae import psnr
     g = torch.Generator().manual_seed(seed)
     lat_file = load_file(str(run / "latents.safetensors"))["latents"]
     m = _meta(run / "latents.safetensors")

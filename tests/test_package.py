@@ -88,3 +88,16 @@ def test_wheel_contains_data_files(tmp_path):
     assert prompts and any(n.endswith(".txt") for n in prompts)
     assert any(n.startswith("spacetime_video/workflows/") and n.endswith(".json") for n in names)
     assert not any("/tests/" in n or n.startswith("spacetime_video/.host") for n in names)
+
+
+def test_model_does_not_import_samplers():
+    """DESIGN.md's layers: model/ and samplers/ are independent; code joining them lives in
+    nodes/ or scripts/."""
+    import re
+    offenders = []
+    for folder, other in (("model", "samplers"), ("samplers", "model")):
+        pattern = re.compile(rf"^\s*(from|import)\s+(\.\.+{other}|spacetime_video\.{other}|{other})\b")
+        for path in (ROOT / folder).rglob("*.py"):
+            offenders += [f"{path.relative_to(ROOT)}: {line.strip()}"
+                          for line in path.read_text().splitlines() if pattern.match(line)]
+    assert not offenders, offenders

@@ -1,6 +1,10 @@
-"""Generate with the embedded tiny model: text, known frames, guidance, UniPC.
+"""The embedded tiny model's parts, and its known frames as clean latents.
 
-    from spacetime_video.model.embedded.pipeline import Known, generate, load_embedded
+``load_embedded()`` gives the trained VAE, DiT and text encoder; ``known_latents`` places
+known frames. Sampling lives outside ``model/`` (which may not import ``samplers/``): the
+ComfyUI nodes, or ``scripts/embedded_generate.py`` for scripts and tests::
+
+    from spacetime_video.scripts.embedded_generate import Known, generate
     video = generate("a red ball rolls to the left across a black background", seed=0)
     # video [3, 17, 64, 64] in [-1, 1]
     video = generate("a blue box rises", known=[Known(first_frame, "start")])   # image-to-video
@@ -18,18 +22,12 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-try:  # inside the package (spacetime_video.model.embedded)
-    from ...samplers import flow_sigmas, sample
-except ImportError:  # scripts that put the repository root on sys.path
-    from samplers import flow_sigmas, sample  # type: ignore[no-redef]
 from ..dit import WanDiT
 from ..vae import WanVAE
 from . import config as C
-from .known import apply_known, token_timesteps
 from .text_encoder import TinyTextEncoder
 from .weights_io import load_parts
 
@@ -104,49 +102,3 @@ def known_latents(vae: WanVAE, known: list[Known], frames: int) -> tuple[torch.T
         clean[:, :, sl] = z[:, :, : sl.stop - sl.start]
         mask[sl] = True
     return clean, mask
-
-
-def make_denoiser(dit: WanDiT, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float,
-                  clean: torch.Tensor | None, mask: torch.Tensor) -> Callable[..., torch.Tensor]:
-    """denoiser(x, sigma) -> x0 with known frames held clean and classifier-free guidance
-    (Ho & Salimans 2022): x0 = x0_u + g (x0_c - x0_u); cond and uncond in one batch."""
-    ph, pw = dit.config.patch_size[1:]
-
-    def denoise(x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
-        B = x.shape[0]
-        xin = apply_known(x, clean, mask) if clean is not None else x
-        tok = (x.shape[3] // ph) * (x.shape[4] // pw)
-        s = sigma.reshape(-1).expand(B)
-        use_cfg = uncond is not None and guidance != 1.0
-        ctx = torch.cat([cond.expand(B, -1, -1), uncond.expand(B, -1, -1)]) if use_cfg else cond.expand(B, -1, -1)
-        reps = 2 if use_cfg else 1
-        t = token_timesteps(s.repeat(reps), mask.unsqueeze(0).expand(B * reps, -1), tok)
-        v = dit(xin.repeat(reps, 1, 1, 1, 1), t, ctx)
-        x0 = xin.repeat(reps, 1, 1, 1, 1) - s.repeat(reps).view(-1, 1, 1, 1, 1) * v
-        if use_cfg:
-            c, u = x0.chunk(2)
-            x0 = u + guidance * (c - u)
-        return apply_known(x0, clean, mask) if clean is not None else x0
-
-    return denoise
-
-
-@torch.no_grad()
-def generate(prompt: str, frames: int = C.FRAMES, steps: int = C.DEFAULT_STEPS,
-             guidance: float = C.DEFAULT_GUIDANCE, seed: int = 0, known: list[Known] | None = None,
-             negative: str = "", shift: float = C.DEFAULT_SHIFT, solver: str = "unipc",
-             model: EmbeddedModel | None = None) -> torch.Tensor:
-    """A clip [3, frames, 64, 64] in [-1, 1] for `prompt` (frames = 4k+1; trained at 17)."""
-    if frames < 1 or (frames - 1) % 4:
-        raise ValueError(f"frames={frames}: the causal VAE needs 4k+1 frames (e.g. {4 * ((frames - 1) // 4) + 1} "
-                         f"or {4 * ((frames - 1) // 4 + 1) + 1}); the model was trained on 17")
-    m = model or load_embedded()
-    t_lat = (frames - 1) // 4 + 1
-    clean, mask = known_latents(m.vae, known or [], frames)
-    cond = m.text_encoder.encode([prompt])
-    uncond = m.text_encoder.encode([negative])
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(1, m.vae.config.z_dim, t_lat, C.LATENT_SIZE, C.LATENT_SIZE, generator=g)
-    den = make_denoiser(m.dit, cond, uncond, guidance, clean if bool(mask.any()) else None, mask)
-    z = sample(den, noise, flow_sigmas(steps, shift), solver=solver, disable=True)
-    return m.vae.decode(m.vae.denormalize(z))[0]
