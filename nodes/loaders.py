@@ -17,6 +17,7 @@ from ..model.vae import load_vae
 from .comfy_model import wrap_dit
 from .comfy_vae import wrap_vae
 from .errors import node_error
+from .files import file_inside
 
 DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -27,12 +28,7 @@ NONE = "none"
 def model_file(folder: str, name: str) -> str | None:
     """The path of ``name`` inside one of ComfyUI's ``folder`` model directories, or None when
     it is missing or points outside them (nothing is opened)."""
-    for root in folder_paths.get_folder_paths(folder):
-        root = os.path.realpath(root)
-        path = os.path.realpath(os.path.join(root, name))
-        if os.path.commonpath([root, path]) == root and os.path.isfile(path):
-            return path
-    return None
+    return file_inside(folder_paths.get_folder_paths(folder), name)
 
 
 def check_file(node: str, input_name: str, folder: str, name: str) -> bool | str:

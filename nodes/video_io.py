@@ -10,6 +10,7 @@ import folder_paths
 from comfy_api.latest import InputImpl, Types, io, ui
 
 from .errors import node_error
+from .files import file_inside
 from .video_file import FORMATS, READABLE, read_video, write_video
 
 
@@ -86,11 +87,7 @@ def _input_videos() -> list[str]:
 def resolve_input_file(name: str) -> str | None:
     """The path of ``name`` inside ComfyUI's input folder, or None when it is missing or points
     outside it (``..``, absolute paths, links out); nothing is opened."""
-    root = os.path.realpath(folder_paths.get_input_directory())
-    path = os.path.realpath(os.path.join(root, name))
-    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
-        return None
-    return path
+    return file_inside([folder_paths.get_input_directory()], name)
 
 
 class SpacetimeLoadVideo(io.ComfyNode):

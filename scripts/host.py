@@ -161,6 +161,14 @@ class ComfyHost:
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=self._log_file,
                                      stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.info("starting ComfyUI on %s (log: %s)", self.url, self.log_path)
+        try:
+            self._wait_ready(t0, timeout)
+        except BaseException:
+            self.stop()  # never leave a half-started server (or its log handle) behind
+            raise
+        return self
+
+    def _wait_ready(self, t0: float, timeout: float) -> None:
         client = self.client
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -169,9 +177,8 @@ class ComfyHost:
             if client.alive():
                 self.started_in = time.monotonic() - t0
                 log.info("ComfyUI ready in %.1fs", self.started_in)
-                return self
+                return
             time.sleep(0.25)
-        self.stop()
         raise HostError(f"ComfyUI did not answer within {timeout:.0f}s:\n" + self.log_tail())
 
     def log_text(self) -> str:

@@ -65,13 +65,8 @@ def host(tmp_path_factory):
     _require_host_install()
     from spacetime_video.scripts.host import ComfyHost
 
-    base = tmp_path_factory.mktemp("comfy-base")
-    server = ComfyHost(base, comfy_dir=COMFY_DIR)
-    server.start()
-    try:
+    with ComfyHost(tmp_path_factory.mktemp("comfy-base"), comfy_dir=COMFY_DIR) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

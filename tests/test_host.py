@@ -56,3 +56,17 @@ def test_import_failure_of_the_pack_is_detected(tmp_path):
     server.log_path.write_text(f"Import times for custom nodes:\n   0.1 seconds: {folder}\n"
                                "IMPORT FAILED: nodes_audio.py\n")
     assert not server.pack_import_failed()
+
+
+def test_failed_start_is_reported_and_cleaned_up(tmp_path):
+    """A server that dies while starting: the error carries its log, nothing is left running."""
+    from spacetime_video.scripts.host import ComfyHost, HostError
+
+    fake = tmp_path / "ComfyUI"
+    (fake / "comfy").mkdir(parents=True)
+    (fake / "main.py").write_text("import sys\nprint('boom: missing dependency')\nsys.exit(3)\n")
+    server = ComfyHost(tmp_path / "base", comfy_dir=fake)
+    with pytest.raises(HostError, match="code 3") as err:
+        server.start(timeout=30)
+    assert "boom: missing dependency" in str(err.value)
+    assert server.proc is None and server._log_file.closed

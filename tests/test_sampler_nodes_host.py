@@ -71,12 +71,8 @@ def sampler_host(tmp_path_factory, comfy):
     node_dir = base / "custom_nodes" / "test_only_conditioning"
     node_dir.mkdir(parents=True)
     (node_dir / "__init__.py").write_text(COND_NODE)
-    server = ComfyHost(base, comfy_dir=COMFY_DIR)
-    server.start()
-    try:
+    with ComfyHost(base, comfy_dir=COMFY_DIR) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _graph() -> tuple[dict, dict[str, str]]:

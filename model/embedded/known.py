@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..canvas import token_timesteps as token_timesteps_from_mask
+
 # Known latent frames per mode, as (count at the start, count at the end).
 MODES: dict[str, tuple[int, int]] = {
     "t2v": (0, 0),
@@ -46,13 +48,15 @@ def random_frame_masks(batch: int, frames: int, generator: torch.Generator | Non
 def token_timesteps(sigma: torch.Tensor, known: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     """Per-token timesteps [B, T * tokens_per_frame]: 1000 * sigma, and 0 on known frames.
 
-    sigma [B] (or a scalar), known bool [B, T] or [T]."""
+    sigma [B] (or a scalar), known bool [B, T] or [T]. The same rule the ComfyUI model uses
+    (``canvas.token_timesteps``), given whole known frames instead of a pixel-level mask."""
     if known.dim() == 1:
         known = known.unsqueeze(0)
-    B = max(known.shape[0], sigma.numel())
-    t = (1000 * sigma.reshape(-1, 1).float()).expand(B, known.shape[1])     # (B, T)
-    t = torch.where(known.expand(B, -1), torch.zeros_like(t), t)
-    return t.repeat_interleave(tokens_per_frame, dim=1)                      # (B, T*hw)
+    b = max(known.shape[0], sigma.numel())
+    unknown = (~known).float()[:, None, :, None, None]                     # (B|1, 1, T, 1, 1)
+    mask = unknown.expand(-1, -1, -1, 1, tokens_per_frame)                 # one "pixel" per token
+    t = (1000 * sigma.reshape(-1).float()).expand(b)
+    return token_timesteps_from_mask(mask, t, patch=(1, 1, 1))              # (B, T*hw)
 
 
 def apply_known(x: torch.Tensor, clean: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
