@@ -4,6 +4,20 @@ diffusers, each in its own subprocess on the same safetensors file, plus the bf1
 of this machine and the peak RSS of loading the file.
 
 Run:  flock /tmp/spacetime-heavy.lock .venv/bin/python bench/bench_dit.py [--rounds 2]
+      flock /tmp/spacetime-heavy.lock .venv/bin/python bench/bench_dit.py --model 5b --sequential --rounds 1
+
+``--model 5b`` is the Wan 2.2 TI2V 5B config ([1, 48, 9, 32, 32] latent, the same 2,304 tokens;
+a 10 GB bf16 file). Three 10 GB workers do not fit a 24 GB machine, so ``--sequential`` runs
+one implementation at a time (no interleaving); the references are then built on the meta
+device and take the loaded tensors as their parameters (``assign=True``), so none holds two
+copies while loading.
+
+Measured 2026-11-21, ``--model 5b --sequential --rounds 1 --threads 1`` (one core; another job
+on the other core): bf16 matmul peak 0.363 TFLOP/s; forward (23.0 TFLOP) ours 92.7 s plain /
+62.9 s tuned allocator, ComfyUI 85.6 / 62.0 s, diffusers 100.7 / 84.0 s: ours / ComfyUI =
+1.08x plain, 1.01x tuned. Tuned, ours and ComfyUI both run at the matmul peak (101-102%), so
+at 5B there is nothing left to win on this CPU. Load peak RSS 10.45 GB for the 10.00 GB file
+(1.05x).
 
 The machine this was written on is shared (7 agents on 2 cores), so each implementation lives in
 its own worker process and forwards are interleaved round-robin, each with glibc's allocator as
@@ -22,9 +36,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFY = Path(os.environ.get("SPACETIME_COMFYUI", ROOT / ".host" / "ComfyUI"))
-WEIGHTS = Path("/tmp/spacetime_bench/wan2.1_t2v_1.3b_random_bf16.safetensors")
-LATENT = (1, 16, 9, 32, 32)
 TEXT_LEN = 512
+# name -> (our preset, latent shape, shared reference arguments)
+MODELS = {
+    "1.3b": ("wan2.1-t2v-1.3b", (1, 16, 9, 32, 32), dict(dim=1536, ffn=8960, heads=12, layers=30, ch=16)),
+    "5b": ("wan2.2-ti2v-5b", (1, 48, 9, 32, 32), dict(dim=3072, ffn=14336, heads=24, layers=30, ch=48)),
+}
+MODEL = os.environ.get("SPACETIME_BENCH_MODEL", "1.3b")   # set by --model, inherited by workers
+PRESET, LATENT, REF = MODELS[MODEL]
+WEIGHTS = Path(f"/tmp/spacetime_bench/{PRESET.replace('-', '_')}_random_bf16.safetensors")
+if MODEL == "1.3b":
+    WEIGHTS = Path("/tmp/spacetime_bench/wan2.1_t2v_1.3b_random_bf16.safetensors")
 
 
 def _package():
@@ -41,12 +63,12 @@ def write_weights() -> None:
     import torch
     from safetensors.torch import save_file
     st = _package()
-    cfg = st.model.DIT_PRESETS["wan2.1-t2v-1.3b"]
+    cfg = st.model.DIT_PRESETS[PRESET]
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in st.model.WanDiT(cfg).state_dict().items()}
     g = torch.Generator().manual_seed(0)
     sd = {k: (torch.randn(s, generator=g) / (s[1] if len(s) > 1 else 1) ** 0.5 * (0.02 if "modulation" in k else 1))
-          .to(torch.bfloat16) for k, s in shapes.items()}
+          .to(torch.bfloat16) for k, s in shapes.items()}   # (one tensor at a time in fp32)
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(WEIGHTS))
 
@@ -75,6 +97,23 @@ def set_allocator(tuned: bool) -> None:
         libc.malloc_trim(0)
 
 
+def _load_assign(model, sd: dict, keep_dtypes: bool) -> None:
+    """load_state_dict(assign=True) into a meta-device model. `keep_dtypes`: cast parameters
+    back to the dtype the model built them in (ComfyUI builds its patch embedding in fp32);
+    otherwise they keep the file's bf16 (what ``.to(bfloat16)`` gave diffusers before)."""
+    want = {n: p.dtype for n, p in model.named_parameters()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    for name, p in model.named_parameters():
+        if keep_dtypes and p.dtype != want[name]:
+            p.data = p.data.to(want[name])
+
+
+def _no_meta(model) -> None:
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"not loaded from the file: {left[:5]}")
+
+
 def build(name: str):
     """Load one implementation from the shared file; returns (call(x), load seconds)."""
     import torch
@@ -92,17 +131,25 @@ def build(name: str):
         import comfy.ops
         from comfy.ldm.wan.model import WanModel
         from safetensors.torch import load_file
-        model = WanModel(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16, out_dim=16,
-                         operations=comfy.ops.disable_weight_init, dtype=bf, device="cpu")
-        model.load_state_dict(load_file(str(WEIGHTS)), strict=True)
+        # Built on the meta device; the loaded tensors become the parameters (assign=True).
+        model = WanModel(dim=REF["dim"], ffn_dim=REF["ffn"], num_heads=REF["heads"], num_layers=REF["layers"],
+                         in_dim=REF["ch"], out_dim=REF["ch"], operations=comfy.ops.disable_weight_init, dtype=bf,
+                         device="meta")
+        _load_assign(model, load_file(str(WEIGHTS)), keep_dtypes=True)
+        _no_meta(model)
         call = lambda xx: model(xx.to(bf), t, ctx.to(bf))  # noqa: E731
     elif name == "diffusers":
         from diffusers import WanTransformer3DModel
         from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
         from safetensors.torch import load_file
-        model = WanTransformer3DModel(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960,
-                                      num_layers=30, in_channels=16, out_channels=16).to(bf)
-        model.load_state_dict(convert_wan_transformer_to_diffusers(load_file(str(WEIGHTS))))
+        with torch.device("meta"):
+            model = WanTransformer3DModel(num_attention_heads=REF["heads"], attention_head_dim=128,
+                                          ffn_dim=REF["ffn"], num_layers=REF["layers"], in_channels=REF["ch"],
+                                          out_channels=REF["ch"])
+        _load_assign(model, convert_wan_transformer_to_diffusers(load_file(str(WEIGHTS))), keep_dtypes=False)
+        model.rope = WanRotaryPosEmbed(128, (1, 2, 2), 1024).to(bf)   # not in the file; bf16 as .to(bf) gave
+        _no_meta(model)
     elif name == "matmul":
         return (lambda: None), 0.0
     else:
@@ -180,7 +227,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--impls", default="ours,comfy,diffusers")
+    ap.add_argument("--model", choices=sorted(MODELS), default=MODEL)
+    ap.add_argument("--sequential", action="store_true",
+                    help="one worker process at a time (for models whose copies do not fit in memory together)")
     a = ap.parse_args()
+    if a.model != MODEL:   # re-run with the model fixed for this process and its workers
+        os.environ["SPACETIME_BENCH_MODEL"] = a.model
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     if a.child:
         print(json.dumps({"load": run_load_rss}[a.child]()))
         return
@@ -196,6 +249,11 @@ def main() -> None:
     # and forwards are interleaved round-robin (plain and tuned allocator) so drift hits all alike.
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), HF_HUB_OFFLINE="1", SPACETIME_MALLOC_TUNING="0")
     names = ["matmul"] + a.impls.split(",")
+    if a.sequential:
+        for n in names:
+            res[n] = _serve(n, env, a.rounds)
+        report(res, a.impls.split(","))
+        return
     procs = {}
     for n in names:  # one at a time, so loading does not overlap
         p = subprocess.Popen([sys.executable, __file__, "--worker", n], env=env, stdin=subprocess.PIPE,
@@ -217,9 +275,27 @@ def main() -> None:
     report(res, a.impls.split(","))
 
 
+def _serve(name: str, env: dict, rounds: int) -> dict:
+    """One worker alone: load, `rounds` forwards per allocator mode, exit (frees its memory)."""
+    p = subprocess.Popen([sys.executable, __file__, "--worker", name], env=env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    ready = json.loads(p.stdout.readline())
+    out = {"load_s": ready["load_s"], "plain": [], "tuned": []}
+    for _ in range(rounds):
+        for mode in ("plain", "tuned"):
+            p.stdin.write(mode + "\n")
+            p.stdin.flush()
+            r = json.loads(p.stdout.readline())
+            out[mode].append(r.get("forward_s", r.get("tflops")))
+    p.stdin.close()
+    p.wait()
+    return out
+
+
 def report(res: dict, impls: list[str]) -> None:
     st = _package()
-    cfg = st.model.DIT_PRESETS["wan2.1-t2v-1.3b"]
+    cfg = st.model.DIT_PRESETS[PRESET]
+    print(f"model {MODEL} ({PRESET}), latent {LATENT}")
     fl = flops(cfg, LATENT[2] * LATENT[3] * LATENT[4] // 4, TEXT_LEN)
     peak = max(res["matmul"]["plain"] + res["matmul"]["tuned"])
     print(json.dumps(res, indent=1))

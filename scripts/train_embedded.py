@@ -27,7 +27,7 @@ from spacetime_video.model.dit import WanDiT
 from spacetime_video.model.embedded import config as C
 from spacetime_video.model.embedded import world
 from spacetime_video.model.embedded.text_encoder import TinyTextEncoder
-from spacetime_video.model.embedded.train_dit import DiTTrainConfig, DiTTrainer, eval_loss
+from spacetime_video.model.embedded.train_dit import DiTTrainConfig, DiTTrainer, eval_loss, object_mask
 from spacetime_video.model.embedded.train_vae import (VAETrainConfig, VAETrainer, heldout_psnr,
                                       latent_stats)
 from spacetime_video.model.embedded.weights_io import save_embedded, vae_with_stats
@@ -81,17 +81,20 @@ def stage_latents(run: Path, clips: int, seed: int) -> None:
     mean, std = latent_stats(vae, list(range(10**6, 10**6 + 32)))
     vae = vae_with_stats(vae, mean, std)
     out = run / "latents.safetensors"
-    done = load_file(str(out))["latents"] if out.exists() else torch.zeros(0)
-    zs = [done] if done.numel() else []
-    n = done.shape[0] if done.numel() else 0
+    done = load_file(str(out)) if out.exists() else {}
+    zs = [done["latents"]] if done else []
+    masks = [done["object_mask"]] if done else []
+    n = done["latents"].shape[0] if done else 0
     t0 = time.time()
     while n < clips:
         seeds = list(range(n, min(n + 8, clips)))
         video = world.batch(seeds)[0]
         zs.append(vae.normalize(vae.encode(video)))
+        masks.append(object_mask(video, vae.config.stride))
         n += len(seeds)
         if n % 64 == 0 or n >= clips:
-            _save(out, {"latents": torch.cat(zs)}, {"mean": mean, "std": std, "clips": n})
+            _save(out, {"latents": torch.cat(zs), "object_mask": torch.cat(masks)},
+                  {"mean": mean, "std": std, "clips": n})
             log.info("encoded %d / %d clips (%.0fs)", n, clips, time.time() - t0)
 
 
@@ -109,10 +112,11 @@ def _describer(n: int):
 
 def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int) -> None:
     torch.manual_seed(seed)
-    lat = load_file(str(run / "latents.safetensors"))["latents"]
+    data = load_file(str(run / "latents.safetensors"))
+    lat = data["latents"]
     dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
     trainer = DiTTrainer(dit, text, lat, _describer(lat.shape[0]),
-                         DiTTrainConfig(steps=steps, seed=seed, batch=batch))
+                         DiTTrainConfig(steps=steps, seed=seed, batch=batch), object_mask=data.get("object_mask"))
     ckpt = run / "dit_ckpt.safetensors"
     if ckpt.exists():
         trainer.load(load_file(str(ckpt)), _meta(ckpt)["step"])

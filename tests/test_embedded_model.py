@@ -23,7 +23,8 @@ from spacetime_video.model.vae import WanVAE
 from spacetime_video.model.vae_config import VAEConfig
 
 # (prompt, colour, background): captions in several wordings; measured with the shipped weights
-# (10 steps): backgrounds 8/8, colours 4/8; random weights: backgrounds 2/8, colours 1/8.
+# (10 steps): backgrounds 8/8, colours 6/8 (session-2 weights); random weights: backgrounds 2/8,
+# colours 1/8.
 PROMPTS = [
     ("a red circle moves to the left across a black background", "red", "black"),
     ("a green square moves up across a gray background", "green", "gray"),
@@ -49,15 +50,15 @@ def test_shipped_weights_are_small_and_recorded() -> None:
 
 
 def test_text_to_video_follows_background_and_colour(model) -> None:
-    """Adherence well above chance (1/4 backgrounds, 1/8 colours); motion is not asserted: the
-    shipped model follows it only at chance level (MODEL_CARD.md)."""
+    """Adherence well above chance (1/4 backgrounds, 1/8 colours); shape and motion are not
+    asserted: the shipped model follows them only a little above chance (MODEL_CARD.md)."""
     backgrounds, colours = 0, 0
     for i, (prompt, colour, background) in enumerate(PROMPTS):
         got = analyse(generate(prompt, steps=STEPS, seed=i, model=model))
         backgrounds += got.background == background
         colours += got.colour == colour
     assert backgrounds >= 7
-    assert colours >= 3
+    assert colours >= 5
 
 
 def test_image_to_video_keeps_the_image(model) -> None:
@@ -65,7 +66,7 @@ def test_image_to_video_keeps_the_image(model) -> None:
     v = generate("a purple circle moves up across a black background", steps=STEPS, seed=3, model=model,
                  known=[Known(gt[:, :1])])
     recon = model.vae.decode(model.vae.encode(gt[None, :, :1]))[0, :, 0]
-    assert psnr(v[:, 0], gt[:, 0]) >= 24                      # VAE-limited (25.7 dB measured)
+    assert psnr(v[:, 0], gt[:, 0]) >= 26                      # VAE-limited (27.7 dB measured)
     assert abs(psnr(v[:, 0], gt[:, 0]) - psnr(recon, gt[:, 0])) < 0.5
 
 
@@ -75,7 +76,7 @@ def test_connect_matches_both_ends(model) -> None:
     v = generate(prompt, steps=STEPS, seed=4, model=model, known=[Known(gt[:, :1]), Known(gt[:, -1:], "end")])
     free = generate(prompt, steps=STEPS, seed=4, model=model)
     first, last = psnr(v[:, 0], gt[:, 0]), psnr(v[:, -1], gt[:, -1])
-    assert first >= 20 and last >= 22                         # measured 22.6 / 25.2 dB
+    assert first >= 22 and last >= 23                         # measured 24.3 / 25.1 dB
     assert first > psnr(free[:, 0], gt[:, 0]) + 5 and last > psnr(free[:, -1], gt[:, -1]) + 5
 
 
@@ -107,3 +108,17 @@ def test_a_few_vae_steps_lower_the_loss() -> None:
         trainer.step(fixed)
     after = float(vae_loss(vae.train(), fixed, cfg, torch.Generator().manual_seed(0))[0])
     assert after < 0.8 * before
+
+
+def test_object_mask_marks_the_objects_cells() -> None:
+    """The DiT's loss weight map: the cell under the object's centre is marked in the first and
+    last latent frames, and the object covers only a small part of each frame."""
+    from spacetime_video.model.embedded.train_dit import object_mask
+    clip = world.sample_clip(0, split="heldout", combo=("red", "square", "right"), background="black")
+    m = object_mask(clip.video[None], (4, 8, 8))
+    assert m.shape == (1, 1, 5, 8, 8)
+    (x0, y0), (x1, y1) = clip.objects[0].start, clip.objects[0].end
+    assert m[0, 0, 0, int(y0) // 8, int(x0) // 8] == 1 and m[0, 0, -1, int(y1) // 8, int(x1) // 8] == 1
+    assert 0.02 < float(m.mean()) < 0.4
+    # a blank clip marks nothing
+    assert float(object_mask(torch.zeros(1, 3, 17, 64, 64), (4, 8, 8)).sum()) == 0

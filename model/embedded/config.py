@@ -22,7 +22,7 @@ LATENT_SIZE = 8      # SIZE / 8
 Z_DIM = 16
 
 # Wan 2.1 VAE layout (dim_mult 1,2,4,4; temporal downsample in the last two levels), narrow.
-VAE_CONFIG = VAEConfig(version="2.1", dim=12, z_dim=Z_DIM, dim_mult=(1, 2, 4, 4), num_res_blocks=1,
+VAE_CONFIG = VAEConfig(version="2.1", dim=16, z_dim=Z_DIM, dim_mult=(1, 2, 4, 4), num_res_blocks=1,
                        temperal_downsample=(False, True, True))
 
 TEXT_CONFIG = TextEncoderConfig(vocab_size=128, max_len=24, dim=64, heads=4, layers=2, text_dim=64)

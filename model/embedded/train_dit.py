@@ -34,6 +34,7 @@ class DiTTrainConfig:
     p_uncond: float = 0.1
     ema: float = 0.998
     seed: int = 0
+    object_weight: float = 3.0   # extra loss weight on latent cells the object covers (see flow_loss)
 
 
 def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -45,8 +46,13 @@ def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: list[str],
-              generator: torch.Generator, p_uncond: float = 0.1) -> torch.Tensor:
-    """One flow-matching loss on normalized latents x0 [B, C, T, H, W] with random known frames."""
+              generator: torch.Generator, p_uncond: float = 0.1,
+              cell_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One flow-matching loss on normalized latents x0 [B, C, T, H, W] with random known frames.
+
+    `cell_weight` [B, 1, T, H, W] (optional) weighs latent cells: the object covers a few of
+    the 64 cells of a frame, and without extra weight the loss is mostly the easy flat
+    background, while the object's colour, shape and path are what a caption asks for."""
     B, _, T, H, W = x0.shape
     ph, pw = dit.config.patch_size[1:]
     drop = torch.rand(B, generator=generator) < p_uncond
@@ -63,6 +69,8 @@ def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: li
     v = dit(xs, t, context)
     err = (v - (eps - x0)) ** 2                                           # (B, C, T, H, W)
     weight = (~m).float().expand_as(err)
+    if cell_weight is not None:
+        weight = weight * cell_weight
     return (err * weight).sum() / weight.sum().clamp_min(1)
 
 
@@ -77,12 +85,15 @@ class DiTTrainer:
     """Holds the models, optimizer and EMA copies; `step()` runs one batch.
 
     latents [N, C, T, H, W] are already normalized; `describe(i, rng)` returns a caption
-    for clip i (fresh wording every time it is drawn).
+    for clip i (fresh wording every time it is drawn); `object_mask` (optional, see
+    `object_mask()`) raises the loss weight where the objects are.
     """
 
     def __init__(self, dit: WanDiT, text: TinyTextEncoder, latents: torch.Tensor, describe,
-                 cfg: DiTTrainConfig = DiTTrainConfig()) -> None:
+                 cfg: DiTTrainConfig = DiTTrainConfig(), object_mask: torch.Tensor | None = None) -> None:
         self.dit, self.text, self.latents, self.describe, self.cfg = dit, text, latents, describe, cfg
+        # object_mask [N, 1, T, H, W] in 0..1: where clip i's objects are, on the latent grid
+        self.cell_weight = None if object_mask is None else 1 + cfg.object_weight * object_mask
         params = list(dit.parameters()) + list(text.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
         self.ema_dit = copy.deepcopy(dit).requires_grad_(False)
@@ -99,7 +110,8 @@ class DiTTrainer:
             g["lr"] = _lr(self.step_no, cfg)
         self.dit.train()
         self.text.train()
-        loss = flow_loss(self.dit, self.text, self.latents[idx], captions, self.gen, cfg.p_uncond)
+        cw = None if self.cell_weight is None else self.cell_weight[idx]
+        loss = flow_loss(self.dit, self.text, self.latents[idx], captions, self.gen, cfg.p_uncond, cw)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.dit.parameters()) + list(self.text.parameters()), 1.0)
@@ -128,6 +140,18 @@ class DiTTrainer:
         self.step_no = step
 
 
+def object_mask(video: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:
+    """Where the objects are, on the latent grid: [B, 1, T', h, w] in {0, 1} from clips
+    [B, 3, T, H, W] in [-1, 1] on flat backgrounds. A latent cell counts if any of its pixels
+    (its first frame alone for the first latent frame, then groups of `stride[0]` frames)
+    differs from the clip's median colour by more than 0.1."""
+    st, sh, sw = stride
+    bg = video.flatten(2).median(dim=2).values[:, :, None, None, None]
+    fg = ((video - bg).abs().amax(dim=1, keepdim=True) > 0.1).float()   # (B, 1, T, H, W)
+    fg = torch.cat([fg[:, :, :1].expand(-1, -1, st, -1, -1), fg[:, :, 1:]], dim=2)
+    return torch.nn.functional.max_pool3d(fg, (st, sh, sw))
+
+
 def eval_loss(dit: WanDiT, text: TinyTextEncoder, latents: torch.Tensor, captions: list[str],
               seed: int = 0) -> float:
     """The flow loss on a fixed batch with fixed noise (for learning curves)."""
@@ -138,4 +162,4 @@ def eval_loss(dit: WanDiT, text: TinyTextEncoder, latents: torch.Tensor, caption
         return float(flow_loss(dit, text, latents, captions, gen, p_uncond=0.0))
 
 
-__all__ = ["DiTTrainConfig", "DiTTrainer", "flow_loss", "eval_loss", "sample_sigmas"]
+__all__ = ["DiTTrainConfig", "DiTTrainer", "flow_loss", "eval_loss", "object_mask", "sample_sigmas"]
