@@ -101,6 +101,11 @@ class RMS_norm(nn.Module):  # noqa: N801 (the official class name; key: ``gamma`
         return y.mul_(g) if _inplace_ok(y) else y * g
 
 
+def _residual_add(y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """y + shortcut, in place on y when nothing is recorded for autograd."""
+    return y.add_(shortcut) if _inplace_ok(y) else y + shortcut
+
+
 def _silu(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x, inplace=_inplace_ok(x))
 
@@ -123,7 +128,12 @@ class ResidualBlock(nn.Module):
         y = conv1(_silu(norm1(x)), cache)
         y = conv2(dropout(_silu(norm2(y))), cache)
         h = self.shortcut(x)
-        return y.add_(h) if _inplace_ok(y) else y + h
+        return _residual_add(y, h)
+
+
+def res_stack(in_dim: int, out_dim: int, n: int, dropout: float) -> list[nn.Module]:
+    """n residual blocks, the first changing in_dim to out_dim (one level of the VAE)."""
+    return [ResidualBlock(in_dim if i == 0 else out_dim, out_dim, dropout) for i in range(n)]
 
 
 class AttentionBlock(nn.Module):
@@ -143,7 +153,7 @@ class AttentionBlock(nn.Module):
         y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])         # (BT, 1, HW, C)
         y = self.proj(rearrange(y, "n 1 (h w) c -> n c h w", h=h, w=w))
         y = rearrange(y, "(b t) c h w -> b c t h w", b=b, t=t)
-        return y.add_(x) if _inplace_ok(y) else y + x
+        return _residual_add(y, x)
 
 
 class Resample(nn.Module):
@@ -249,9 +259,7 @@ class DownBlock(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         self.avg_shortcut = AvgDown3D(in_dim, out_dim, 2 if temporal else 1, 2 if down else 1)
-        layers: list[nn.Module] = []
-        for i in range(num_res_blocks):
-            layers.append(ResidualBlock(in_dim if i == 0 else out_dim, out_dim, dropout))
+        layers = res_stack(in_dim, out_dim, num_res_blocks, dropout)
         if down:
             layers.append(Resample(out_dim, "downsample3d" if temporal else "downsample2d"))
         self.downsamples = nn.Sequential(*layers)
@@ -262,7 +270,7 @@ class DownBlock(nn.Module):
         for layer in self.downsamples:
             y = layer(y, cache)
         s = self.avg_shortcut(x)
-        return y.add_(s) if _inplace_ok(y) else y + s
+        return _residual_add(y, s)
 
 
 class UpBlock(nn.Module):
@@ -272,9 +280,7 @@ class UpBlock(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         self.avg_shortcut = DupUp3D(in_dim, out_dim, 2 if temporal else 1, 2) if up else None
-        layers: list[nn.Module] = []
-        for i in range(num_res_blocks):
-            layers.append(ResidualBlock(in_dim if i == 0 else out_dim, out_dim, dropout))
+        layers = res_stack(in_dim, out_dim, num_res_blocks, dropout)
         if up:
             layers.append(Resample(out_dim, "upsample3d" if temporal else "upsample2d", up_dim=out_dim))
         self.upsamples = nn.Sequential(*layers)
@@ -287,4 +293,4 @@ class UpBlock(nn.Module):
         if self.avg_shortcut is None:
             return y
         s = self.avg_shortcut(x, cache)
-        return y.add_(s) if _inplace_ok(y) else y + s
+        return _residual_add(y, s)

@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .vae_blocks import AttentionBlock, CausalConv3d, DownBlock, Resample, ResidualBlock, RMS_norm, UpBlock, _silu
+from .vae_blocks import AttentionBlock, CausalConv3d, DownBlock, Resample, ResidualBlock, RMS_norm, UpBlock, _silu, res_stack
 from .vae_cache import CausalCache
 from .vae_config import VAEConfig
 
@@ -54,8 +54,7 @@ class Encoder3d(nn.Module):
             if cfg.version == "2.2":
                 layers.append(DownBlock(in_dim, out_dim, cfg.num_res_blocks, temporal, i < last, cfg.dropout))
                 continue
-            for j in range(cfg.num_res_blocks):
-                layers.append(ResidualBlock(in_dim if j == 0 else out_dim, out_dim, cfg.dropout))
+            layers += res_stack(in_dim, out_dim, cfg.num_res_blocks, cfg.dropout)
             if i < last:
                 layers.append(Resample(out_dim, "downsample3d" if temporal else "downsample2d"))
         self.downsamples = nn.Sequential(*layers)
@@ -102,8 +101,7 @@ class Decoder3d(nn.Module):
                 continue
             if i > 0:
                 in_dim //= 2   # the previous 2.1 upsample halved the channels
-            for j in range(cfg.num_res_blocks + 1):
-                layers.append(ResidualBlock(in_dim if j == 0 else out_dim, out_dim, cfg.dropout))
+            layers += res_stack(in_dim, out_dim, cfg.num_res_blocks + 1, cfg.dropout)
             if i < last:
                 layers.append(Resample(out_dim, "upsample3d" if temporal else "upsample2d"))
         self.upsamples = nn.Sequential(*layers)

@@ -12,6 +12,12 @@ from .comfy_vae import spacetime_vae
 from .errors import node_error
 
 
+def _tile_input() -> io.Int.Input:
+    """The spatial tiling input both VAE nodes share."""
+    return io.Int.Input("tile", default=0, min=0, max=4096, step=32,
+                        tooltip="spatial tile size in pixels (0 = whole frames)")
+
+
 def _tile(tile: int) -> tuple[int, int] | None:
     return (tile, tile) if tile > 0 else None
 
@@ -27,8 +33,7 @@ class SpacetimeVAEEncode(io.ComfyNode):
             inputs=[
                 io.Image.Input("images"),
                 io.Vae.Input("vae"),
-                io.Int.Input("tile", default=0, min=0, max=4096, step=32,
-                             tooltip="spatial tile size in pixels (0 = whole frames)"),
+                _tile_input(),
             ],
             outputs=[io.Latent.Output()],
         )
@@ -60,8 +65,7 @@ class SpacetimeVAEDecode(io.ComfyNode):
             inputs=[
                 io.Latent.Input("samples"),
                 io.Vae.Input("vae"),
-                io.Int.Input("tile", default=0, min=0, max=4096, step=32,
-                             tooltip="spatial tile size in pixels (0 = whole frames)"),
+                _tile_input(),
             ],
             outputs=[io.Image.Output()],
         )

@@ -27,15 +27,16 @@ def make_denoiser(dit: WanDiT, cond: torch.Tensor, uncond: torch.Tensor | None, 
     """denoiser(x, sigma) -> x0 with known frames held clean and classifier-free guidance
     (Ho & Salimans 2022): x0 = x0_u + g (x0_c - x0_u); cond and uncond in one batch."""
     ph, pw = dit.config.patch_size[1:]
+    use_cfg = uncond is not None and guidance != 1.0
+    reps = 2 if use_cfg else 1
+    context = torch.cat([cond, uncond]) if use_cfg else cond     # once per run, not per step
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
         B = x.shape[0]
         xin = apply_known(x, clean, mask) if clean is not None else x
         tok = (x.shape[3] // ph) * (x.shape[4] // pw)
         s = sigma.reshape(-1).expand(B)
-        use_cfg = uncond is not None and guidance != 1.0
-        ctx = torch.cat([cond.expand(B, -1, -1), uncond.expand(B, -1, -1)]) if use_cfg else cond.expand(B, -1, -1)
-        reps = 2 if use_cfg else 1
+        ctx = context.repeat_interleave(B, dim=0) if B > 1 else context
         t = token_timesteps(s.repeat(reps), mask.unsqueeze(0).expand(B * reps, -1), tok)
         v = dit(xin.repeat(reps, 1, 1, 1, 1), t, ctx)
         x0 = xin.repeat(reps, 1, 1, 1, 1) - s.repeat(reps).view(-1, 1, 1, 1, 1) * v
