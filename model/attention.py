@@ -29,10 +29,12 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   max_scores_bytes: int = 256 * 2**20) -> torch.Tensor:
+                   max_scores_bytes: int = 16 * 2**20) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v as two batched matmuls, chunked over queries so that the score
     block stays under ``max_scores_bytes``. On CPUs with bf16 matmul units (AVX512-BF16, AMX)
-    this beats SDPA's CPU flash kernel (measured in bench/bench_dit.py); exact in float32."""
+    this beats SDPA's CPU flash kernel (measured in bench/bench_dit.py); exact in float32.
+    The bound is below glibc's 32 MB mmap ceiling, so one freed score block is reused by the
+    next chunk instead of being returned to the kernel and page-faulted again."""
     b, h, n, d = q.shape
     kt = k.transpose(-1, -2)                                             # (B, H, d, Lk)
     chunk = max(1, min(n, max_scores_bytes // max(1, b * h * k.shape[2] * q.element_size())))
@@ -104,7 +106,8 @@ def tune_cpu_allocator() -> bool:
     """Keep freed large blocks inside the process (glibc ``mallopt``) so that the DiT's big
     per-block temporaries are reused instead of being mmap-ed and page-faulted afresh each time.
 
-    On the CPUs tested this made a 1.3B forward up to 1.2-1.5x faster (bench/bench_dit.py). It
+    The CPU forward keeps its own temporaries below glibc's adaptive 32 MB mmap threshold, so
+    the gain is small: a 1.3B forward 12.0 s -> 11.3 s (bench/bench_dit.py, 2 cores). It
     affects the whole process (up to 2 GB of freed memory stays in the heap instead of going back
     to the OS), which a host such as ComfyUI may not want, so it is opt-in: set
     ``SPACETIME_MALLOC_TUNING=1``. Logged once when applied. Linux/glibc only; elsewhere a no-op.

@@ -48,11 +48,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        # the statistic accumulates in fp32 without a widened copy; then one fp32 copy, scaled.
+        # the statistic accumulates in fp32 without a widened copy; then one fp32 result, scaled.
         # ``gain`` folds a constant into the weight (the attention scale for queries).
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
         r = torch.rsqrt(norm.square() / x.shape[-1] + self.eps)  # (..., 1), small: out of place
-        return (x.float() * r).mul_(self.weight.float() * gain)
+        # (x * r promotes x to float32 inside the multiply: no separate widened copy)
+        return torch.mul(x, r).mul_(self.weight.float() * gain)
 
 
 def heads_first(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -75,8 +76,8 @@ class SelfAttention(nn.Module):
         bias = torch.cat([m.bias_as(x.dtype) for m in (self.q, self.k, self.v)])
         q, k, v = F.linear(x, w, bias).split(d, dim=-1)     # (B, L, D) each, strided views
         q = self.norm_q(q, gain=(d // self.heads) ** -0.5)   # attention scale folded in
-        q = heads_first(apply_rope(q.view(b, n, self.heads, -1), rope), x.dtype)
-        k = heads_first(apply_rope(self.norm_k(k).view(b, n, self.heads, -1), rope), x.dtype)
+        q = heads_first(apply_rope(q.view(b, n, self.heads, -1), rope, inplace=True), x.dtype)
+        k = heads_first(apply_rope(self.norm_k(k).view(b, n, self.heads, -1), rope, inplace=True), x.dtype)
         v = v.view(b, n, self.heads, -1).transpose(1, 2)     # (B, H, L, d)
         return self.o(attn(q, k, v))                         # (B, L, D)
 
@@ -109,6 +110,31 @@ class CrossAttention(nn.Module):
         return self.o(out)
 
 
+# Largest temporary the CPU forward makes in one piece (the FFN hidden layer; attention scores
+# are bounded the same way in attention.math_attention). glibc hands blocks above 32 MB to
+# mmap and back to the kernel on free, so a bigger temporary is page-faulted afresh in every
+# block; chunks below it are reused from the heap. bench/bench_dit.py measures the effect.
+CPU_CHUNK_BYTES = 16 * 2**20
+
+
+def chunked_ffn(ffn: nn.Module, x: torch.Tensor, hidden: int) -> torch.Tensor:
+    """``ffn(x)`` for x (B, L, D) on the CPU in token chunks whose hidden activations stay under
+    CPU_CHUNK_BYTES. Per-token, so the result equals the unchunked one up to the matmul
+    kernels' summation order. Unchunked while training (the autograd graph stays one op per
+    layer) and off the CPU."""
+    b, n, d = x.shape
+    rows = max(1, CPU_CHUNK_BYTES // (hidden * x.element_size()))
+    if x.device.type != "cpu" or b * n <= rows or torch.is_grad_enabled():
+        return ffn(x)
+    flat = x.reshape(b * n, d)
+    first = ffn(flat[:rows])
+    out = torch.empty(b * n, first.shape[-1], dtype=first.dtype, device=x.device)
+    out[:rows] = first
+    for i in range(rows, b * n, rows):
+        out[i:i + rows] = ffn(flat[i:i + rows])
+    return out.view(b, n, -1)
+
+
 class WanBlock(nn.Module):
     def __init__(self, c: DiTConfig) -> None:
         super().__init__()
@@ -135,7 +161,7 @@ class WanBlock(nn.Module):
         x = x + self.cross_attn(self.norm3(x).to(cdt), ctx, ctx_img, attn)  # fp32 + cdt -> fp32
 
         h = F.layer_norm(x, (d,), eps=self.eps).view(b, g, -1, d)
-        y = self.ffn(modulate(h, shift2, scale2).view(b, n, d).to(cdt))
+        y = chunked_ffn(self.ffn, modulate(h, shift2, scale2).view(b, n, d).to(cdt), self.ffn[0].out_features)
         return torch.addcmul(x.view(b, g, -1, d), y.view(b, g, -1, d), gate2.unsqueeze(2)).view(b, n, d)
 
 

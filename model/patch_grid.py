@@ -94,10 +94,14 @@ def rope_table(grid: Grid, head_dim: int, theta: float = 10000.0,
     return torch.polar(torch.ones_like(ang), ang).to(device=device, dtype=torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Rotate adjacent pairs of ``x`` (B, L, heads, head_dim) by the table; float32 result.
+    ``inplace=True`` rotates a contiguous float32 ``x`` that autograd does not track in place
+    (the DiT passes its own q/k temporaries) instead of making a second copy.
 
     One complex multiply per pair: (x0 + i x1)(cos + i sin).
     """
+    if inplace and x.dtype == torch.float32 and x.is_contiguous() and not x.requires_grad:
+        return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(freqs)).flatten(-2)
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
     return torch.view_as_real(xc * freqs).flatten(-2)

@@ -49,3 +49,46 @@ def test_wandit_trains_from_scratch():
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert all(p.grad is not None for p in model.blocks[0].self_attn.parameters())
+
+
+def test_cpu_ffn_runs_in_bounded_chunks_with_the_same_result(monkeypatch):
+    """The FFN hidden layer is the biggest temporary of a real-size forward; on the CPU it is
+    computed in token chunks under CPU_CHUNK_BYTES (glibc page-faults bigger ones afresh in
+    every block). Chunks are per token, so the output is unchanged."""
+    from spacetime_video.model import dit as dit_mod
+    torch.manual_seed(0)
+    cfg = tiny_config(num_heads=2)
+    model = WanDiT(cfg).eval()
+    for p in model.parameters():            # the official init zeroes the head: make it non-trivial
+        torch.nn.init.normal_(p, std=0.1)
+    x, ctx, t = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 5, cfg.text_dim), torch.tensor([500.0])
+    with torch.no_grad():
+        whole = model(x, t, ctx)
+    seen = []
+    model.blocks[0].ffn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    rows = 10
+    monkeypatch.setattr(dit_mod, "CPU_CHUNK_BYTES", rows * cfg.ffn_dim * 4)
+    with torch.no_grad():
+        chunked = model(x, t, ctx)
+    tokens = 3 * 4 * 4
+    assert seen == [rows] * (tokens // rows) + [tokens % rows]
+    assert torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    seen.clear()
+    model(x, t, ctx)                        # with autograd on: one call, the graph stays simple
+    assert seen == [1]
+
+
+def test_rope_in_place_equals_out_of_place():
+    from spacetime_video.model.patch_grid import apply_rope, rope_table
+    freqs = rope_table((2, 3, 4), 16, 10000.0, "cpu")
+    x = torch.randn(1, 24, 2, 16)
+    ref = apply_rope(x.bfloat16(), freqs)   # not float32: the out-of-place path
+    mine = x.bfloat16().float()
+    got = apply_rope(mine, freqs, inplace=True)
+    assert torch.equal(got, ref) and got.data_ptr() == mine.data_ptr()
+    keep = x.clone()
+    apply_rope(x, freqs)                    # by default the input is never touched
+    assert torch.equal(x, keep)
+    y = x.clone().requires_grad_(True)      # nor is a tensor autograd tracks, even if asked
+    apply_rope(y, freqs, inplace=True)
+    assert torch.equal(y.detach(), keep)
