@@ -110,11 +110,16 @@ def _describer(n: int):
     return describe
 
 
-def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int) -> None:
+def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int,
+              dtype: torch.dtype = torch.float32) -> None:
+    """DiT + text encoder. Matmuls and attention run in `dtype` (weights, optimizer, residual
+    stream and loss stay float32). ``--bf16`` made a step 1.7x faster on the 2-core build
+    machine (AVX512-BF16; 0.114 s vs 0.191 s at batch 32, 2 threads); the shipped weights were
+    trained in float32, and no run has yet compared the two at equal steps."""
     torch.manual_seed(seed)
     data = load_file(str(run / "latents.safetensors"))
     lat = data["latents"]
-    dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
+    dit, text = WanDiT(C.DIT_CONFIG, compute_dtype=dtype), TinyTextEncoder(C.TEXT_CONFIG)
     trainer = DiTTrainer(dit, text, lat, _describer(lat.shape[0]),
                          DiTTrainConfig(steps=steps, seed=seed, batch=batch), object_mask=data.get("object_mask"))
     ckpt = run / "dit_ckpt.safetensors"
@@ -138,7 +143,7 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
 
 def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int) -> None:
     """Fine-tune the decoder on the DiT's own x0 predictions (sigma 0.05-0.6) of training
-    latents, target = the clip's pixels, on 4x4-latent (32x32-pixel) crops: teaches the decoder
+    latents, target = the clip's pixels, on 32x32-pixel crops: teaches the decoder
     to read the slightly-off latents a sampler ends in. Encoder and DiT stay fixed."""
     from spacetime_video.model.embedded.known import token_timesteps
     from spacetime_video.model.embedded.train_vae import psnr
@@ -160,6 +165,10 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     describe = _describer(lat_file.shape[0])
     import random as _r
     rng = _r.Random(seed)
+    _, sh, sw = vae.config.stride
+    crop = 32 // sh                                                   # latent cells per crop side
+    ph, pw = C.DIT_CONFIG.patch_size[1:]
+    tokens = (lat_file.shape[3] // ph) * (lat_file.shape[4] // pw)
     t0, step = time.time(), 0
     while step < steps and time.time() - t0 < minutes * 60:
         idx = torch.randint(0, lat_file.shape[0], (batch,), generator=g)
@@ -169,11 +178,11 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
         xs = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * eps
         with torch.no_grad():
             ctx = text.encode([describe(int(i), rng) for i in idx])
-            t = token_timesteps(sigma, torch.zeros(batch, x0.shape[2], dtype=torch.bool), 16)
+            t = token_timesteps(sigma, torch.zeros(batch, x0.shape[2], dtype=torch.bool), tokens)
             pred = xs - sigma.view(-1, 1, 1, 1, 1) * dit(xs, t, ctx)
-        oy, ox = rng.randrange(5), rng.randrange(5)
-        z = vae.denormalize(pred[:, :, :, oy:oy + 4, ox:ox + 4])
-        target = world.batch([int(i) for i in idx])[0][:, :, :, 8 * oy:8 * oy + 32, 8 * ox:8 * ox + 32]
+        oy, ox = rng.randrange(x0.shape[3] - crop + 1), rng.randrange(x0.shape[4] - crop + 1)
+        z = vae.denormalize(pred[:, :, :, oy:oy + crop, ox:ox + crop])
+        target = world.batch([int(i) for i in idx])[0][:, :, :, sh * oy:sh * oy + 32, sw * ox:sw * ox + 32]
         y = vae.decode(z, chunked=False, clamp=False)
         loss = ((y - target) ** 2 + 0.3 * (y - target).abs()).mean()
         opt.zero_grad(set_to_none=True)
@@ -218,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--to", type=Path, default=C.WEIGHTS_DIR)
+    ap.add_argument("--bf16", action="store_true", help="DiT stage: bf16 matmuls (1.7x faster on AVX512-BF16 CPUs)")
     ap.add_argument("--live", action="store_true", help="export the live DiT weights, not the EMA")
     ap.add_argument("--vae-file", default="vae_ckpt.safetensors",
                     help="VAE checkpoint in RUN_DIR to export (vae_adapt.safetensors after `adapt`)")
@@ -232,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     elif a.stage == "latents":
         stage_latents(a.run, a.clips, a.seed)
     elif a.stage == "dit":
-        stage_dit(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch)
+        stage_dit(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch,
+                  torch.bfloat16 if a.bf16 else torch.float32)
     elif a.stage == "adapt":
         stage_adapt(a.run, a.steps or 2000, a.minutes, a.every, a.seed, a.batch)
     else:
