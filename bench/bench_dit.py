@@ -40,10 +40,18 @@ the matmul peak averaged over the whole forward (norms, softmax and modulation i
 the tuned comparison stays at parity.
 Load peak RSS 3.19 GB for the 2.84 GB file (1.12x).
 
-Earlier 5B run (session 2, the pinned-128 KB "plain" mode, one thread beside another job):
-``--model 5b --sequential --rounds 1 --threads 1``: tuned, ours 62.9 s, ComfyUI 62.0 s,
-diffusers 84.0 s (ours and ComfyUI at the matmul peak). Load peak RSS 10.45 GB for the
-10.00 GB file (1.05x).
+5B, ``--model 5b --sequential --rounds 1 --threads 2`` (session 3, idle machine; bf16 matmul
+peak 0.750 TFLOP/s, 23.0 TFLOP per forward):
+
+| impl | default allocator | tuned |
+|---|---|---|
+| ours (fused q/k/v, first run) | 42.2 s (73%) | 35.9 s (85%) |
+| ours (q/k/v unfused above the 32 MB ceiling; ``--impls ours`` 3 min later) | 39.4 s (79%) | 36.3 s (85%) |
+| ComfyUI | 49.0 s (63%) | 35.8 s (86%) |
+| diffusers | 47.3 s (65%) | 46.9 s (65%) |
+
+ours / fastest reference, default allocator: 0.89x fused, 0.83x unfused (against the first
+run's references); tuned 1.0x. Load peak RSS 10.45 GB for the 10.00 GB file (1.05x).
 """
 from __future__ import annotations
 

@@ -70,11 +70,17 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: Rope, attn: AttentionFn) -> torch.Tensor:
         b, n, d = x.shape                                    # x (B, L, D) in compute dtype
-        # one matmul for q, k, v (measured ~20 % faster than three on CPU); the concatenated
-        # weight is transient, so the checkpoint keys and the autograd graph stay per layer
-        w = torch.cat([m.weight_as(x.dtype) for m in (self.q, self.k, self.v)])
-        bias = torch.cat([m.bias_as(x.dtype) for m in (self.q, self.k, self.v)])
-        q, k, v = F.linear(x, w, bias).split(d, dim=-1)     # (B, L, D) each, strided views
+        w_bytes, out_bytes, ceiling = d * d * x.element_size(), b * n * d * x.element_size(), 2 * CPU_CHUNK_BYTES
+        if x.device.type == "cpu" and (3 * w_bytes > ceiling or 3 * out_bytes > ceiling >= out_bytes):
+            # a fused weight or output would pass glibc's 32 MB mmap ceiling where three
+            # separate ones stay under it (5B and up): three matmuls (see CPU_CHUNK_BYTES)
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        else:
+            # one matmul for q, k, v (measured ~20 % faster than three on CPU); the concatenated
+            # weight is transient, so the checkpoint keys and the autograd graph stay per layer
+            w = torch.cat([m.weight_as(x.dtype) for m in (self.q, self.k, self.v)])
+            bias = torch.cat([m.bias_as(x.dtype) for m in (self.q, self.k, self.v)])
+            q, k, v = F.linear(x, w, bias).split(d, dim=-1)  # (B, L, D) each, strided views
         q = self.norm_q(q, gain=(d // self.heads) ** -0.5)   # attention scale folded in
         q = heads_first(apply_rope(q.view(b, n, self.heads, -1), rope, inplace=True), x.dtype)
         k = heads_first(apply_rope(self.norm_k(k).view(b, n, self.heads, -1), rope, inplace=True), x.dtype)

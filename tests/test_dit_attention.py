@@ -54,7 +54,8 @@ def test_wandit_trains_from_scratch():
 def test_cpu_ffn_runs_in_bounded_chunks_with_the_same_result(monkeypatch):
     """The FFN hidden layer is the biggest temporary of a real-size forward; on the CPU it is
     computed in token chunks under CPU_CHUNK_BYTES (glibc page-faults bigger ones afresh in
-    every block). Chunks are per token, so the output is unchanged."""
+    every block). Chunks are per token, so the output is unchanged. The tiny budget here also
+    takes the unfused q/k/v path (three matmuls), which must agree with the fused one."""
     from spacetime_video.model import dit as dit_mod
     torch.manual_seed(0)
     cfg = tiny_config(num_heads=2)
