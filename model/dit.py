@@ -123,13 +123,13 @@ class CrossAttention(nn.Module):
 CPU_CHUNK_BYTES = 16 * 2**20
 
 
-def chunked_ffn(ffn: nn.Module, x: torch.Tensor, hidden: int) -> torch.Tensor:
+def chunked_ffn(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``ffn(x)`` for x (B, L, D) on the CPU in token chunks whose hidden activations stay under
     CPU_CHUNK_BYTES. Per-token, so the result equals the unchunked one up to the matmul
     kernels' summation order. Unchunked while training (the autograd graph stays one op per
     layer) and off the CPU."""
     b, n, d = x.shape
-    rows = max(1, CPU_CHUNK_BYTES // (hidden * x.element_size()))
+    rows = max(1, CPU_CHUNK_BYTES // (ffn[0].out_features * x.element_size()))
     if x.device.type != "cpu" or b * n <= rows or torch.is_grad_enabled():
         return ffn(x)
     flat = x.reshape(b * n, d)
@@ -167,7 +167,7 @@ class WanBlock(nn.Module):
         x = x + self.cross_attn(self.norm3(x).to(cdt), ctx, ctx_img, attn)  # fp32 + cdt -> fp32
 
         h = F.layer_norm(x, (d,), eps=self.eps).view(b, g, -1, d)
-        y = chunked_ffn(self.ffn, modulate(h, shift2, scale2).view(b, n, d).to(cdt), self.ffn[0].out_features)
+        y = chunked_ffn(self.ffn, modulate(h, shift2, scale2).view(b, n, d).to(cdt))
         return torch.addcmul(x.view(b, g, -1, d), y.view(b, g, -1, d), gate2.unsqueeze(2)).view(b, n, d)
 
 

@@ -145,7 +145,6 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     """Fine-tune the decoder on the DiT's own x0 predictions (sigma 0.05-0.6) of training
     latents, target = the clip's pixels, on 32x32-pixel crops: teaches the decoder
     to read the slightly-off latents a sampler ends in. Encoder and DiT stay fixed."""
-    from spacetime_video.model.embedded.known import token_timesteps
     from spacetime_video.model.embedded.train_vae import psnr
     g = torch.Generator().manual_seed(seed)
     lat_file = load_file(str(run / "latents.safetensors"))["latents"]
@@ -167,8 +166,6 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     rng = _r.Random(seed)
     _, sh, sw = vae.config.stride
     crop = 32 // sh                                                   # latent cells per crop side
-    ph, pw = C.DIT_CONFIG.patch_size[1:]
-    tokens = (lat_file.shape[3] // ph) * (lat_file.shape[4] // pw)
     t0, step = time.time(), 0
     while step < steps and time.time() - t0 < minutes * 60:
         idx = torch.randint(0, lat_file.shape[0], (batch,), generator=g)
@@ -178,8 +175,7 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
         xs = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * eps
         with torch.no_grad():
             ctx = text.encode([describe(int(i), rng) for i in idx])
-            t = token_timesteps(sigma, torch.zeros(batch, x0.shape[2], dtype=torch.bool), tokens)
-            pred = xs - sigma.view(-1, 1, 1, 1, 1) * dit(xs, t, ctx)
+            pred = xs - sigma.view(-1, 1, 1, 1, 1) * dit(xs, 1000 * sigma, ctx)  # no known frames
         oy, ox = rng.randrange(x0.shape[3] - crop + 1), rng.randrange(x0.shape[4] - crop + 1)
         z = vae.denormalize(pred[:, :, :, oy:oy + crop, ox:ox + crop])
         target = world.batch([int(i) for i in idx])[0][:, :, :, sh * oy:sh * oy + 32, sw * ox:sw * ox + 32]

@@ -65,14 +65,17 @@ def test_cpu_ffn_runs_in_bounded_chunks_with_the_same_result(monkeypatch):
     x, ctx, t = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 5, cfg.text_dim), torch.tensor([500.0])
     with torch.no_grad():
         whole = model(x, t, ctx)
-    seen = []
+    seen, separate_q = [], []
     model.blocks[0].ffn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    # the fused q/k/v matmul reads q's weight directly; the separate path calls q as a module
+    model.blocks[0].self_attn.q.register_forward_hook(lambda m, i, o: separate_q.append(1))
     rows = 10
     monkeypatch.setattr(dit_mod, "CPU_CHUNK_BYTES", rows * cfg.ffn_dim * 4)
     with torch.no_grad():
         chunked = model(x, t, ctx)
     tokens = 3 * 4 * 4
     assert seen == [rows] * (tokens // rows) + [tokens % rows]
+    assert separate_q == [1]
     assert torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
     seen.clear()
     model(x, t, ctx)                        # with autograd on: one call, the graph stays simple
