@@ -114,8 +114,8 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
               dtype: torch.dtype = torch.float32) -> None:
     """DiT + text encoder. Matmuls and attention run in `dtype` (weights, optimizer, residual
     stream and loss stay float32). ``--bf16`` made a step 1.7x faster on the 2-core build
-    machine (AVX512-BF16; 0.114 s vs 0.191 s at batch 32, 2 threads); the shipped weights were
-    trained in float32, and no run has yet compared the two at equal steps."""
+    machine (AVX512-BF16; 0.114 s vs 0.191 s at batch 32, 2 threads, 80 tokens); the shipped
+    weights were trained with it (MODEL_CARD.md). No run has compared the two at equal steps."""
     torch.manual_seed(seed)
     data = load_file(str(run / "latents.safetensors"))
     lat = data["latents"]
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=1e9)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--clips", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=32, help="batch (DiT 32; use 8 for the VAE)")
+    ap.add_argument("--batch", type=int, default=32, help="batch (the shipped DiT used 16, the VAE 4)")
     ap.add_argument("--frames", type=int, default=9, help="frames per VAE training crop (4k+1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)

@@ -22,20 +22,20 @@ from spacetime_video.model.embedded.train_vae import VAETrainConfig, VAETrainer,
 from spacetime_video.model.vae import WanVAE
 from spacetime_video.model.vae_config import VAEConfig
 
-# (prompt, colour, background): captions in several wordings; measured with the shipped weights
-# (10 steps): backgrounds 8/8, colours 7/8 (session-2 weights); random weights: backgrounds 2/8,
-# colours 1/8.
+# (prompt, colour, shape, motion, background): captions in several wordings. Measured with the
+# shipped weights (session 4, 20 steps): backgrounds 8/8, colours 8/8, shapes 5/8, motions 3/8
+# (chance: 2/8, 1/8, 2.7/8, 1.1/8); session-2 weights at 10 steps: backgrounds 8/8, colours 7/8.
 PROMPTS = [
-    ("a red circle moves to the left across a black background", "red", "black"),
-    ("a green square moves up across a gray background", "green", "gray"),
-    ("a white square moves to the right across a navy background", "white", "navy"),
-    ("a cyan triangle moves down across a beige background", "cyan", "beige"),
-    ("a orange ball rests in place on a navy background", "orange", "navy"),
-    ("a blue box slides left on a beige background", "blue", "beige"),
-    ("a yellow disc rises on a black background", "yellow", "black"),
-    ("a purple wedge falls on a gray background", "purple", "gray"),
+    ("a red circle moves to the left across a black background", "red", "circle", "left", "black"),
+    ("a green square moves up across a gray background", "green", "square", "up", "gray"),
+    ("a white square moves to the right across a navy background", "white", "square", "right", "navy"),
+    ("a cyan triangle moves down across a beige background", "cyan", "triangle", "down", "beige"),
+    ("a orange ball rests in place on a navy background", "orange", "circle", "still", "navy"),
+    ("a blue box slides left on a beige background", "blue", "square", "left", "beige"),
+    ("a yellow disc rises on a black background", "yellow", "circle", "up", "black"),
+    ("a purple wedge falls on a gray background", "purple", "triangle", "down", "gray"),
 ]
-STEPS = 10
+STEPS = C.DEFAULT_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +49,17 @@ def test_shipped_weights_are_small_and_recorded() -> None:
     assert (C.WEIGHTS_DIR.parent / "MODEL_CARD.md").is_file()
 
 
-def test_text_to_video_follows_background_and_colour(model) -> None:
-    """Adherence well above chance (1/4 backgrounds, 1/8 colours); shape and motion are not
-    asserted: the shipped model follows them only a little above chance (MODEL_CARD.md)."""
-    backgrounds, colours = 0, 0
-    for i, (prompt, colour, background) in enumerate(PROMPTS):
+def test_text_to_video_follows_the_prompt(model) -> None:
+    """Adherence above chance for every attribute; the thresholds sit one below the measured
+    counts (the model is still short of its shape and motion targets: MODEL_CARD.md)."""
+    hits = {"background": 0, "colour": 0, "shape": 0, "motion": 0}
+    for i, (prompt, colour, shape, motion, background) in enumerate(PROMPTS):
         got = analyse(generate(prompt, steps=STEPS, seed=i, model=model))
-        backgrounds += got.background == background
-        colours += got.colour == colour
-    assert backgrounds >= 7
-    assert colours >= 5
+        want = {"background": background, "colour": colour, "shape": shape, "motion": motion}
+        for key in hits:
+            hits[key] += getattr(got, key) == want[key]
+    assert hits["background"] >= 7 and hits["colour"] >= 7, hits
+    assert hits["shape"] >= 4 and hits["motion"] >= 2, hits
 
 
 def test_image_to_video_keeps_the_image(model) -> None:
@@ -66,8 +67,9 @@ def test_image_to_video_keeps_the_image(model) -> None:
     v = generate("a purple circle moves up across a black background", steps=STEPS, seed=3, model=model,
                  known=[Known(gt[:, :1])])
     recon = model.vae.decode(model.vae.encode(gt[None, :, :1]))[0, :, 0]
-    assert psnr(v[:, 0], gt[:, 0]) >= 26                      # VAE-limited (27.7 dB measured)
+    assert psnr(v[:, 0], gt[:, 0]) >= 31                      # VAE-limited (33.4 dB measured)
     assert abs(psnr(v[:, 0], gt[:, 0]) - psnr(recon, gt[:, 0])) < 0.5
+    assert analyse(v).motion == "up"
 
 
 def test_connect_matches_both_ends(model) -> None:
@@ -76,7 +78,7 @@ def test_connect_matches_both_ends(model) -> None:
     v = generate(prompt, steps=STEPS, seed=4, model=model, known=[Known(gt[:, :1]), Known(gt[:, -1:], "end")])
     free = generate(prompt, steps=STEPS, seed=4, model=model)
     first, last = psnr(v[:, 0], gt[:, 0]), psnr(v[:, -1], gt[:, -1])
-    assert first >= 22 and last >= 23                         # measured 24.3 / 25.7 dB
+    assert first >= 30 and last >= 24                         # measured 32.4 / 26.2 dB
     assert first > psnr(free[:, 0], gt[:, 0]) + 5 and last > psnr(free[:, -1], gt[:, -1]) + 5
 
 
@@ -115,10 +117,12 @@ def test_object_mask_marks_the_objects_cells() -> None:
     last latent frames, and the object covers only a small part of each frame."""
     from spacetime_video.model.embedded.train_dit import object_mask
     clip = world.sample_clip(0, split="heldout", combo=("red", "square", "right"), background="black")
-    m = object_mask(clip.video[None], (4, 8, 8))
-    assert m.shape == (1, 1, 5, 8, 8)
-    (x0, y0), (x1, y1) = clip.objects[0].start, clip.objects[0].end
-    assert m[0, 0, 0, int(y0) // 8, int(x0) // 8] == 1 and m[0, 0, -1, int(y1) // 8, int(x1) // 8] == 1
-    assert 0.02 < float(m.mean()) < 0.4
-    # a blank clip marks nothing
-    assert float(object_mask(torch.zeros(1, 3, 17, 64, 64), (4, 8, 8)).sum()) == 0
+    for stride in ((4, 8, 8), C.VAE_CONFIG.stride):
+        s = stride[1]
+        m = object_mask(clip.video[None], stride)
+        assert m.shape == (1, 1, 5, 64 // s, 64 // s)
+        (x0, y0), (x1, y1) = clip.objects[0].start, clip.objects[0].end
+        assert m[0, 0, 0, int(y0) // s, int(x0) // s] == 1 and m[0, 0, -1, int(y1) // s, int(x1) // s] == 1
+        assert 0.02 < float(m.mean()) < 0.4
+        # a blank clip marks nothing
+        assert float(object_mask(torch.zeros(1, 3, 17, 64, 64), stride).sum()) == 0
