@@ -24,7 +24,8 @@ from spacetime_video.model.vae_config import VAEConfig
 
 # (prompt, colour, shape, motion, background): captions in several wordings. Measured with the
 # shipped weights (session 4, 20 steps): backgrounds 8/8, colours 8/8, shapes 5/8, motions 3/8
-# (chance: 2/8, 1/8, 2.7/8, 1.1/8); session-2 weights at 10 steps: backgrounds 8/8, colours 7/8.
+# (chance: 2/8, 1/8, 2.7/8, 1.1/8); the shipped VAE and text encoder with a freshly initialised
+# DiT: 2/8, 1/8, 2/8, 0/8.
 PROMPTS = [
     ("a red circle moves to the left across a black background", "red", "circle", "left", "black"),
     ("a green square moves up across a gray background", "green", "square", "up", "gray"),
