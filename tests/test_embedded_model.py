@@ -23,7 +23,7 @@ from spacetime_video.model.vae import WanVAE
 from spacetime_video.model.vae_config import VAEConfig
 
 # (prompt, colour, shape, motion, background): captions in several wordings. Measured with the
-# shipped weights (session 4, 20 steps): backgrounds 8/8, colours 8/8, shapes 5/8, motions 3/8
+# shipped weights (session 4, 20 steps): backgrounds 8/8, colours 8/8, shapes 5/8, motions 6/8
 # (chance: 2/8, 1/8, 2.7/8, 1.1/8); the shipped VAE and text encoder with a freshly initialised
 # DiT: 2/8, 1/8, 2/8, 0/8.
 PROMPTS = [
@@ -60,7 +60,7 @@ def test_text_to_video_follows_the_prompt(model) -> None:
         for key in hits:
             hits[key] += getattr(got, key) == want[key]
     assert hits["background"] >= 7 and hits["colour"] >= 7, hits
-    assert hits["shape"] >= 4 and hits["motion"] >= 2, hits
+    assert hits["shape"] >= 4 and hits["motion"] >= 5, hits
 
 
 def test_image_to_video_keeps_the_image(model) -> None:
@@ -79,7 +79,7 @@ def test_connect_matches_both_ends(model) -> None:
     v = generate(prompt, steps=STEPS, seed=4, model=model, known=[Known(gt[:, :1]), Known(gt[:, -1:], "end")])
     free = generate(prompt, steps=STEPS, seed=4, model=model)
     first, last = psnr(v[:, 0], gt[:, 0]), psnr(v[:, -1], gt[:, -1])
-    assert first >= 30 and last >= 24                         # measured 32.4 / 26.2 dB
+    assert first >= 30 and last >= 24                         # measured 32.4 / 25.7 dB
     assert first > psnr(free[:, 0], gt[:, 0]) + 5 and last > psnr(free[:, -1], gt[:, -1]) + 5
 
 
