@@ -55,7 +55,9 @@ def evaluate(weights: Path | None, per_combo: int, steps: int, guidance: float) 
             ok = {"colour": a.colour == colour, "shape": a.shape == shape, "motion": a.motion == motion}
             for key in ok:
                 t2v[key].append(ok[key])
-            rows.append({"prompt": prompt, "read": [a.colour, a.shape, a.motion], **ok})
+            o = a.main
+            shape_stats = {"fill": o.fill, "profile": o.profile, "skew": o.skew} if o else {}
+            rows.append({"prompt": prompt, "read": [a.colour, a.shape, a.motion], **ok, **shape_stats})
             # image-to-video and connect from a ground-truth held-out clip of this combo
             gt = world.sample_clip(seed, split="heldout", combo=(colour, shape, motion), background=bg).video
             v = generate(prompt, steps=steps, guidance=guidance, seed=seed, model=m, known=[Known(gt[:, :1])])
@@ -70,9 +72,8 @@ def evaluate(weights: Path | None, per_combo: int, steps: int, guidance: float) 
                 nxt = generate(prompt, steps=steps, guidance=guidance, seed=seed + 7, model=m,
                                known=[Known(gt[:, -5:])])
                 joined = torch.cat([gt, nxt[:, 5:]], dim=1)
-                rep = analyse(joined).objects
-                if rep:
-                    o = max(rep, key=lambda r: r.coverage)
+                o = analyse(joined).main
+                if o:
                     c = o.centroids
                     steps_px = [abs(c[i + 1][0] - c[i][0]) + abs(c[i + 1][1] - c[i][1]) for i in range(len(c) - 1)]
                     seam.append({"prompt": prompt, "seam_step_px": steps_px[16] if len(steps_px) > 16 else None,

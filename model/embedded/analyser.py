@@ -8,8 +8,18 @@ No model: plain pixel statistics, so it can judge what the embedded model genera
    background and each vocabulary colour c; it belongs to the colour with the smallest
    residual among those with alpha >= 0.3. Mixing with the background is what anti-aliased
    edges do, so edge pixels join their object instead of a wrong colour.
-3. Shape: the coverage (sum of alpha) over the box of the pixels with alpha >= 0.5. A circle
-   fills pi/4 = 0.79 of its box, a square 1, an equilateral triangle 1/2.
+3. Shape, from each frame's coverage map (alpha summed over the object), by two measures that
+   do not move when a clip is blurred or an edge smeared along the motion by a pixel or two, as
+   every decoded clip is:
+   - the skewness of the row sums (mass per image row): the world's up-pointing triangle puts
+     its mass low, skewness -2*sqrt(2)/5 = -0.57, a circle and a square 0. Blur adds to the
+     variance but leaves the third cumulant unchanged; |skew| > 0.28 (halfway) is a triangle.
+   - the profile ratio: the largest column sum times the largest row sum, over the area:
+     1 for an axis-aligned square, 4/pi = 1.27 for a circle (flat-topped profiles, so blur
+     leaves their maxima alone); below the geometric mean 1.13 is a square, else a circle.
+   The box fill (coverage over the box of pixels with alpha >= 0.5: square 1, circle 0.79,
+   triangle 0.5) decided shape before; blur grows that box by a pixel and made soft squares
+   look like circles (MODEL_CARD.md). It is still reported as `fill`.
 4. Motion: least-squares slopes of the coverage-weighted centroid and of log(area) over time.
 """
 from __future__ import annotations
@@ -35,6 +45,8 @@ class ObjectReport:
     shape: str
     motion: str
     fill: float                              # coverage / box area (median over frames)
+    profile: float                           # profile ratio (median over frames): square / circle
+    skew: float                              # row-sum skewness (median over frames): triangle or not
     displacement: tuple[float, float]        # fitted (dx, dy) from first to last frame
     log_area_ratio: float                    # fitted log(area_last / area_first)
     centroids: tuple[tuple[float, float], ...]
@@ -56,22 +68,24 @@ class Analysis:
     background: str
     objects: tuple[ObjectReport, ...]
 
-    def _main(self) -> ObjectReport | None:
+    @property
+    def main(self) -> ObjectReport | None:
+        """The largest object (None when nothing was found)."""
         return max(self.objects, key=lambda o: o.coverage, default=None)
 
     @property
     def colour(self) -> str | None:
-        m = self._main()
+        m = self.main
         return m.colour if m else None
 
     @property
     def shape(self) -> str | None:
-        m = self._main()
+        m = self.main
         return m.shape if m else None
 
     @property
     def motion(self) -> str | None:
-        m = self._main()
+        m = self.main
         return m.motion if m else None
 
 
@@ -104,12 +118,26 @@ def _slope(values: torch.Tensor, times: torch.Tensor) -> float:
     return float((t * (values - values.mean())).sum() / (t * t).sum().clamp_min(1e-9))
 
 
-def _shape_of(fill: float) -> str:
-    if fill > 0.89:
-        return "square"
-    if fill < 0.64:
+_TRIANGLE_SKEW = 0.5 * 2 * math.sqrt(2) / 5                # 0.28: halfway to the triangle's 0.57
+_SQUARE_CIRCLE = math.sqrt(1.0 * 4 / math.pi)              # 1.13: between square 1 and circle 4/pi
+
+
+def _shape_of(profile: float, skew: float) -> str:
+    if abs(skew) > _TRIANGLE_SKEW:
         return "triangle"
-    return "circle"
+    return "square" if profile < _SQUARE_CIRCLE else "circle"
+
+
+def _shape_measures(w: torch.Tensor) -> tuple[float, float]:
+    """(profile ratio, row-sum skewness) of one frame's coverage map w [H, W]."""
+    area = w.sum().clamp_min(1e-6)
+    rows = w.sum(dim=1)                                                  # (H,)
+    profile = float(w.sum(dim=0).max() * rows.max() / area)
+    y = torch.arange(rows.numel(), dtype=w.dtype)
+    mu = (rows * y).sum() / area
+    m2 = (rows * (y - mu) ** 2).sum() / area
+    m3 = (rows * (y - mu) ** 3).sum() / area
+    return profile, float(m3 / m2.clamp_min(1e-6) ** 1.5)
 
 
 def _motion_of(dx: float, dy: float, log_ratio: float, width: int) -> str:
@@ -152,19 +180,23 @@ def analyse(clip: torch.Tensor, min_area: float = 12.0) -> Analysis:
         seen = area >= min_area / 2
         cx = (w * xs).sum(dim=(1, 2)) / area.clamp_min(1e-6)
         cy = (w * ys).sum(dim=(1, 2)) / area.clamp_min(1e-6)
-        fills = []
+        fills, profiles, skews = [], [], []
         for t in torch.nonzero(seen).flatten().tolist():
             core = torch.nonzero(w[t] >= 0.5)
             if core.shape[0] < 4:
                 continue
             box = (core.max(0).values - core.min(0).values + 1).prod()
             fills.append(float(area[t]) / float(box))
-        fill = float(torch.tensor(fills).median()) if fills else 0.0
+            profile, skew = _shape_measures(w[t])
+            profiles.append(profile)
+            skews.append(skew)
+        fill, profile, skew = (float(torch.tensor(v).median()) if v else 0.0 for v in (fills, profiles, skews))
         dx = _slope(cx[seen], times[seen]) * (T - 1)
         dy = _slope(cy[seen], times[seen]) * (T - 1)
         lr = _slope(area[seen].clamp_min(1e-3).log(), times[seen]) * (T - 1)
         objects.append(ObjectReport(
-            colour=name, shape=_shape_of(fill), motion=_motion_of(dx, dy, lr, W), fill=fill,
+            colour=name, shape=_shape_of(profile, skew), motion=_motion_of(dx, dy, lr, W), fill=fill,
+            profile=profile, skew=skew,
             displacement=(dx, dy), log_area_ratio=lr,
             centroids=tuple((float(cx[t]), float(cy[t])) for t in range(T) if seen[t]),
             areas=tuple(float(a) for a in area), coverage=float(area.mean())))
