@@ -6,7 +6,7 @@
     python scripts/train_embedded.py dit     --run RUN_DIR [--steps N] [--minutes M]
     python scripts/train_embedded.py adapt   --run RUN_DIR [--steps N]   (decoder on the DiT's x0, after `dit`)
     python scripts/train_embedded.py export  --run RUN_DIR [--to model/embedded/weights] [--vae-file F]
-    python scripts/train_embedded.py all     --run RUN_DIR [--compile]   (the shipped recipe: vae,
+    python scripts/train_embedded.py all     --run RUN_DIR [--compile]   (the 2-hour recipe: vae,
                                               latents, dit, adapt with the settings in RECIPE)
 
 Every stage resumes from RUN_DIR's checkpoint (saved every --every steps and at the end), so a
@@ -38,8 +38,9 @@ from spacetime_video.model.vae import WanVAE
 
 log = logging.getLogger("spacetime.embedded.train")
 
-# The shipped model's recipe (`all`): each stage's step count and wall-clock limit, sized so the
-# four stages take under 2 hours on the 2-core build machine with --compile (MODEL_CARD.md).
+# The 2-hour recipe (`all`): each stage's step count and wall-clock limit, sized so the four
+# stages take under 2 hours on the 2-core build machine with --compile (115.6 minutes in session 5;
+# MODEL_CARD.md has that run's results; the shipped weights came from a longer chain).
 RECIPE = {
     "vae": dict(steps=5600, minutes=25.0, frames=17, batch=4),
     "latents": dict(clips=3072),
