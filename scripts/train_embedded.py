@@ -7,7 +7,8 @@
     python scripts/train_embedded.py adapt   --run RUN_DIR [--steps N]   (decoder on the DiT's x0, after `dit`)
     python scripts/train_embedded.py export  --run RUN_DIR [--to model/embedded/weights] [--vae-file F]
     python scripts/train_embedded.py all     --run RUN_DIR [--compile]   (the 2-hour recipe: vae,
-                                              latents, dit, adapt with the settings in RECIPE)
+                                              latents, dit, adapt with the settings in RECIPE;
+                                              --steps, --minutes, --batch, --frames, --clips unused)
 
 Every stage resumes from RUN_DIR's checkpoint (saved every --every steps and at the end), so a
 stage can be stopped and started again; `--minutes` stops a stage early at a checkpoint (the

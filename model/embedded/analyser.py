@@ -9,8 +9,8 @@ No model: plain pixel statistics, so it can judge what the embedded model genera
    residual among those with alpha >= 0.3. Mixing with the background is what anti-aliased
    edges do, so edge pixels join their object instead of a wrong colour.
 3. Shape, from each frame's coverage map (alpha summed over the object), by two measures that
-   do not move when a clip is blurred or an edge smeared along the motion by a pixel or two, as
-   every decoded clip is:
+   change little when a clip is blurred or an edge smeared along the motion by a pixel or two,
+   as every decoded clip is:
    - the skewness of the row sums (mass per image row): the world's up-pointing triangle puts
      its mass low, skewness -2*sqrt(2)/5 = -0.57, a circle and a square 0. Blur adds to the
      variance but leaves the third cumulant unchanged; |skew| > 0.28 (halfway) is a triangle.
