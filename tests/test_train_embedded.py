@@ -11,8 +11,7 @@ from spacetime_video.scripts.embedded_generate import generate, load_embedded
 
 
 def _step(path) -> int:
-    with safe_open(str(path), "pt") as f:
-        return int(f.metadata()["step"])
+    return te._meta(path)["step"]
 
 
 def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
