@@ -5,7 +5,11 @@
     python scripts/train_embedded.py decoder --run RUN_DIR [--steps N]   (optional, beside `dit`)
     python scripts/train_embedded.py dit     --run RUN_DIR [--steps N] [--minutes M]
     python scripts/train_embedded.py adapt   --run RUN_DIR [--steps N]   (decoder on the DiT's x0, after `dit`)
+    python scripts/train_embedded.py cooldown --run RUN_DIR [--steps N] [--lr LR] [--sigma-shift K]
+                                              (after `dit`: a second, lower learning-rate cosine from
+                                              the DiT's weights into dit_cool.safetensors)
     python scripts/train_embedded.py export  --run RUN_DIR [--to model/embedded/weights] [--vae-file F]
+                                              [--dit-file F]
     python scripts/train_embedded.py all     --run RUN_DIR [--compile]   (the 2-hour recipe: vae,
                                               latents, dit, adapt with the settings in RECIPE;
                                               --steps, --minutes, --batch, --frames, --clips unused)
@@ -173,6 +177,39 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
     _save(ckpt, trainer.state(), {"step": trainer.step_no})
 
 
+def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int, lr: float,
+                   sigma_shift: float, compile: bool = False) -> None:
+    """A second cosine (warmup 100, lr -> 0.1 lr) from the DiT checkpoint's live and EMA weights,
+    with a fresh optimizer, training sigmas shifted by `sigma_shift` (`sample_sigmas`), written
+    to dit_cool.safetensors (dit_ckpt.safetensors stays as it was). bf16 matmuls, as `dit`.
+    Resumes from dit_cool.safetensors when that exists."""
+    torch.manual_seed(seed)
+    data = load_file(str(run / "latents.safetensors"))
+    lat = data["latents"]
+    dit, text = WanDiT(C.DIT_CONFIG, compute_dtype=torch.bfloat16), TinyTextEncoder(C.TEXT_CONFIG)
+    cfg = DiTTrainConfig(steps=steps, seed=seed, batch=batch, lr=lr, warmup=100, sigma_shift=sigma_shift)
+    trainer = DiTTrainer(dit, text, lat, _describer(lat.shape[0]), cfg, object_mask=data.get("object_mask"))
+    out = run / "dit_cool.safetensors"
+    if out.exists():
+        trainer.load(load_file(str(out)), _meta(out)["step"])
+        log.info("resumed cool-down at step %d", trainer.step_no)
+    else:
+        trainer.load(load_file(str(run / "dit_ckpt.safetensors")), 0)
+    trainer.gen.manual_seed(seed + trainer.step_no)
+    meta = {"from_dit_step": _meta(run / "dit_ckpt.safetensors")["step"], "lr": lr, "sigma_shift": sigma_shift}
+    t0, avg = time.time(), None
+    with _compiled(compile, dit):
+        while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
+            loss = trainer.step()
+            avg = loss if avg is None else 0.98 * avg + 0.02 * loss
+            if trainer.step_no % 20 == 0:
+                log.info("cool-down step %d loss %.4f (avg %.4f) %.1fs", trainer.step_no, loss, avg, time.time() - t0)
+            if trainer.step_no % every == 0:
+                _save(out, trainer.state(), {"step": trainer.step_no, **meta})
+    _save(out, trainer.state(), {"step": trainer.step_no, **meta})
+    log.info("cool-down stopped at step %d", trainer.step_no)
+
+
 def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int) -> None:
     """Fine-tune the decoder on the DiT's own x0 predictions (sigma 0.05-0.6) of training
     latents, target = the clip's pixels, on 32x32-pixel crops: teaches the decoder
@@ -225,11 +262,12 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     _save(run / "vae_adapt.safetensors", vae.state_dict(), {"step": step})
 
 
-def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_ckpt.safetensors") -> None:
+def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_ckpt.safetensors",
+                 dit_file: str = "dit_ckpt.safetensors") -> None:
     vae = WanVAE(C.VAE_CONFIG)
     vae.load_state_dict(load_file(str(run / vae_file)))
     m = _meta(run / "latents.safetensors")
-    state = load_file(str(run / "dit_ckpt.safetensors"))
+    state = load_file(str(run / dit_file))
     dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
     pd, pt = ("dit.", "text.") if live else ("ema_dit.", "ema_text.")
     dit.load_state_dict({k[len(pd):]: v for k, v in state.items() if k.startswith(pd)})
@@ -238,13 +276,15 @@ def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_c
              "latent_clips": m["clips"]}
     if vae_file != "vae_ckpt.safetensors":
         steps["decoder_adapt"] = _meta(run / vae_file)["step"]
+    if dit_file != "dit_ckpt.safetensors":
+        steps["dit_cooldown"] = _meta(run / dit_file)["step"]
     save_embedded(to, vae_with_stats(vae, m["mean"], m["std"]), dit, text, steps)
     log.info("exported to %s (%s)", to, steps)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "adapt", "export", "all"])
+    ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "adapt", "cooldown", "export", "all"])
     ap.add_argument("--run", type=Path, default=Path("/tmp/spacetime-embedded-run"))
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=1e9)
@@ -259,6 +299,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true",
                     help="vae/decoder/dit/all: torch.compile the trained modules (1.2x VAE, 1.4x DiT on the "
                          "build machine; needs a C++ compiler)")
+    ap.add_argument("--lr", type=float, default=2e-4, help="cooldown: peak learning rate")
+    ap.add_argument("--sigma-shift", type=float, default=2.0,
+                    help="cooldown: shift of the training sigmas toward noise (1 = as `dit`)")
+    ap.add_argument("--dit-file", default="dit_ckpt.safetensors",
+                    help="DiT checkpoint in RUN_DIR to export (dit_cool.safetensors after `cooldown`)")
     ap.add_argument("--live", action="store_true", help="export the live DiT weights, not the EMA")
     ap.add_argument("--vae-file", default="vae_ckpt.safetensors",
                     help="VAE checkpoint in RUN_DIR to export (vae_adapt.safetensors after `adapt`)")
@@ -287,8 +332,11 @@ def main(argv: list[str] | None = None) -> None:
                   torch.bfloat16 if a.bf16 else torch.float32, compile=a.compile)
     elif a.stage == "adapt":
         stage_adapt(a.run, a.steps or 2000, a.minutes, a.every, a.seed, a.batch)
+    elif a.stage == "cooldown":
+        stage_cooldown(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch, a.lr, a.sigma_shift,
+                       compile=a.compile)
     else:
-        stage_export(a.run, a.to, a.live, a.vae_file)
+        stage_export(a.run, a.to, a.live, a.vae_file, a.dit_file)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from spacetime_video.model.embedded import config as C
 from spacetime_video.scripts import train_embedded as te
@@ -34,6 +35,34 @@ def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
     te.main(["export", "--run", str(run), "--to", str(out), "--vae-file", "vae_adapt.safetensors", *threads])
     clip = generate("a red ball rolls left across a black background", steps=2, seed=0, model=load_embedded(out))
     assert clip.shape == (3, C.FRAMES, C.SIZE, C.SIZE) and torch.isfinite(clip).all()
+
+
+def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
+    """`cooldown` starts from dit_ckpt's weights (not from scratch), leaves dit_ckpt alone,
+    resumes its own checkpoint, and `export --dit-file` ships its EMA weights."""
+    run, out = tmp_path / "run", tmp_path / "weights"
+    threads = ["--threads", str(torch.get_num_threads())]
+    te.main(["vae", "--run", str(run), "--steps", "1", "--frames", "5", "--batch", "1", *threads])
+    te.main(["latents", "--run", str(run), "--clips", "8", *threads])
+    te.main(["dit", "--run", str(run), "--steps", "3", "--batch", "2", *threads])
+    key = "dit.blocks.0.ffn.0.weight"
+    before = load_file(str(run / "dit_ckpt.safetensors"))
+    before[key] += 0.5     # a mark no fresh initialisation has: the cool-down must start from it
+    te._save(run / "dit_ckpt.safetensors", before, {"step": 3})
+    cool = ["cooldown", "--run", str(run), "--batch", "2", "--every", "1", "--lr", "1e-3", *threads]
+    te.main([*cool, "--steps", "2"])
+    first = load_file(str(run / "dit_cool.safetensors"))
+    assert te._meta(run / "dit_cool.safetensors") == {"step": 2, "from_dit_step": 3, "lr": 1e-3, "sigma_shift": 2.0}
+    moved = (first[key] - before[key]).abs().max()
+    assert 0 < moved < 0.01                         # two small steps away from the DiT's weights
+    torch.testing.assert_close(load_file(str(run / "dit_ckpt.safetensors"))[key], before[key])
+    te.main([*cool, "--steps", "3"])                # resumes at step 2 and takes one more
+    assert te._meta(run / "dit_cool.safetensors")["step"] == 3
+    te.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
+    shipped = load_file(str(out / C.DIT_FILE))
+    torch.testing.assert_close(shipped["blocks.0.ffn.0.weight"],
+                               load_file(str(run / "dit_cool.safetensors"))["ema_" + key])
+    assert te._meta(out / C.DIT_FILE)["training"]["dit_cooldown"] == 3
 
 
 def test_compiled_runs_the_same_module_and_puts_it_back() -> None:

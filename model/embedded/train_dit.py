@@ -35,19 +35,26 @@ class DiTTrainConfig:
     ema: float = 0.998
     seed: int = 0
     object_weight: float = 3.0   # extra loss weight on latent cells the object covers (see flow_loss)
+    sigma_shift: float = 1.0     # training sigmas shifted toward noise like the sampler's (see sample_sigmas)
 
 
-def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Half logit-normal (SD3's choice, dense in the middle), half uniform (covers the ends)."""
+def sample_sigmas(batch: int, generator: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+    """Half logit-normal (SD3's choice, dense in the middle), half uniform (covers the ends);
+    then `shift` maps s -> k s / (1 + (k - 1) s), the map the sampler's schedule uses
+    (`samplers.flow_sigmas`), so k > 1 spends more of training at high noise, where a clip's
+    layout and motion are decided (k = 2 matches the default sampling shift)."""
     logit = torch.sigmoid(torch.randn(batch, generator=generator))
     uni = torch.rand(batch, generator=generator)
     pick = torch.rand(batch, generator=generator) < 0.5
-    return torch.where(pick, logit, uni).clamp(1e-3, 1.0)
+    s = torch.where(pick, logit, uni)
+    if shift != 1.0:
+        s = shift * s / (1 + (shift - 1) * s)
+    return s.clamp(1e-3, 1.0)
 
 
 def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: list[str],
               generator: torch.Generator, p_uncond: float = 0.1,
-              cell_weight: torch.Tensor | None = None) -> torch.Tensor:
+              cell_weight: torch.Tensor | None = None, sigma_shift: float = 1.0) -> torch.Tensor:
     """One flow-matching loss on normalized latents x0 [B, C, T, H, W] with random known frames.
 
     `cell_weight` [B, 1, T, H, W] (optional) weighs latent cells: the object covers a few of
@@ -59,7 +66,7 @@ def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: li
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     context = text.encode(captions)                                       # (B, L, text_dim)
     known = random_frame_masks(B, T, generator)                           # (B, T)
-    sigma = sample_sigmas(B, generator)                                   # (B,)
+    sigma = sample_sigmas(B, generator, sigma_shift)                      # (B,)
     eps = torch.randn(x0.shape, generator=generator)
     s = sigma.view(B, 1, 1, 1, 1)
     xs = (1 - s) * x0 + s * eps
@@ -111,7 +118,8 @@ class DiTTrainer:
         self.dit.train()
         self.text.train()
         cw = None if self.cell_weight is None else self.cell_weight[idx]
-        loss = flow_loss(self.dit, self.text, self.latents[idx], captions, self.gen, cfg.p_uncond, cw)
+        loss = flow_loss(self.dit, self.text, self.latents[idx], captions, self.gen, cfg.p_uncond, cw,
+                         cfg.sigma_shift)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.dit.parameters()) + list(self.text.parameters()), 1.0)
