@@ -22,6 +22,7 @@ def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
         "vae": dict(steps=3, minutes=5.0, frames=5, batch=1),
         "latents": dict(clips=8),
         "dit": dict(steps=4, minutes=5.0, batch=2, every=2),
+        "cooldown": dict(steps=3, minutes=5.0, batch=2, every=2, lr=1e-4, sigma_shift=3.0),
         "adapt": dict(steps=2, minutes=5.0, batch=1),
     })
     run, out = tmp_path / "run", tmp_path / "weights"
@@ -29,10 +30,13 @@ def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
     te.main(["all", "--run", str(run), *threads])
     assert _step(run / "vae_ckpt.safetensors") == 3
     assert _step(run / "dit_ckpt.safetensors") == 4
-    assert _step(run / "vae_adapt.safetensors") == 2
+    assert te._meta(run / "dit_cool.safetensors") == {"step": 3, "from_dit_step": 4, "lr": 1e-4, "sigma_shift": 3.0}
+    assert te._meta(run / "vae_adapt.safetensors") == {"step": 2, "dit_file": "dit_cool.safetensors"}
     with safe_open(str(run / "latents.safetensors"), "pt") as f:
         assert f.get_slice("latents").get_shape() == [8, C.Z_DIM, C.LATENT_FRAMES, C.LATENT_SIZE, C.LATENT_SIZE]
-    te.main(["export", "--run", str(run), "--to", str(out), "--vae-file", "vae_adapt.safetensors", *threads])
+    te.main(["export", "--run", str(run), "--to", str(out), "--vae-file", "vae_adapt.safetensors",
+             "--dit-file", "dit_cool.safetensors", *threads])
+    assert te._meta(out / C.DIT_FILE)["training"]["dit_cooldown"] == 3
     clip = generate("a red ball rolls left across a black background", steps=2, seed=0, model=load_embedded(out))
     assert clip.shape == (3, C.FRAMES, C.SIZE, C.SIZE) and torch.isfinite(clip).all()
 
@@ -52,7 +56,7 @@ def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
     cool = ["cooldown", "--run", str(run), "--batch", "2", "--every", "1", "--lr", "1e-3", *threads]
     te.main([*cool, "--steps", "2"])
     first = load_file(str(run / "dit_cool.safetensors"))
-    assert te._meta(run / "dit_cool.safetensors") == {"step": 2, "from_dit_step": 3, "lr": 1e-3, "sigma_shift": 2.0}
+    assert te._meta(run / "dit_cool.safetensors") == {"step": 2, "from_dit_step": 3, "lr": 1e-3, "sigma_shift": 3.0}
     moved = (first[key] - before[key]).abs().max()
     assert 0 < moved < 0.01                         # two small steps away from the DiT's weights
     torch.testing.assert_close(load_file(str(run / "dit_ckpt.safetensors"))[key], before[key])
