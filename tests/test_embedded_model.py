@@ -23,9 +23,9 @@ from spacetime_video.model.vae import WanVAE
 from spacetime_video.model.vae_config import VAEConfig
 
 # (prompt, colour, shape, motion, background): captions in several wordings. Measured with the
-# shipped weights (session 4, 20 steps; the analyser's shape rule of session 5): backgrounds 8/8,
-# colours 8/8, shapes 4/8, motions 6/8 (chance: 2/8, 1/8, 2.7/8, 1.1/8); the shipped VAE and text
-# encoder with a freshly initialised DiT: 2/8, 1/8, 2/8, 0/8.
+# shipped weights (session 6, 20 steps): backgrounds 8/8, colours 8/8, shapes 5/8, motions 7/8
+# (chance: 2/8, 1/8, 2.7/8, 1.1/8); session 4's weights read 8, 8, 4, 6; the shipped VAE and text
+# encoder with a freshly initialised DiT (session 5): 2/8, 1/8, 2/8, 0/8.
 PROMPTS = [
     ("a red circle moves to the left across a black background", "red", "circle", "left", "black"),
     ("a green square moves up across a gray background", "green", "square", "up", "gray"),
@@ -52,7 +52,7 @@ def test_shipped_weights_are_small_and_recorded() -> None:
 
 def test_text_to_video_follows_the_prompt(model) -> None:
     """Adherence above chance for every attribute; the thresholds sit one below the measured
-    counts (the model is still short of its shape and motion targets: MODEL_CARD.md)."""
+    counts (eight prompts are too few to test the model's 80% / 90% targets: MODEL_CARD.md)."""
     hits = {"background": 0, "colour": 0, "shape": 0, "motion": 0}
     for i, (prompt, colour, shape, motion, background) in enumerate(PROMPTS):
         got = analyse(generate(prompt, steps=STEPS, seed=i, model=model))
@@ -60,7 +60,7 @@ def test_text_to_video_follows_the_prompt(model) -> None:
         for key in hits:
             hits[key] += getattr(got, key) == want[key]
     assert hits["background"] >= 7 and hits["colour"] >= 7, hits
-    assert hits["shape"] >= 3 and hits["motion"] >= 5, hits
+    assert hits["shape"] >= 4 and hits["motion"] >= 6, hits
 
 
 def test_image_to_video_keeps_the_image(model) -> None:
