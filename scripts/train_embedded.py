@@ -166,19 +166,27 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
         trainer.load(load_file(str(ckpt)), _meta(ckpt)["step"])
         trainer.gen.manual_seed(seed + trainer.step_no)
         log.info("resumed DiT at step %d", trainer.step_no)
-    probe = lat[:32]
-    probe_caps = [world.sample_clip(i).caption for i in range(32)]
+    _train_dit(trainer, ckpt, {}, steps, minutes, every, compile, "dit", probe=lat[:32])
+
+
+def _train_dit(trainer: DiTTrainer, ckpt: Path, meta: dict, steps: int, minutes: float, every: int,
+               compile: bool, name: str, probe: torch.Tensor | None = None) -> None:
+    """Step `trainer` until `steps` or `minutes`, logging, and checkpointing to `ckpt` (with
+    `meta`) every `every` steps and at the end; `probe` latents of training clips 0.. get an
+    EMA loss at each checkpoint."""
+    caps = [world.sample_clip(i).caption for i in range(len(probe))] if probe is not None else []
     t0, avg = time.time(), None
-    with _compiled(compile, dit):   # the live DiT only: the EMA copies were made before
+    with _compiled(compile, trainer.dit):   # the live DiT only: the EMA copies were made before
         while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
             loss = trainer.step()
             avg = loss if avg is None else 0.98 * avg + 0.02 * loss
             if trainer.step_no % 20 == 0:
-                log.info("dit step %d loss %.4f (avg %.4f) %.1fs", trainer.step_no, loss, avg, time.time() - t0)
+                log.info("%s step %d loss %.4f (avg %.4f) %.1fs", name, trainer.step_no, loss, avg, time.time() - t0)
             if trainer.step_no % every == 0:
-                _save(ckpt, trainer.state(), {"step": trainer.step_no})
-                log.info("probe loss (ema) %.4f", eval_loss(trainer.ema_dit, trainer.ema_text, probe, probe_caps))
-    _save(ckpt, trainer.state(), {"step": trainer.step_no})
+                _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta})
+                if probe is not None:
+                    log.info("probe loss (ema) %.4f", eval_loss(trainer.ema_dit, trainer.ema_text, probe, caps))
+    _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta})
 
 
 def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int, lr: float,
@@ -201,16 +209,7 @@ def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int,
         trainer.load(load_file(str(run / "dit_ckpt.safetensors")), 0)
     trainer.gen.manual_seed(seed + trainer.step_no)
     meta = {"from_dit_step": _meta(run / "dit_ckpt.safetensors")["step"], "lr": lr, "sigma_shift": sigma_shift}
-    t0, avg = time.time(), None
-    with _compiled(compile, dit):
-        while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
-            loss = trainer.step()
-            avg = loss if avg is None else 0.98 * avg + 0.02 * loss
-            if trainer.step_no % 20 == 0:
-                log.info("cool-down step %d loss %.4f (avg %.4f) %.1fs", trainer.step_no, loss, avg, time.time() - t0)
-            if trainer.step_no % every == 0:
-                _save(out, trainer.state(), {"step": trainer.step_no, **meta})
-    _save(out, trainer.state(), {"step": trainer.step_no, **meta})
+    _train_dit(trainer, out, meta, steps, minutes, every, compile, "cool-down")
     log.info("cool-down stopped at step %d", trainer.step_no)
 
 
