@@ -155,18 +155,22 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
     stream and loss stay float32). ``--bf16`` made a step 1.7x faster on the 2-core build
     machine (AVX512-BF16; 0.114 s vs 0.191 s at batch 32, 2 threads, 80 tokens); the shipped
     weights were trained with it (MODEL_CARD.md). No run has compared the two at equal steps."""
-    torch.manual_seed(seed)
-    data = load_file(str(run / "latents.safetensors"))
-    lat = data["latents"]
-    dit, text = WanDiT(C.DIT_CONFIG, compute_dtype=dtype), TinyTextEncoder(C.TEXT_CONFIG)
-    trainer = DiTTrainer(dit, text, lat, _describer(lat.shape[0]),
-                         DiTTrainConfig(steps=steps, seed=seed, batch=batch), object_mask=data.get("object_mask"))
+    trainer = _dit_trainer(run, DiTTrainConfig(steps=steps, seed=seed, batch=batch), dtype)
     ckpt = run / "dit_ckpt.safetensors"
     if ckpt.exists():
         trainer.load(load_file(str(ckpt)), _meta(ckpt)["step"])
         trainer.gen.manual_seed(seed + trainer.step_no)
         log.info("resumed DiT at step %d", trainer.step_no)
-    _train_dit(trainer, ckpt, {}, steps, minutes, every, compile, "dit", probe=lat[:32])
+    _train_dit(trainer, ckpt, {}, steps, minutes, every, compile, "dit", probe=trainer.latents[:32])
+
+
+def _dit_trainer(run: Path, cfg: DiTTrainConfig, dtype: torch.dtype) -> DiTTrainer:
+    """A fresh DiT + text encoder (seeded by cfg.seed) and their trainer on RUN_DIR's latents."""
+    torch.manual_seed(cfg.seed)
+    data = load_file(str(run / "latents.safetensors"))
+    lat = data["latents"]
+    dit, text = WanDiT(C.DIT_CONFIG, compute_dtype=dtype), TinyTextEncoder(C.TEXT_CONFIG)
+    return DiTTrainer(dit, text, lat, _describer(lat.shape[0]), cfg, object_mask=data.get("object_mask"))
 
 
 def _train_dit(trainer: DiTTrainer, ckpt: Path, meta: dict, steps: int, minutes: float, every: int,
@@ -195,12 +199,8 @@ def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int,
     with a fresh optimizer, training sigmas shifted by `sigma_shift` (`sample_sigmas`), written
     to dit_cool.safetensors (dit_ckpt.safetensors stays as it was). bf16 matmuls, as `dit`.
     Resumes from dit_cool.safetensors when that exists."""
-    torch.manual_seed(seed)
-    data = load_file(str(run / "latents.safetensors"))
-    lat = data["latents"]
-    dit, text = WanDiT(C.DIT_CONFIG, compute_dtype=torch.bfloat16), TinyTextEncoder(C.TEXT_CONFIG)
     cfg = DiTTrainConfig(steps=steps, seed=seed, batch=batch, lr=lr, warmup=100, sigma_shift=sigma_shift)
-    trainer = DiTTrainer(dit, text, lat, _describer(lat.shape[0]), cfg, object_mask=data.get("object_mask"))
+    trainer = _dit_trainer(run, cfg, torch.bfloat16)
     out = run / "dit_cool.safetensors"
     if out.exists():
         trainer.load(load_file(str(out)), _meta(out)["step"])
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--to", type=Path, default=C.WEIGHTS_DIR)
     ap.add_argument("--bf16", action="store_true", help="DiT stage: bf16 matmuls (1.7x faster on AVX512-BF16 CPUs)")
     ap.add_argument("--compile", action="store_true",
-                    help="vae/decoder/dit/all: torch.compile the trained modules (1.2x VAE, 1.4x DiT on the "
+                    help="vae/decoder/dit/cooldown/all: torch.compile the trained modules (1.2x VAE, 1.4x DiT on the "
                          "build machine; needs a C++ compiler)")
     ap.add_argument("--lr", type=float, default=2e-4, help="cooldown: peak learning rate")
     ap.add_argument("--sigma-shift", type=float, default=3.0,
