@@ -15,9 +15,12 @@
                                               RECIPE; --steps, --minutes, --batch, --frames, --clips,
                                               --lr, --sigma-shift, --dit-file unused)
 
-Every stage resumes from RUN_DIR's checkpoint (saved every --every steps and at the end), so a
-stage can be stopped and started again; `--minutes` stops a stage early at a checkpoint (the
-number of steps done is logged and written into the checkpoint's metadata).
+Every stage resumes from RUN_DIR's checkpoint (saved every --every steps and at the end; the
+optimizer starts afresh), so a stage, or `all`, can be stopped and started again. `--minutes`
+caps a stage's wall-clock training time summed over its runs: each checkpoint's metadata holds
+the steps done and the seconds spent, so a resumed `all` stays inside its 2-hour budget and does
+not train a stage that its limit already stopped. `adapt` resumes only a checkpoint made against
+the same --dit-file.
 """
 from __future__ import annotations
 
@@ -87,6 +90,15 @@ def _meta(path: Path) -> dict:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
+def _spent(ckpt: Path) -> float:
+    """Wall-clock seconds the stage that wrote `ckpt` has trained so far, over all its runs."""
+    return float(_meta(ckpt).get("seconds", 0.0))
+
+
+def _since(t0: float) -> float:
+    return round(time.time() - t0, 1)
+
+
 def stage_vae(run: Path, steps: int, minutes: float, every: int, seed: int, frames: int, batch: int,
               decoder_only: bool = False, compile: bool = False) -> None:
     torch.manual_seed(seed)
@@ -95,12 +107,15 @@ def stage_vae(run: Path, steps: int, minutes: float, every: int, seed: int, fram
                                              decoder_only=decoder_only,
                                              lr=3e-4 if decoder_only else 1e-3))
     ckpt = run / "vae_ckpt.safetensors"
+    clock = "decoder_seconds" if decoder_only else "seconds"   # `decoder` continues the VAE's file
+    prior = _meta(ckpt) if ckpt.exists() else {}
+    spent = float(prior.get(clock, 0.0))
     if ckpt.exists():
         vae.load_state_dict(load_file(str(ckpt)))
-        trainer.step_no = _meta(ckpt)["step"]
+        trainer.step_no = prior["step"]
         trainer.rng.seed(f"{seed}:{trainer.step_no}")
-        log.info("resumed VAE at step %d", trainer.step_no)
-    t0, ema = time.time(), None
+        log.info("resumed VAE at step %d (%.1f minutes spent)", trainer.step_no, spent / 60)
+    t0, ema = time.time() - spent, None
     with _compiled(compile, vae.encoder, vae.decoder):
         while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
             loss, p = trainer.step()
@@ -109,8 +124,8 @@ def stage_vae(run: Path, steps: int, minutes: float, every: int, seed: int, fram
                 log.info("vae step %d loss %.4f crop psnr %.2f (avg %.2f) %.1fs", trainer.step_no, loss, p, ema,
                          time.time() - t0)
             if trainer.step_no % every == 0:
-                _save(ckpt, vae.state_dict(), {"step": trainer.step_no})
-    _save(ckpt, vae.state_dict(), {"step": trainer.step_no})
+                _save(ckpt, vae.state_dict(), {**prior, "step": trainer.step_no, clock: _since(t0)})
+    _save(ckpt, vae.state_dict(), {**prior, "step": trainer.step_no, clock: _since(t0)})
     log.info("VAE stopped at step %d; held-out PSNR %.2f dB", trainer.step_no, heldout_psnr(vae, n=8))
 
 
@@ -156,12 +171,13 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
     machine (AVX512-BF16; 0.114 s vs 0.191 s at batch 32, 2 threads, 80 tokens); the shipped
     weights were trained with it (MODEL_CARD.md). No run has compared the two at equal steps."""
     trainer = _dit_trainer(run, DiTTrainConfig(steps=steps, seed=seed, batch=batch), dtype)
-    ckpt = run / "dit_ckpt.safetensors"
+    ckpt, spent = run / "dit_ckpt.safetensors", 0.0
     if ckpt.exists():
         trainer.load(load_file(str(ckpt)), _meta(ckpt)["step"])
         trainer.gen.manual_seed(seed + trainer.step_no)
-        log.info("resumed DiT at step %d", trainer.step_no)
-    _train_dit(trainer, ckpt, {}, steps, minutes, every, compile, "dit", probe=trainer.latents[:32])
+        spent = _spent(ckpt)
+        log.info("resumed DiT at step %d (%.1f minutes spent)", trainer.step_no, spent / 60)
+    _train_dit(trainer, ckpt, {}, steps, minutes, every, compile, "dit", probe=trainer.latents[:32], spent=spent)
 
 
 def _dit_trainer(run: Path, cfg: DiTTrainConfig, dtype: torch.dtype) -> DiTTrainer:
@@ -174,12 +190,12 @@ def _dit_trainer(run: Path, cfg: DiTTrainConfig, dtype: torch.dtype) -> DiTTrain
 
 
 def _train_dit(trainer: DiTTrainer, ckpt: Path, meta: dict, steps: int, minutes: float, every: int,
-               compile: bool, name: str, probe: torch.Tensor | None = None) -> None:
-    """Step `trainer` until `steps` or `minutes`, logging, and checkpointing to `ckpt` (with
-    `meta`) every `every` steps and at the end; `probe` latents of training clips 0.. get an
-    EMA loss at each checkpoint."""
+               compile: bool, name: str, probe: torch.Tensor | None = None, spent: float = 0.0) -> None:
+    """Step `trainer` until `steps` or until the stage has trained `minutes` (`spent` seconds of
+    them in earlier runs), logging, and checkpointing to `ckpt` (with `meta`) every `every` steps
+    and at the end; `probe` latents of training clips 0.. get an EMA loss at each checkpoint."""
     caps = [world.sample_clip(i).caption for i in range(len(probe))] if probe is not None else []
-    t0, avg = time.time(), None
+    t0, avg = time.time() - spent, None
     with _compiled(compile, trainer.dit):   # the live DiT only: the EMA copies were made before
         while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
             loss = trainer.step()
@@ -187,10 +203,10 @@ def _train_dit(trainer: DiTTrainer, ckpt: Path, meta: dict, steps: int, minutes:
             if trainer.step_no % 20 == 0:
                 log.info("%s step %d loss %.4f (avg %.4f) %.1fs", name, trainer.step_no, loss, avg, time.time() - t0)
             if trainer.step_no % every == 0:
-                _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta})
+                _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta, "seconds": _since(t0)})
                 if probe is not None:
                     log.info("probe loss (ema) %.4f", eval_loss(trainer.ema_dit, trainer.ema_text, probe, caps))
-    _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta})
+    _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta, "seconds": _since(t0)})
 
 
 def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int, lr: float,
@@ -201,15 +217,16 @@ def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int,
     Resumes from dit_cool.safetensors when that exists."""
     cfg = DiTTrainConfig(steps=steps, seed=seed, batch=batch, lr=lr, warmup=100, sigma_shift=sigma_shift)
     trainer = _dit_trainer(run, cfg, torch.bfloat16)
-    out = run / "dit_cool.safetensors"
+    out, spent = run / "dit_cool.safetensors", 0.0
     if out.exists():
         trainer.load(load_file(str(out)), _meta(out)["step"])
-        log.info("resumed cool-down at step %d", trainer.step_no)
+        spent = _spent(out)
+        log.info("resumed cool-down at step %d (%.1f minutes spent)", trainer.step_no, spent / 60)
     else:
         trainer.load(load_file(str(run / "dit_ckpt.safetensors")), 0)
     trainer.gen.manual_seed(seed + trainer.step_no)
     meta = {"from_dit_step": _meta(run / "dit_ckpt.safetensors")["step"], "lr": lr, "sigma_shift": sigma_shift}
-    _train_dit(trainer, out, meta, steps, minutes, every, compile, "cool-down")
+    _train_dit(trainer, out, meta, steps, minutes, every, compile, "cool-down", spent=spent)
     log.info("cool-down stopped at step %d", trainer.step_no)
 
 
@@ -224,7 +241,14 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     lat_file = load_file(str(run / "latents.safetensors"))["latents"]
     m = _meta(run / "latents.safetensors")
     vae = WanVAE(C.VAE_CONFIG)
-    vae.load_state_dict(load_file(str(run / "vae_ckpt.safetensors")))
+    out, step, spent = run / "vae_adapt.safetensors", 0, 0.0
+    if out.exists() and _meta(out).get("dit_file") == dit_file:   # resume (a fresh optimizer)
+        vae.load_state_dict(load_file(str(out)))
+        step, spent = _meta(out)["step"], _spent(out)
+        g.manual_seed(seed + step)
+        log.info("resumed decoder adapt at step %d (%.1f minutes spent)", step, spent / 60)
+    else:                                # adapted against another DiT, or none yet: start over
+        vae.load_state_dict(load_file(str(run / "vae_ckpt.safetensors")))
     vae = vae_with_stats(vae, m["mean"], m["std"]).train()
     vae.encoder.requires_grad_(False)
     vae.conv1.requires_grad_(False)
@@ -237,10 +261,10 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=2e-4)
     describe = _describer(lat_file.shape[0])
     import random as _r
-    rng = _r.Random(seed)
+    rng = _r.Random(seed if step == 0 else f"{seed}:{step}")
     _, sh, sw = vae.config.stride
     crop = 32 // sh                                                   # latent cells per crop side
-    t0, step = time.time(), 0
+    t0 = time.time() - spent
     while step < steps and time.time() - t0 < minutes * 60:
         idx = torch.randint(0, lat_file.shape[0], (batch,), generator=g)
         x0 = lat_file[idx]
@@ -263,8 +287,8 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
             log.info("adapt step %d loss %.4f psnr %.2f %.0fs", step, float(loss.detach()), psnr(y.detach(), target),
                      time.time() - t0)
         if step % every == 0:
-            _save(run / "vae_adapt.safetensors", vae.state_dict(), {"step": step, "dit_file": dit_file})
-    _save(run / "vae_adapt.safetensors", vae.state_dict(), {"step": step, "dit_file": dit_file})
+            _save(out, vae.state_dict(), {"step": step, "dit_file": dit_file, "seconds": _since(t0)})
+    _save(out, vae.state_dict(), {"step": step, "dit_file": dit_file, "seconds": _since(t0)})
 
 
 def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_ckpt.safetensors",

@@ -15,25 +15,44 @@ def _step(path) -> int:
     return te._meta(path)["step"]
 
 
+def _meta(path) -> dict:
+    """A checkpoint's metadata without its clock, which every checkpoint carries."""
+    meta = te._meta(path)
+    assert meta.pop("seconds") >= 0
+    return meta
+
+
 def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
     """`all` with the shipped configs but a few steps per stage, then `export`: every stage
-    leaves its checkpoint at the step count asked for, and the exported model generates."""
-    monkeypatch.setattr(te, "RECIPE", {
-        "vae": dict(steps=3, minutes=5.0, frames=5, batch=1),
-        "latents": dict(clips=8),
-        "dit": dict(steps=4, minutes=5.0, batch=2, every=2),
-        "cooldown": dict(steps=3, minutes=5.0, batch=2, every=2, lr=1e-4, sigma_shift=3.0),
-        "adapt": dict(steps=2, minutes=5.0, batch=1),
-    })
+    leaves its checkpoint at the step count asked for, a resumed `all` keeps to each stage's time
+    limit, and the exported model generates."""
+    def recipe(more: int = 0) -> dict:
+        return {
+            "vae": dict(steps=3 + more, minutes=5.0, frames=5, batch=1),
+            "latents": dict(clips=8),
+            "dit": dict(steps=4 + more, minutes=5.0, batch=2, every=2),
+            "cooldown": dict(steps=3 + more, minutes=5.0, batch=2, every=2, lr=1e-4, sigma_shift=3.0),
+            "adapt": dict(steps=2 + more, minutes=5.0, batch=1),
+        }
+    monkeypatch.setattr(te, "RECIPE", recipe())
     run, out = tmp_path / "run", tmp_path / "weights"
     threads = ["--threads", str(torch.get_num_threads())]
     te.main(["all", "--run", str(run), *threads])
-    assert _step(run / "vae_ckpt.safetensors") == 3
-    assert _step(run / "dit_ckpt.safetensors") == 4
-    assert te._meta(run / "dit_cool.safetensors") == {"step": 3, "from_dit_step": 4, "lr": 1e-4, "sigma_shift": 3.0}
-    assert te._meta(run / "vae_adapt.safetensors") == {"step": 2, "dit_file": "dit_cool.safetensors"}
+    files = ["vae_ckpt", "dit_ckpt", "dit_cool", "vae_adapt"]
+    assert _meta(run / "vae_ckpt.safetensors") == {"step": 3}
+    assert _meta(run / "dit_ckpt.safetensors") == {"step": 4}
+    assert _meta(run / "dit_cool.safetensors") == {"step": 3, "from_dit_step": 4, "lr": 1e-4, "sigma_shift": 3.0}
+    assert _meta(run / "vae_adapt.safetensors") == {"step": 2, "dit_file": "dit_cool.safetensors"}
     with safe_open(str(run / "latents.safetensors"), "pt") as f:
         assert f.get_slice("latents").get_shape() == [8, C.Z_DIM, C.LATENT_FRAMES, C.LATENT_SIZE, C.LATENT_SIZE]
+    # a resumed `all` counts the minutes each stage already spent: with every stage's limit
+    # used up it takes no step, though each stage is now asked for more
+    for name in files:
+        f = run / f"{name}.safetensors"
+        te._save(f, load_file(str(f)), {**te._meta(f), "seconds": 300.0})
+    monkeypatch.setattr(te, "RECIPE", recipe(more=5))
+    te.main(["all", "--run", str(run), *threads])
+    assert [_step(run / f"{name}.safetensors") for name in files] == [3, 4, 3, 2]
     te.main(["export", "--run", str(run), "--to", str(out), "--vae-file", "vae_adapt.safetensors",
              "--dit-file", "dit_cool.safetensors", *threads])
     assert te._meta(out / C.DIT_FILE)["training"]["dit_cooldown"] == 3
@@ -52,21 +71,58 @@ def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
     key = "dit.blocks.0.ffn.0.weight"
     before = load_file(str(run / "dit_ckpt.safetensors"))
     before[key] += 0.5     # a mark no fresh initialisation has: the cool-down must start from it
-    te._save(run / "dit_ckpt.safetensors", before, {"step": 3})
+    te._save(run / "dit_ckpt.safetensors", before, te._meta(run / "dit_ckpt.safetensors"))
     cool = ["cooldown", "--run", str(run), "--batch", "2", "--every", "1", "--lr", "1e-3", *threads]
     te.main([*cool, "--steps", "2"])
     first = load_file(str(run / "dit_cool.safetensors"))
-    assert te._meta(run / "dit_cool.safetensors") == {"step": 2, "from_dit_step": 3, "lr": 1e-3, "sigma_shift": 3.0}
+    assert _meta(run / "dit_cool.safetensors") == {"step": 2, "from_dit_step": 3, "lr": 1e-3, "sigma_shift": 3.0}
     moved = (first[key] - before[key]).abs().max()
     assert 0 < moved < 0.01                         # two small steps away from the DiT's weights
     torch.testing.assert_close(load_file(str(run / "dit_ckpt.safetensors"))[key], before[key])
     te.main([*cool, "--steps", "3"])                # resumes at step 2 and takes one more
     assert te._meta(run / "dit_cool.safetensors")["step"] == 3
+    # --minutes caps the stage's time summed over its runs: a stage whose checkpoint says its
+    # minutes are spent takes no more steps, however many it was asked for
+    spent = te._meta(run / "dit_cool.safetensors")
+    te._save(run / "dit_cool.safetensors", load_file(str(run / "dit_cool.safetensors")), {**spent, "seconds": 60.0})
+    te.main([*cool, "--steps", "9", "--minutes", "1"])
+    assert te._meta(run / "dit_cool.safetensors")["step"] == 3
+    te.main([*cool, "--steps", "4", "--minutes", "1.5"])   # half a minute left: one more step
+    assert te._meta(run / "dit_cool.safetensors")["step"] == 4
+    assert te._meta(run / "dit_cool.safetensors")["seconds"] > 60
     te.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
     shipped = load_file(str(out / C.DIT_FILE))
     torch.testing.assert_close(shipped["blocks.0.ffn.0.weight"],
                                load_file(str(run / "dit_cool.safetensors"))["ema_" + key])
-    assert te._meta(out / C.DIT_FILE)["training"]["dit_cooldown"] == 3
+    assert te._meta(out / C.DIT_FILE)["training"]["dit_cooldown"] == 4
+
+    # `adapt --dit-file` must run the decoder against that file's EMA DiT: the same seed with
+    # the same weights gives the same decoder, with the other file's weights a different one.
+    def adapted(dit_file: str, steps: int = 1) -> dict[str, torch.Tensor]:
+        te.main(["adapt", "--run", str(run), "--steps", str(steps), "--batch", "1", "--every", "1",
+                 "--dit-file", dit_file, *threads])
+        assert te._meta(run / "vae_adapt.safetensors")["dit_file"] == dit_file
+        return load_file(str(run / "vae_adapt.safetensors"))
+
+    def fresh() -> None:
+        (run / "vae_adapt.safetensors").unlink()
+
+    cool_a = adapted("dit_cool.safetensors")
+    fresh()
+    torch.testing.assert_close(adapted("dit_cool.safetensors"), cool_a)
+    fresh()
+    ckpt_a = adapted("dit_ckpt.safetensors")
+    assert any(not torch.equal(cool_a[k], ckpt_a[k]) for k in cool_a)
+    # adapt resumes its own checkpoint when that was made against the same DiT file (a fresh
+    # start would repeat `two` exactly), and starts afresh when the DiT file differs
+    fresh()
+    two = adapted("dit_cool.safetensors", 2)
+    fresh()
+    adapted("dit_cool.safetensors", 1)
+    resumed = adapted("dit_cool.safetensors", 2)
+    assert te._meta(run / "vae_adapt.safetensors")["step"] == 2
+    assert any(not torch.equal(resumed[k], two[k]) for k in two)
+    torch.testing.assert_close(adapted("dit_ckpt.safetensors"), ckpt_a)
 
 
 def test_compiled_runs_the_same_module_and_puts_it_back() -> None:
