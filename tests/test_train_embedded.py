@@ -32,17 +32,16 @@ def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
             "latents": dict(clips=8),
             "dit": dict(steps=4 + more, minutes=5.0, batch=2, every=2),
             "cooldown": dict(steps=3 + more, minutes=5.0, batch=2, every=2, lr=1e-4, sigma_shift=3.0),
-            "adapt": dict(steps=2 + more, minutes=5.0, batch=1),
         }
     monkeypatch.setattr(te, "RECIPE", recipe())
     run, out = tmp_path / "run", tmp_path / "weights"
     threads = ["--threads", str(torch.get_num_threads())]
     te.main(["all", "--run", str(run), *threads])
-    files = ["vae_ckpt", "dit_ckpt", "dit_cool", "vae_adapt"]
+    files = ["vae_ckpt", "dit_ckpt", "dit_cool"]
     assert _meta(run / "vae_ckpt.safetensors") == {"step": 3}
     assert _meta(run / "dit_ckpt.safetensors") == {"step": 4}
     assert _meta(run / "dit_cool.safetensors") == {"step": 3, "from_dit_step": 4, "lr": 1e-4, "sigma_shift": 3.0}
-    assert _meta(run / "vae_adapt.safetensors") == {"step": 2, "dit_file": "dit_cool.safetensors"}
+    assert not (run / "vae_adapt.safetensors").exists()     # `adapt` is not in the recipe
     with safe_open(str(run / "latents.safetensors"), "pt") as f:
         assert f.get_slice("latents").get_shape() == [8, C.Z_DIM, C.LATENT_FRAMES, C.LATENT_SIZE, C.LATENT_SIZE]
     # a resumed `all` counts the minutes each stage already spent: with every stage's limit
@@ -52,9 +51,8 @@ def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
         te._save(f, load_file(str(f)), {**te._meta(f), "seconds": 300.0})
     monkeypatch.setattr(te, "RECIPE", recipe(more=5))
     te.main(["all", "--run", str(run), *threads])
-    assert [_step(run / f"{name}.safetensors") for name in files] == [3, 4, 3, 2]
-    te.main(["export", "--run", str(run), "--to", str(out), "--vae-file", "vae_adapt.safetensors",
-             "--dit-file", "dit_cool.safetensors", *threads])
+    assert [_step(run / f"{name}.safetensors") for name in files] == [3, 4, 3]
+    te.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
     assert te._meta(out / C.DIT_FILE)["training"]["dit_cooldown"] == 3
     clip = generate("a red ball rolls left across a black background", steps=2, seed=0, model=load_embedded(out))
     assert clip.shape == (3, C.FRAMES, C.SIZE, C.SIZE) and torch.isfinite(clip).all()
