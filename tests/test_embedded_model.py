@@ -60,7 +60,7 @@ def test_text_to_video_follows_the_prompt(model) -> None:
         for key in hits:
             hits[key] += getattr(got, key) == want[key]
     assert hits["background"] >= 7 and hits["colour"] >= 7, hits
-    assert hits["shape"] >= 4 and hits["motion"] >= 6, hits
+    assert hits["shape"] >= 7 and hits["motion"] >= 6, hits
 
 
 def test_image_to_video_keeps_the_image(model) -> None:
@@ -68,7 +68,7 @@ def test_image_to_video_keeps_the_image(model) -> None:
     v = generate("a purple circle moves up across a black background", steps=STEPS, seed=3, model=model,
                  known=[Known(gt[:, :1])])
     recon = model.vae.decode(model.vae.encode(gt[None, :, :1]))[0, :, 0]
-    assert psnr(v[:, 0], gt[:, 0]) >= 31                      # VAE-limited (33.4 dB measured)
+    assert psnr(v[:, 0], gt[:, 0]) >= 31                      # VAE-limited (34.0 dB measured)
     assert abs(psnr(v[:, 0], gt[:, 0]) - psnr(recon, gt[:, 0])) < 0.5
     assert analyse(v).motion == "up"
 
@@ -79,7 +79,9 @@ def test_connect_matches_both_ends(model) -> None:
     v = generate(prompt, steps=STEPS, seed=4, model=model, known=[Known(gt[:, :1]), Known(gt[:, -1:], "end")])
     free = generate(prompt, steps=STEPS, seed=4, model=model)
     first, last = psnr(v[:, 0], gt[:, 0]), psnr(v[:, -1], gt[:, -1])
-    assert first >= 30 and last >= 24                         # measured 32.4 / 25.7 dB
+    assert first >= 26 and last >= 26                         # measured 27.9 / 28.6 dB
+    recon = model.vae.decode(model.vae.encode(gt[None, :, :1]))[0, :, 0]
+    assert abs(first - psnr(recon, gt[:, 0])) < 0.5            # the first frame is VAE-limited
     assert first > psnr(free[:, 0], gt[:, 0]) + 5 and last > psnr(free[:, -1], gt[:, -1]) + 5
 
 
