@@ -171,13 +171,12 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
     machine (AVX512-BF16; 0.114 s vs 0.191 s at batch 32, 2 threads, 80 tokens); the shipped
     weights were trained with it (MODEL_CARD.md). No run has compared the two at equal steps."""
     trainer = _dit_trainer(run, DiTTrainConfig(steps=steps, seed=seed, batch=batch), dtype)
-    ckpt, spent = run / "dit_ckpt.safetensors", 0.0
+    ckpt = run / "dit_ckpt.safetensors"
     if ckpt.exists():
         trainer.load(load_file(str(ckpt)), _meta(ckpt)["step"])
         trainer.gen.manual_seed(seed + trainer.step_no)
-        spent = _spent(ckpt)
-        log.info("resumed DiT at step %d (%.1f minutes spent)", trainer.step_no, spent / 60)
-    _train_dit(trainer, ckpt, {}, steps, minutes, every, compile, "dit", probe=trainer.latents[:32], spent=spent)
+        log.info("resumed DiT at step %d", trainer.step_no)
+    _train_dit(trainer, ckpt, {}, steps, minutes, every, compile, "dit", probe=trainer.latents[:32])
 
 
 def _dit_trainer(run: Path, cfg: DiTTrainConfig, dtype: torch.dtype) -> DiTTrainer:
@@ -190,11 +189,15 @@ def _dit_trainer(run: Path, cfg: DiTTrainConfig, dtype: torch.dtype) -> DiTTrain
 
 
 def _train_dit(trainer: DiTTrainer, ckpt: Path, meta: dict, steps: int, minutes: float, every: int,
-               compile: bool, name: str, probe: torch.Tensor | None = None, spent: float = 0.0) -> None:
-    """Step `trainer` until `steps` or until the stage has trained `minutes` (`spent` seconds of
-    them in earlier runs), logging, and checkpointing to `ckpt` (with `meta`) every `every` steps
-    and at the end; `probe` latents of training clips 0.. get an EMA loss at each checkpoint."""
+               compile: bool, name: str, probe: torch.Tensor | None = None) -> None:
+    """Step `trainer` until `steps` or until the stage has trained `minutes` (counting the seconds
+    that `ckpt`, when the stage resumed from it, says earlier runs spent), logging, and
+    checkpointing to `ckpt` (with `meta`) every `every` steps and at the end; `probe` latents of
+    training clips 0.. get an EMA loss at each checkpoint."""
     caps = [world.sample_clip(i).caption for i in range(len(probe))] if probe is not None else []
+    spent = _spent(ckpt) if ckpt.exists() else 0.0
+    if spent:
+        log.info("%s: %.1f of its %.1f minutes spent in earlier runs", name, spent / 60, minutes)
     t0, avg = time.time() - spent, None
     with _compiled(compile, trainer.dit):   # the live DiT only: the EMA copies were made before
         while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
@@ -217,16 +220,15 @@ def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int,
     Resumes from dit_cool.safetensors when that exists."""
     cfg = DiTTrainConfig(steps=steps, seed=seed, batch=batch, lr=lr, warmup=100, sigma_shift=sigma_shift)
     trainer = _dit_trainer(run, cfg, torch.bfloat16)
-    out, spent = run / "dit_cool.safetensors", 0.0
+    out = run / "dit_cool.safetensors"
     if out.exists():
         trainer.load(load_file(str(out)), _meta(out)["step"])
-        spent = _spent(out)
-        log.info("resumed cool-down at step %d (%.1f minutes spent)", trainer.step_no, spent / 60)
+        log.info("resumed cool-down at step %d", trainer.step_no)
     else:
         trainer.load(load_file(str(run / "dit_ckpt.safetensors")), 0)
     trainer.gen.manual_seed(seed + trainer.step_no)
     meta = {"from_dit_step": _meta(run / "dit_ckpt.safetensors")["step"], "lr": lr, "sigma_shift": sigma_shift}
-    _train_dit(trainer, out, meta, steps, minutes, every, compile, "cool-down", spent=spent)
+    _train_dit(trainer, out, meta, steps, minutes, every, compile, "cool-down")
     log.info("cool-down stopped at step %d", trainer.step_no)
 
 

@@ -102,13 +102,16 @@ def test_a_few_dit_steps_lower_the_loss() -> None:
 
 
 def test_sigma_shift_moves_training_toward_noise() -> None:
-    """`sigma_shift` k maps each training sigma s to k s / (1 + (k - 1) s): the same draws, the
-    median from 0.5 to k / (k + 1)."""
+    """`sigma_shift` k maps each training sigma s as the sampler's shift does (k s / (1 + (k - 1) s)):
+    the same draws, the median from 0.5 to k / (k + 1); k = 1 changes nothing."""
     from spacetime_video.model.embedded.train_dit import sample_sigmas
+    from spacetime_video.samplers.schedules import shift_sigma
     plain = sample_sigmas(20000, torch.Generator().manual_seed(0))
     shifted = sample_sigmas(20000, torch.Generator().manual_seed(0), shift=3.0)
     inside = plain > 1e-3                                   # away from the lower clamp
     torch.testing.assert_close(shifted[inside], 3 * plain[inside] / (1 + 2 * plain[inside]))
+    torch.testing.assert_close(shifted[inside], shift_sigma(plain[inside], 3.0))
+    assert torch.equal(sample_sigmas(20000, torch.Generator().manual_seed(0), shift=1.0), plain)
     assert abs(float(plain.median()) - 0.5) < 0.02 and abs(float(shifted.median()) - 0.75) < 0.02
     assert float(shifted.min()) >= 1e-3 and float(shifted.max()) <= 1.0
 

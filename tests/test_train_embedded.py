@@ -65,6 +65,14 @@ def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
     threads = ["--threads", str(torch.get_num_threads())]
     te.main(["vae", "--run", str(run), "--steps", "1", "--frames", "5", "--batch", "1", *threads])
     te.main(["latents", "--run", str(run), "--clips", "8", *threads])
+    # `decoder` continues the VAE's checkpoint on a clock of its own: the VAE's spent minutes
+    # do not stop it, and it leaves them as they were
+    vae_file = run / "vae_ckpt.safetensors"
+    te._save(vae_file, load_file(str(vae_file)), {**te._meta(vae_file), "seconds": 600.0})
+    te.main(["decoder", "--run", str(run), "--steps", "2", "--minutes", "1", "--frames", "5", "--batch", "1",
+             *threads])
+    vae_meta = te._meta(vae_file)
+    assert vae_meta["step"] == 2 and vae_meta["seconds"] == 600.0 and 0 <= vae_meta["decoder_seconds"] < 60
     te.main(["dit", "--run", str(run), "--steps", "3", "--batch", "2", *threads])
     key = "dit.blocks.0.ffn.0.weight"
     before = load_file(str(run / "dit_ckpt.safetensors"))

@@ -40,16 +40,15 @@ class DiTTrainConfig:
 
 def sample_sigmas(batch: int, generator: torch.Generator, shift: float = 1.0) -> torch.Tensor:
     """Half logit-normal (SD3's choice, dense in the middle), half uniform (covers the ends);
-    then `shift` maps s -> k s / (1 + (k - 1) s), the map the sampler's schedule uses
-    (`samplers.flow_sigmas`), so k > 1 spends more of training at high noise, where a clip's
-    layout and motion are decided (k = 2 matches the default sampling shift)."""
+    then `shift` maps s -> k s / (1 + (k - 1) s), the sampler's time shift
+    (`samplers.schedules.shift_sigma`, restated here because `model/` does not import
+    `samplers/`), so k > 1 spends more of training at high noise, where a clip's layout and
+    motion are decided (k = 2 matches the default sampling shift; k = 1 leaves s as it is)."""
     logit = torch.sigmoid(torch.randn(batch, generator=generator))
     uni = torch.rand(batch, generator=generator)
     pick = torch.rand(batch, generator=generator) < 0.5
     s = torch.where(pick, logit, uni)
-    if shift != 1.0:
-        s = shift * s / (1 + (shift - 1) * s)
-    return s.clamp(1e-3, 1.0)
+    return (shift * s / (1 + (shift - 1) * s)).clamp(1e-3, 1.0)
 
 
 def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: list[str],
