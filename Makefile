@@ -14,9 +14,11 @@ demo: setup
 	$(PY) scripts/demo.py --out $(OUT) --prompt "$(PROMPT)"
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup
+	$(VENV)/bin/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not host and not slow" $(PYTEST_ARGS)
 
 clean-host:

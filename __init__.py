@@ -4,9 +4,14 @@ Importable two ways:
   * as the installed package ``spacetime_video`` (``pip install -e .``), with no ComfyUI;
   * as a ComfyUI custom node folder, under any folder name: ComfyUI calls
     ``comfy_entrypoint`` and only then are the nodes (and ``comfy``) imported.
+
+The public Python API: ``load_vae``, ``load_dit``, ``generate``, ``generate_embedded``,
+``expand_prompt``, and the ``model`` and ``samplers`` packages (README, "Python API").
 """
 if __package__:  # pytest may import this file bare (no package) when collecting tests/
     from . import model, samplers
+    from .model import expand_prompt, load_dit, load_vae
+    from .pipeline import Known, generate, generate_embedded
 
 __version__ = "0.1.0"
 
@@ -18,4 +23,5 @@ async def comfy_entrypoint():
     return extension()
 
 
-__all__ = ["model", "samplers", "comfy_entrypoint", "__version__"]
+__all__ = ["model", "samplers", "load_vae", "load_dit", "generate", "generate_embedded", "Known",
+           "expand_prompt", "comfy_entrypoint", "__version__"]

@@ -1,5 +1,8 @@
-"""Models: video VAE, DiT, patch grid, text encoder, prompt expander (plain PyTorch)."""
-from .vae import load_vae, WanVAE, VAEConfig, VAE_PRESETS  # noqa: F401
-from .dit import WanDiT, load_dit  # noqa: F401
-from .dit_config import DIT_PRESETS, DiTConfig  # noqa: F401
+"""Models (plain PyTorch): the video VAE, the DiT, weights, the canvas of known frames, the
+embedded tiny model and the prompt expander."""
+from .dit import DIT_PRESETS, DiTConfig, WanDiT, load_dit
 from .prompt_expander import expand_prompt
+from .vae import VAE_PRESETS, VAEConfig, WanVAE, load_vae
+
+__all__ = ["DIT_PRESETS", "DiTConfig", "VAE_PRESETS", "VAEConfig", "WanDiT", "WanVAE", "expand_prompt",
+           "load_dit", "load_vae"]

@@ -13,21 +13,29 @@ backward), both ends (connect, loop). This module holds the arithmetic of that p
   unknown frames before a known run are first filled with that run's first frame (a still
   lead-in, as the embedded model's pipeline encodes end frames), so a latent whose last
   frames are known (e.g. one end image) is still a faithful, keepable latent;
+* the kept latents: the canvas encoded by a VAE (:func:`known_latents`);
 * masks in ComfyUI's convention (``noise_mask``: 1 = generate, 0 = keep), per latent frame:
   latent 0 holds frame 0, latent ``t >= 1`` holds frames ``4t-3 .. 4t``, and it is known when
   its known frames are a non-empty suffix of its group (the rest is the lead-in);
 * the 4-channel concat mask of Wan 2.1 I2V / FLF2V (frame 0 counted four times, as the
   official ``wan/image2video.py`` builds ``msk``);
-* per-token timesteps for models trained with clean known tokens (Wan 2.2 TI2V: the official
-  ``wan/textimage2video.py`` gives first-frame tokens timestep 0).
+* what the model sees of the known latents at each step: clean, with per-token timestep 0
+  (models trained that way: Wan 2.2 TI2V, whose official ``wan/textimage2video.py`` gives
+  first-frame tokens timestep 0, and the embedded model), or re-noised to the step's sigma
+  (Wan 2.1, as ComfyUI's inpainting sampler does).
+
+The ComfyUI nodes and ``pipeline.generate`` both build their canvas with these functions.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .sizes import frames_problem, nearest_length, nearest_multiple, side_problem
 
 GREY = 0.5  # the value of unknown pixels (0 in the VAE's [-1, 1] input range)
 
@@ -37,17 +45,6 @@ class CanvasError(ValueError):
 
 
 # --- sizes -------------------------------------------------------------------------------------
-
-def nearest_length(length: int, stride_t: int = 4) -> int:
-    """The nearest frame count of the form ``stride_t*k + 1`` (ties go up), at least 1."""
-    k = max(0, math.floor((length - 1) / stride_t + 0.5))
-    return stride_t * k + 1
-
-
-def nearest_multiple(value: int, multiple: int) -> int:
-    """The nearest positive multiple of ``multiple`` (ties go up)."""
-    return max(multiple, multiple * math.floor(value / multiple + 0.5))
-
 
 @dataclass(frozen=True)
 class CanvasSize:
@@ -94,18 +91,11 @@ def snap_canvas(width: int, height: int, length: int, stride: tuple[int, int, in
 def check_canvas(width: int, height: int, length: int, stride: tuple[int, int, int] = (4, 8, 8),
                  patch: tuple[int, int, int] = (1, 2, 2)) -> list[str]:
     """Problems with an exact size (empty when valid), each naming the nearest valid values."""
-    mult_h, mult_w = stride[1] * patch[1], stride[2] * patch[2]
-    problems = []
-    if width % mult_w or width <= 0:
-        lo = max(mult_w, width // mult_w * mult_w)
-        problems.append(f"width {width} is not a multiple of {mult_w}: nearest valid {lo} or {lo + mult_w}")
-    if height % mult_h or height <= 0:
-        lo = max(mult_h, height // mult_h * mult_h)
-        problems.append(f"height {height} is not a multiple of {mult_h}: nearest valid {lo} or {lo + mult_h}")
-    if length < 1 or (length - 1) % stride[0]:
-        lo = max(1, (length - 1) // stride[0] * stride[0] + 1)
-        problems.append(f"length {length} is not {stride[0]}k+1 frames: nearest valid {lo} or {lo + stride[0]}")
-    return problems
+    why = "the VAE stride times the DiT patch"
+    problems = [side_problem("width", width, stride[2] * patch[2], why),
+                side_problem("height", height, stride[1] * patch[1], why),
+                frames_problem(length, stride[0])]
+    return [p for p in problems if p]
 
 
 def estimate_peak_bytes(size: CanvasSize, dim: int, layers: int, ffn_dim: int, weight_bytes: float,
@@ -130,6 +120,18 @@ def latent_index(frame: int, stride_t: int = 4) -> int:
 def new_pixel_canvas(length: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A grey pixel canvas ``[T, H, W, 3]`` and its known flags ``[T]`` (all False)."""
     return torch.full((length, height, width, 3), GREY), torch.zeros(length, dtype=torch.bool)
+
+
+def start_frame(position: str | int, length: int, count: int) -> int:
+    """The canvas frame where ``count`` frames placed at ``position`` begin: ``"start"`` (0),
+    ``"end"`` (the last ``count`` frames) or a frame index."""
+    if position == "start":
+        return 0
+    if position == "end":
+        return length - count
+    if isinstance(position, int) and not isinstance(position, bool):
+        return position
+    raise CanvasError(f"position {position!r}: use 'start', 'end' or a frame index")
 
 
 def place(pixels: torch.Tensor, known: torch.Tensor, frames: torch.Tensor, at: int) -> None:
@@ -170,6 +172,15 @@ def fill_lead_in(pixels: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def known_latents(encode: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, known: torch.Tensor,
+                  stride_t: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latents to keep and which latent frames they are: ``encode`` (a VAE taking the pixel
+    canvas ``[T, H, W, 3]`` in 0..1, returning ``[1, C, T', h, w]``) of the canvas with its
+    lead-ins filled, and the per-latent-frame flags ``[T']``. The whole canvas is encoded at
+    once, so the causal VAE sees the frames in their true order."""
+    return encode(fill_lead_in(pixels, known)), latent_known(known, stride_t)
+
+
 def noise_mask(known: torch.Tensor, latent_hw: tuple[int, int], stride_t: int = 4) -> torch.Tensor:
     """ComfyUI's ``noise_mask`` ``[1, 1, T', H', W']``: 0 where the latent is known, 1 elsewhere."""
     m = (~latent_known(known, stride_t)).float()  # (T',)
@@ -188,6 +199,16 @@ def concat_mask(known: torch.Tensor, latent_hw: tuple[int, int], stride_t: int =
 def replace_known(x: torch.Tensor, known_latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Latent replacement: keep ``x`` where ``mask`` is 1, the known latents where it is 0."""
     return x * mask + known_latent * (1 - mask)
+
+
+def known_input(x: torch.Tensor, known_latent: torch.Tensor, mask: torch.Tensor, sigma: float | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The model input with the known latents imposed: clean (``noise`` None; per-token models,
+    which then get timestep 0 there, see :func:`token_timesteps`) or re-noised to ``sigma``
+    with the run's own ``noise`` (``(1 - sigma)·known + sigma·noise``; Wan 2.1)."""
+    if noise is not None:
+        known_latent = torch.lerp(known_latent.to(x.dtype), noise.to(x.dtype), float(sigma))
+    return replace_known(x, known_latent.to(x.dtype), mask)
 
 
 def token_timesteps(mask: torch.Tensor, timestep: torch.Tensor,
@@ -209,12 +230,3 @@ def clip_end(frames: torch.Tensor, count: int, which: str) -> torch.Tensor:
         raise CanvasError(f"asked for the {which} {count} frame(s) of a {n}-frame clip: "
                           f"choose 1..{n} frames")
     return frames[:count] if which == "first" else frames[n - count:]
-
-
-def restart_noise(x_sigma: torch.Tensor, x_start: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The noise ``n`` with ``σ·n + (1 − σ)·x_start = x_sigma``: lets a second sampler (the
-    low-noise expert of Wan 2.2 A14B) resume from a state at ``σ`` while known latents keep
-    being re-imposed from the original ``x_start``, with the noise they were first given."""
-    if sigma <= 0:
-        raise ValueError(f"cannot resume at sigma {sigma}: the sample is already clean")
-    return (x_sigma - (1.0 - sigma) * x_start) / sigma

@@ -44,14 +44,11 @@ class SpacetimeCanvas(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width, height, length, invalid_size) -> bool | str:
+    def validate_inputs(cls, width, height, length) -> bool | str:
+        # the valid sizes depend on the VAE and the model, which only execute() sees
         if not (16 <= width <= 8192 and 16 <= height <= 8192 and 1 <= length <= 1025):
             return (f"SpacetimeCanvas: width/height must be in 16..8192 and length in 1..1025 "
                     f"(got {width}x{height}, {length} frames)")
-        if invalid_size == "error":
-            problems = canvas.check_canvas(width, height, length, stride=(4, 8, 8))
-            if problems:
-                return "SpacetimeCanvas: " + "; ".join(problems)
         return True
 
     @classmethod
@@ -126,7 +123,7 @@ class SpacetimePlaceFrames(io.ComfyNode):
             frames = images if use == "all" else canvas.clip_end(images, count, use)
         except canvas.CanvasError as e:
             raise node_error(cls, "images", str(e)) from None
-        at = {"start": 0, "end": length - frames.shape[0], "frame": frame}[position]
+        at = canvas.start_frame(frame if position == "frame" else position, length, frames.shape[0])
         if "pixels" in info:
             pixels, known = info["pixels"].clone(), info["known"].clone()
         else:
@@ -137,7 +134,8 @@ class SpacetimePlaceFrames(io.ComfyNode):
             raise node_error(cls, "frame" if position == "frame" else "images", str(e)) from None
         # kept latents: unknown frames before a known run show its first frame (a still lead-in);
         # the Wan 2.1 I2V/FLF2V concat image: grey where unknown, as those models were trained
-        z = vae.encode(canvas.fill_lead_in(pixels, known)).to(mm.intermediate_device())  # (1, C, T', H', W')
+        z, _ = canvas.known_latents(vae.encode, pixels, known, info["stride"][0])   # (1, C, T', H', W')
+        z = z.to(mm.intermediate_device())
         z_grey = vae.encode(pixels).to(mm.intermediate_device()) if (~known).any() else z
         if tuple(z.shape[2:]) != tuple(latent["samples"].shape[2:]) or z.shape[1] != latent["samples"].shape[1]:
             raise node_error(cls, "vae", f"the VAE encodes the canvas to {tuple(z.shape)} but the canvas latent is "

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..model import canvas
 from ..model.dit import WanDiT
-from ..model.dit_loading import Linear
+from ..model.weights import Linear
 
 log = logging.getLogger("spacetime.nodes")
 

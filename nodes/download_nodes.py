@@ -6,7 +6,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from ..scripts import models as M
+from ..model.weights import catalog as M
 
 
 def _catalog_ids() -> list[str]:

@@ -3,45 +3,20 @@ shipped in model/embedded/weights), a loader for a tiny text encoder file in
 models/text_encoders, and Text Encode (caption -> ComfyUI CONDITIONING)."""
 from __future__ import annotations
 
-import json
-import os
-
 import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..model.embedded import config as emb
-from ..model.embedded.pipeline import load_embedded
-from ..model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
-from ..model.loading import WeightsError, load_state_dict, read_safetensors_header
+from ..model.embedded import load_embedded, load_text_encoder
+from ..model.embedded.text_encoder import TinyTextEncoder
+from ..model.weights import WeightsError
 from .comfy_model import latent_format_for, wrap_dit
 from .comfy_vae import wrap_vae
 from .errors import node_error
 from .loaders import check_file, model_file
 
 TextEncoder = io.Custom("SPACETIME_TEXT_ENCODER")
-TEXT_METADATA_KEY = "spacetime_text_config"
-
-
-def load_text_encoder(path: str) -> TinyTextEncoder:
-    """A TinyTextEncoder from safetensors; sizes from the file's metadata or its shapes."""
-    header = read_safetensors_header(path).get("__metadata__") or {}
-    meta = header.get(TEXT_METADATA_KEY)
-    words = tuple(json.loads(header["words"])) if "words" in header else None  # the embedded model's files
-    sd = load_state_dict(path)
-    if "token_emb.weight" not in sd or "proj.weight" not in sd:
-        raise WeightsError(f"{os.path.basename(path)}: not a Spacetime tiny text encoder "
-                           "(expected token_emb.weight and proj.weight)")
-    if meta:
-        cfg = TextEncoderConfig(**json.loads(meta))
-    else:
-        vocab, dim = sd["token_emb.weight"].shape
-        layers = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
-        cfg = TextEncoderConfig(vocab_size=vocab, max_len=sd["pos_emb"].shape[0], dim=dim,
-                                heads=max(1, dim // 16), layers=layers, text_dim=sd["proj.weight"].shape[0])
-    model = TinyTextEncoder(cfg, words=words)
-    model.load_state_dict(sd)
-    return model.eval()
 
 
 def _conditioning(encoder: TinyTextEncoder, text: str) -> list:

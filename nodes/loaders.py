@@ -9,11 +9,10 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..model.attention import BACKENDS
 from ..model.dit import load_dit
-from ..model.dit_loading import FP8_DTYPES
-from ..model.loading import WeightsError
+from ..model.dit.attention import BACKENDS
 from ..model.vae import load_vae
+from ..model.weights import WeightsError
 from .comfy_model import wrap_dit
 from .comfy_vae import wrap_vae
 from .errors import node_error
@@ -43,17 +42,6 @@ def pick_compute_dtype(name: str) -> torch.dtype:
         return COMPUTE[name]
     device = mm.get_torch_device()
     return torch.bfloat16 if mm.should_use_bf16(device) else torch.float16 if mm.should_use_fp16(device) else torch.float32
-
-
-def to_fp8(dit: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Store the big Linear weights as fp8 (widened per layer when used); the small
-    precision-critical parameters stay as loaded."""
-    from ..model.dit import keeps_fp32
-    from ..model.dit_loading import Linear
-
-    for name, m in dit.named_modules():
-        if isinstance(m, Linear) and not keeps_fp32(name + ".weight") and m.weight.dtype not in FP8_DTYPES:
-            m.weight = torch.nn.Parameter(m.weight.data.to(dtype), requires_grad=False)
 
 
 class SpacetimeDiTLoader(io.ComfyNode):
@@ -93,14 +81,10 @@ class SpacetimeDiTLoader(io.ComfyNode):
         path = model_file("diffusion_models", name)
         if path is None:
             raise node_error(cls, input_name, f"{name!r} is not in models/diffusion_models")
-        dtype = DTYPES[weight_dtype]
         try:
-            dit = load_dit(path, dtype=None if dtype in FP8_DTYPES else dtype, compute_dtype=cdt,
-                           attention=attention)
+            dit = load_dit(path, dtype=DTYPES[weight_dtype], compute_dtype=cdt, attention=attention)
         except (WeightsError, ValueError) as e:
             raise node_error(cls, input_name, str(e)) from None
-        if dtype in FP8_DTYPES:
-            to_fp8(dit, dtype)
         return wrap_dit(dit, shift=shift, name=os.path.basename(path))
 
     @classmethod

@@ -6,7 +6,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..model.prompt_expander import FAMILIES, LANGUAGES, ON_ERROR, TASKS, expand_prompt
+from ..model.prompt_expander import FAMILIES, LANGUAGES, ON_ERROR, TASKS, LLMOptions, expand_prompt
 
 # Shown in the backend menu; expand_prompt accepts these spellings (model/prompt_expander/options.py).
 BACKEND_CHOICES = ["rules", "openai-compatible", "local HF"]
@@ -73,11 +73,10 @@ class SpacetimePromptExpander(io.ComfyNode):
     @classmethod
     def execute(cls, prompt, task, model_family, language, seed, max_words, backend, base_url, model,
                 api_key_env, on_error, temperature=0.7, images=None) -> io.NodeOutput:
-        expanded = expand_prompt(
-            prompt, task=task, seed=seed, backend=backend, model_family=model_family, language=language,
-            max_words=max_words, images=images, base_url=base_url or None, model=model or None,
-            api_key_env=api_key_env, temperature=temperature, on_error=on_error,
-            models_dir=llm_models_dir())
+        llm = LLMOptions(backend=backend, base_url=base_url or None, model=model or None, api_key_env=api_key_env,
+                         temperature=temperature, models_dir=llm_models_dir())
+        expanded = expand_prompt(prompt, task=task, seed=seed, model_family=model_family, language=language,
+                                 max_words=max_words, images=images, llm=llm, on_error=on_error)
         return io.NodeOutput(expanded, prompt, ui={"text": [expanded]})
 
 

@@ -10,6 +10,7 @@ Mixture-of-experts denoising by noise level: Balaji et al., "eDiff-I", arXiv:221
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from .common import Denoiser
 from .guidance import cfg_denoiser
 from .schedules import NUM_TRAIN_TIMESTEPS, validate_sigmas
 
+# The one table of expert switch points, as a fraction of the 1000 timesteps (MODELS.md).
 WAN22_BOUNDARY = {"t2v": 0.875, "i2v": 0.900}
 
 
@@ -53,3 +55,34 @@ def wan22_denoiser(high_model: Denoiser, low_model: Denoiser, cond: dict[str, An
         cfg_denoiser(high_model, cond, uncond, high_scale, batched, sigma_range),
         cfg_denoiser(low_model, cond, uncond, low_scale, batched, sigma_range),
         boundary)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One expert's share of a schedule: ``sigmas`` from the stage's first step to its end (the
+    next stage starts where this one stops), ``expert`` 0 for the (high-noise) model, 1 for
+    the low-noise expert, ``first_step`` the index of its first step in the whole schedule."""
+
+    expert: int
+    sigmas: torch.Tensor
+    first_step: int
+
+
+def expert_stages(sigmas: torch.Tensor, boundary: float | None) -> list[Stage]:
+    """The schedule split at ``boundary`` between two experts run one after the other (only one
+    needs to be in memory at a time); ``boundary=None``: one model, one stage."""
+    total = len(sigmas) - 1
+    split = total if boundary is None else expert_switch_index(sigmas, boundary)
+    stages = [Stage(0, sigmas[:split + 1], 0)] if split > 0 else []
+    if split < total:
+        stages.append(Stage(1, sigmas[split:], split))
+    return stages
+
+
+def resume_noise(x_sigma: torch.Tensor, x_start: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The noise ``n`` with ``σ·n + (1 − σ)·x_start = x_sigma``: lets the second stage (the
+    low-noise expert) resume from the first stage's state at ``σ`` while known latents keep
+    being imposed from the original ``x_start``, with the noise they were first given."""
+    if sigma <= 0:
+        raise ValueError(f"cannot resume at sigma {sigma}: the sample is already clean")
+    return (x_sigma - (1.0 - sigma) * x_start) / sigma

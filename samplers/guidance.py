@@ -9,6 +9,11 @@ conditional forward runs (scale 1), which also halves the cost of those steps.
 
 A range is always expressed in sigmas, so the wrapped denoiser needs no step counter; use
 :func:`step_range_to_sigma_range` to turn step indices of a schedule into sigmas.
+
+This is the one guidance rule of the pack: :func:`cfg_denoiser` applies it to a plain model
+(``pipeline``); on a ComfyUI MODEL the sampler node asks :func:`guidance_scale` for each step's
+scale and lets ComfyUI's own CFG function combine the two predictions, so that ComfyUI's CFG
+patches still apply.
 """
 from __future__ import annotations
 
@@ -41,6 +46,12 @@ def step_range_to_sigma_range(sigmas: torch.Tensor, start: int, end: int) -> tup
 def in_sigma_range(sigma: float, sigma_range: tuple[float, float] | None) -> bool:
     """Whether ``sigma`` lies in the closed interval ``(low, high)``; ``None`` means everywhere."""
     return sigma_range is None or sigma_range[0] <= sigma <= sigma_range[1]
+
+
+def guidance_scale(sigma: float, scale: float, sigma_range: tuple[float, float] | None = None) -> float:
+    """The guidance scale of the step at ``sigma``: ``scale`` inside ``sigma_range`` (closed;
+    None = every step), 1 outside it (only the conditional forward runs there)."""
+    return scale if in_sigma_range(sigma, sigma_range) else 1.0
 
 
 def _batchable(x: torch.Tensor, cond: dict[str, Any], uncond: dict[str, Any]) -> bool:
@@ -85,8 +96,9 @@ def cfg_denoiser(model: Denoiser, cond: dict[str, Any], uncond: dict[str, Any], 
     None = all steps) and ``scale != 1``; elsewhere only the conditional forward runs.
     """
     def denoise(x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
-        if scale == 1.0 or not in_sigma_range(float(sigma.reshape(-1)[0]), sigma_range):
+        step_scale = guidance_scale(float(sigma.reshape(-1)[0]), scale, sigma_range)
+        if step_scale == 1.0:
             return model(x, sigma, **cond, **extra)
-        return guided_x0(model, x, sigma, cond, uncond, scale, batched, **extra)
+        return guided_x0(model, x, sigma, cond, uncond, step_scale, batched, **extra)
 
     return denoise

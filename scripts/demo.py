@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from spacetime_video.scripts.cli import main as cli_main
+from spacetime_video.headless.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "workflows" / "embedded_t2v.json"

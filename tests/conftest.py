@@ -63,7 +63,7 @@ def host(tmp_path_factory):
     """One real ComfyUI server per test session, on a free loopback port, with this checkout
     linked into its custom_nodes/. Always stopped at the end."""
     _require_host_install()
-    from spacetime_video.scripts.host import ComfyHost
+    from spacetime_video.headless.host import ComfyHost
 
     with ComfyHost(tmp_path_factory.mktemp("comfy-base"), comfy_dir=COMFY_DIR) as server:
         yield server

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from spacetime_video.model.dit import WanDiT
-from spacetime_video.model.dit_config import DiTConfig, tiny_config
+from spacetime_video.model.dit.config import DiTConfig, tiny_config
 
 # Tiny versions of each variant. text_len 512: diffusers hard-codes 512 text tokens for I2V.
 TINY = {

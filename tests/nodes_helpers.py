@@ -57,11 +57,11 @@ def write_tiny_models(base: Path) -> dict[str, str]:
     from safetensors.torch import save_file
 
     from spacetime_video.model.dit import WanDiT
-    from spacetime_video.model.dit_config import tiny_config
-    from spacetime_video.model.dit_loading import config_metadata
+    from spacetime_video.model.dit.config import tiny_config
+    from spacetime_video.model.dit.loading import config_metadata
     from spacetime_video.model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
     from spacetime_video.model.vae import WanVAE
-    from spacetime_video.model.vae_config import VAEConfig
+    from spacetime_video.model.vae.config import VAEConfig
 
     torch.manual_seed(0)
     for folder in ("diffusion_models", "vae", "text_encoders"):

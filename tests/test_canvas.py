@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spacetime_video.model import canvas
+from spacetime_video.model import canvas, sizes
 
 
 def test_nearest_length_is_4k_plus_1():
-    assert [canvas.nearest_length(n) for n in (1, 2, 3, 4, 5, 80, 81, 82, 83, 0)] == [1, 1, 5, 5, 5, 81, 81, 81, 85, 1]
+    assert [sizes.nearest_length(n) for n in (1, 2, 3, 4, 5, 80, 81, 82, 83, 0)] == [1, 1, 5, 5, 5, 81, 81, 81, 85, 1]
 
 
 def test_snap_canvas_reports_changes_and_latent_grid():
@@ -95,14 +95,6 @@ def test_estimate_peak_bytes_grows_with_tokens():
     assert 1.3e9 * 2 < a < b  # ~1.4 B params in bf16 at least
 
 
-def test_restart_noise_inverts_forward_process():
-    x0, n = torch.randn(1, 4, 2, 2, 2), torch.randn(1, 4, 2, 2, 2)
-    xs = 0.3 * n + 0.7 * x0
-    assert torch.allclose(canvas.restart_noise(xs, x0, 0.3), n, atol=1e-5)
-    with pytest.raises(ValueError):
-        canvas.restart_noise(xs, x0, 0.0)
-
-
 def test_fill_lead_in_holds_the_next_known_frame():
     pixels, known = canvas.new_pixel_canvas(9, 2, 2)
     end = torch.rand(1, 2, 2, 3)
@@ -111,3 +103,46 @@ def test_fill_lead_in_holds_the_next_known_frame():
     assert torch.equal(filled, end.expand(9, 2, 2, 3))
     assert pixels[1:8].eq(canvas.GREY).all()            # the canvas itself is untouched
     assert canvas.latent_known(known).tolist() == [False, False, True]
+
+
+def test_sizes_name_the_valid_values_around_a_bad_one():
+    assert sizes.frames_problem(17) is None and sizes.side_problem("width", 32, 16) is None
+    assert "use 17 or 21" in sizes.frames_problem(18) and "(1, 5, 9, ...)" in sizes.frames_problem(0)
+    assert sizes.frames_problem(0).endswith("use 1")
+    assert "use 16" in sizes.side_problem("height", 8, 16) and "use 16 or 32" in sizes.side_problem("h", 20, 16)
+    assert sizes.side_problem("width", 40, 8, "stride", "resize") is None
+    assert sizes.side_problem("width", 41, 8, "stride", "resize") == \
+        "width 41 is not a multiple of 8 (stride): use 40 or 48 (resize)"
+
+
+def test_start_frame_of_each_position():
+    assert canvas.start_frame("start", 17, 5) == 0
+    assert canvas.start_frame("end", 17, 5) == 12
+    assert canvas.start_frame(3, 17, 5) == 3
+    with pytest.raises(canvas.CanvasError, match="'start', 'end' or a frame index"):
+        canvas.start_frame("middle", 17, 5)
+
+
+def test_known_latents_encode_the_filled_canvas_in_order():
+    pixels, known = canvas.new_pixel_canvas(9, 2, 2)
+    end = torch.rand(1, 2, 2, 3)
+    canvas.place(pixels, known, end, 8)
+    seen = []
+
+    def encode(p):  # a stand-in VAE: one latent per group of frames, the group's mean
+        seen.append(p.clone())
+        return torch.stack([p[0].mean(-1), p[1:5].mean((0, -1)), p[5:9].mean((0, -1))]).view(1, 1, 3, 2, 2)
+
+    z, flags = canvas.known_latents(encode, pixels, known)
+    assert torch.equal(seen[0], canvas.fill_lead_in(pixels, known))      # lead-in filled, whole canvas once
+    assert flags.tolist() == [False, False, True]
+    assert torch.allclose(z[0, 0, 2], end[0].mean(-1))
+
+
+def test_known_input_clean_or_renoised():
+    x, clean, noise = torch.zeros(1, 2, 3, 2, 2), torch.ones(1, 2, 3, 2, 2), torch.full((1, 2, 3, 2, 2), 3.0)
+    mask = torch.tensor([0.0, 1.0, 1.0]).view(1, 1, 3, 1, 1)              # latent 0 known
+    assert torch.equal(canvas.known_input(x, clean, mask)[:, :, 0], clean[:, :, 0])
+    renoised = canvas.known_input(x, clean, mask, sigma=0.25, noise=noise)
+    assert torch.allclose(renoised[:, :, 0], torch.full((1, 2, 2, 2), 0.75 * 1 + 0.25 * 3.0))
+    assert torch.equal(renoised[:, :, 1:], x[:, :, 1:])

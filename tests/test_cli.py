@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from spacetime_video.scripts import progress as P
-from spacetime_video.scripts.overrides import OverrideError, apply_overrides, set_seed
+from spacetime_video.headless import progress as P
+from spacetime_video.headless.overrides import OverrideError, apply_overrides, set_seed
 
 from fifo_gate import FifoGate
 
@@ -28,7 +28,7 @@ BOOT = ("import importlib.util, sys\n"
         f" submodule_search_locations=[{str(ROOT)!r}])\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['spacetime_video'] = m\n"
         "spec.loader.exec_module(m)\n"
-        "from spacetime_video.scripts.cli import main\n"
+        "from spacetime_video.headless.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
 
 

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import save_file
 
 from spacetime_video.model import DIT_PRESETS, WanDiT, load_dit
-from spacetime_video.model.dit_config import param_count
-from spacetime_video.model.dit_loading import config_metadata, detect_config
-from spacetime_video.model.convert import dit_official_names
-from spacetime_video.model.loading import WeightsError
-from spacetime_video.model.patch_grid import LatentShapeError, patchify, rope_table, unpatchify
+from spacetime_video.model.dit.config import param_count
+from spacetime_video.model.dit.loading import config_metadata, detect_config
+from spacetime_video.model.weights.layouts import dit_official_names
+from spacetime_video.model.weights.files import WeightsError
+from spacetime_video.model.dit.patches import LatentShapeError, patchify, rope_table, unpatchify
 from dit_helpers import TINY, inputs, random_state_dict, rel_err
 from test_dit_parity import to_diffusers
 

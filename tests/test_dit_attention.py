@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from spacetime_video.model import WanDiT
-from spacetime_video.model.attention import math_attention, pick_attention, sdpa
-from spacetime_video.model.dit_config import tiny_config
+from spacetime_video.model.dit.attention import math_attention, pick_attention, sdpa
+from spacetime_video.model.dit.config import tiny_config
 
 
 def test_math_attention_equals_sdpa_and_chunks():
@@ -23,7 +23,7 @@ def test_math_attention_equals_sdpa_and_chunks():
 
 
 def test_missing_optional_kernel_falls_back_with_a_warning(caplog):
-    caplog.set_level(logging.INFO, logger="spacetime_video.model.attention")
+    caplog.set_level(logging.INFO, logger="spacetime_video.model.dit.attention")
     name, fn = pick_attention("flash_attn", "cpu")  # flash-attn is not installed here
     assert name == "sdpa" and fn is sdpa
     assert "falling back to SDPA" in caplog.text
@@ -56,7 +56,7 @@ def test_cpu_ffn_runs_in_bounded_chunks_with_the_same_result(monkeypatch):
     computed in token chunks under CPU_CHUNK_BYTES (glibc page-faults bigger ones afresh in
     every block). Chunks are per token, so the output is unchanged. The tiny budget here also
     takes the unfused q/k/v path (three matmuls), which must agree with the fused one."""
-    from spacetime_video.model import dit as dit_mod
+    from spacetime_video.model.dit import model as dit_mod
     torch.manual_seed(0)
     cfg = tiny_config(num_heads=2)
     model = WanDiT(cfg).eval()
@@ -83,7 +83,7 @@ def test_cpu_ffn_runs_in_bounded_chunks_with_the_same_result(monkeypatch):
 
 
 def test_rope_in_place_equals_out_of_place():
-    from spacetime_video.model.patch_grid import apply_rope, rope_table
+    from spacetime_video.model.dit.patches import apply_rope, rope_table
     freqs = rope_table((2, 3, 4), 16, 10000.0, "cpu")
     x = torch.randn(1, 24, 2, 16)
     ref = apply_rope(x.bfloat16(), freqs)   # not float32: the out-of-place path

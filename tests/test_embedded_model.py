@@ -11,16 +11,18 @@ import pytest
 import torch
 
 from spacetime_video.model.dit import WanDiT
-from spacetime_video.model.dit_config import tiny_config
+from spacetime_video.model.dit.config import tiny_config
 from spacetime_video.model.embedded import config as C
-from spacetime_video.model.embedded import world
-from spacetime_video.model.embedded.analyser import analyse
-from spacetime_video.scripts.embedded_generate import Known, generate, load_embedded
+from spacetime_video.training import world
+from spacetime_video.training.analyser import analyse
+from spacetime_video.model.embedded import load_embedded
+from spacetime_video.pipeline import Known
+from spacetime_video.pipeline import generate_embedded as generate
 from spacetime_video.model.embedded.text_encoder import TextEncoderConfig, TinyTextEncoder
-from spacetime_video.model.embedded.train_dit import DiTTrainConfig, DiTTrainer, eval_loss
-from spacetime_video.model.embedded.train_vae import VAETrainConfig, VAETrainer, psnr, vae_loss
+from spacetime_video.training.train_dit import DiTTrainConfig, DiTTrainer, eval_loss
+from spacetime_video.training.train_vae import VAETrainConfig, VAETrainer, psnr, vae_loss
 from spacetime_video.model.vae import WanVAE
-from spacetime_video.model.vae_config import VAEConfig
+from spacetime_video.model.vae.config import VAEConfig
 
 # (prompt, colour, shape, motion, background): captions in several wordings. Measured with the
 # shipped weights (session 6, 20 steps): backgrounds 8/8, colours 8/8, shapes 5/8, motions 7/8
@@ -104,7 +106,7 @@ def test_a_few_dit_steps_lower_the_loss() -> None:
 def test_sigma_shift_moves_training_toward_noise() -> None:
     """`sigma_shift` k maps each training sigma s as the sampler's shift does (k s / (1 + (k - 1) s)):
     the same draws, the median from 0.5 to k / (k + 1); k = 1 changes nothing."""
-    from spacetime_video.model.embedded.train_dit import sample_sigmas
+    from spacetime_video.training.train_dit import sample_sigmas
     from spacetime_video.samplers.schedules import shift_sigma
     plain = sample_sigmas(20000, torch.Generator().manual_seed(0))
     shifted = sample_sigmas(20000, torch.Generator().manual_seed(0), shift=3.0)
@@ -120,7 +122,7 @@ def test_a_few_vae_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
     vae = WanVAE(VAEConfig(dim=4, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1))
     cfg = VAETrainConfig(batch=2, crop=16, frames=5, lr=5e-3, steps=40)
-    from spacetime_video.model.embedded.train_vae import crop_batch
+    from spacetime_video.training.train_vae import crop_batch
     fixed = crop_batch(random.Random(1), cfg)
     before = float(vae_loss(vae.train(), fixed, cfg, torch.Generator().manual_seed(0))[0])
     trainer = VAETrainer(vae, cfg)
@@ -133,7 +135,7 @@ def test_a_few_vae_steps_lower_the_loss() -> None:
 def test_object_mask_marks_the_objects_cells() -> None:
     """The DiT's loss weight map: the cell under the object's centre is marked in the first and
     last latent frames, and the object covers only a small part of each frame."""
-    from spacetime_video.model.embedded.train_dit import object_mask
+    from spacetime_video.training.train_dit import object_mask
     clip = world.sample_clip(0, split="heldout", combo=("red", "square", "right"), background="black")
     for stride in ((4, 8, 8), C.VAE_CONFIG.stride):
         s = stride[1]

@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from spacetime_video.model.embedded import analyser, world
-from spacetime_video.model.embedded.known import frame_mask, random_frame_masks, token_timesteps
+from spacetime_video.training import analyser, world
+from spacetime_video.training.train_dit import frame_mask, random_frame_masks
 from spacetime_video.model.embedded.text_encoder import TinyTextEncoder, Tokenizer, build_vocabulary
 from spacetime_video.model.embedded.vocab import COLOURS, MOTIONS, SHAPES
 
@@ -104,12 +104,10 @@ def test_tokenizer_and_text_encoder() -> None:
     assert float(out[1, 1:].abs().sum()) == 0 and float(out[1, 0].abs().sum()) > 0
 
 
-def test_known_frame_masks_and_timesteps() -> None:
+def test_known_frame_modes() -> None:
     assert frame_mask("connect", 5).tolist() == [True, False, False, False, True]
     assert frame_mask("extend", 5).tolist() == [True, True, False, False, False]
     with pytest.raises(ValueError, match="valid modes"):
         frame_mask("sideways", 5)
     m = random_frame_masks(64, 5, torch.Generator().manual_seed(0))
     assert m.shape == (64, 5) and bool((~m).any(1).all())
-    t = token_timesteps(torch.tensor([0.5, 1.0]), torch.tensor([[True, False], [False, False]]), 3)
-    assert t.tolist() == [[0, 0, 0, 500, 500, 500], [1000] * 6]

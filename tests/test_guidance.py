@@ -89,3 +89,32 @@ def test_each_expert_uses_its_own_model_and_scale():
         s = torch.full((2,), sigma)
         ref = cfg_combine(model(x, s, **cond), model(x, s, **uncond), scale)
         torch.testing.assert_close(denoise(x, s), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_resume_noise_inverts_forward_process():
+    from spacetime_video.samplers import resume_noise
+    x0, n = torch.randn(1, 4, 2, 2, 2), torch.randn(1, 4, 2, 2, 2)
+    xs = 0.3 * n + 0.7 * x0
+    assert torch.allclose(resume_noise(xs, x0, 0.3), n, atol=1e-5)
+    with pytest.raises(ValueError):
+        resume_noise(xs, x0, 0.0)
+
+
+def test_guidance_scale_outside_the_range_is_one():
+    from spacetime_video.samplers import guidance_scale
+    assert guidance_scale(0.5, 5.0) == 5.0
+    assert guidance_scale(0.5, 5.0, (0.2, 0.6)) == 5.0 and guidance_scale(0.7, 5.0, (0.2, 0.6)) == 1.0
+
+
+@pytest.mark.parametrize("boundary, experts", [(None, [0]), (0.875, [0, 1]), (0.0, [0]), (1.0, [1])])
+def test_expert_stages_split_the_schedule_once(boundary, experts):
+    from spacetime_video.samplers import WAN22_BOUNDARY, expert_stages, expert_switch_index
+    sigmas = flow_sigmas(8, 12.0)
+    stages = expert_stages(sigmas, boundary)
+    assert [s.expert for s in stages] == experts
+    assert torch.equal(torch.cat([stages[0].sigmas] + [s.sigmas[1:] for s in stages[1:]]), sigmas)
+    if experts == [0, 1]:
+        split = expert_switch_index(sigmas, boundary)
+        assert 0 < split < 8 and stages[1].first_step == split and float(stages[1].sigmas[0]) == float(sigmas[split])
+    assert stages[0].first_step == 0
+    assert WAN22_BOUNDARY == {"t2v": 0.875, "i2v": 0.900}

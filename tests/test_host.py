@@ -36,7 +36,7 @@ def test_node_ids_are_permanent_api(object_info):
 
 def test_pack_loads_under_another_folder_name(tmp_path):
     """Cloned into custom_nodes/ under any name (here with dashes) it still loads."""
-    from spacetime_video.scripts.host import ComfyHost
+    from spacetime_video.headless.host import ComfyHost
 
     with ComfyHost(tmp_path / "base", pack_link="ComfyUI-Spacetime-main") as server:
         assert [p.name for p in (server.base_dir / "custom_nodes").iterdir()] == ["ComfyUI-Spacetime-main"]
@@ -47,7 +47,7 @@ def test_pack_loads_under_another_folder_name(tmp_path):
 
 def test_import_failure_of_the_pack_is_detected(tmp_path):
     """The check used above really reads ComfyUI's failure line for our folder."""
-    from spacetime_video.scripts.host import ComfyHost
+    from spacetime_video.headless.host import ComfyHost
 
     server = ComfyHost(tmp_path / "base")  # not started: only its log is examined
     folder = server.base_dir / "custom_nodes" / "spacetime"
@@ -60,7 +60,7 @@ def test_import_failure_of_the_pack_is_detected(tmp_path):
 
 def test_failed_start_is_reported_and_cleaned_up(tmp_path):
     """A server that dies while starting: the error carries its log, nothing is left running."""
-    from spacetime_video.scripts.host import ComfyHost, HostError
+    from spacetime_video.headless.host import ComfyHost, HostError
 
     fake = tmp_path / "ComfyUI"
     (fake / "comfy").mkdir(parents=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spacetime_video.scripts import models as M
+from spacetime_video.headless import models as W
+from spacetime_video.model.weights import catalog as M
 
 from test_cli import cli, write
 
@@ -80,7 +81,7 @@ def test_catalog_names_match_the_comfy_org_templates():
 
 
 def test_manifest_names_existing_workflows_and_catalog_ids():
-    manifest = M.load_manifest()
+    manifest = W.load_manifest()
     catalog = M.load_catalog()
     assert "foundation_test_pattern.json" in manifest
     for name, ids in manifest.items():
@@ -193,7 +194,7 @@ def test_download_node_outputs_present_file_and_fails_offline_with_names(host, t
                  "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
         status, body = host.client.queue(graph)
         assert status == 200, body
-        from spacetime_video.scripts.runner import wait_polling
+        from spacetime_video.headless.runner import wait_polling
 
         h = wait_polling(host.client, body["prompt_id"], 60)
         assert h["status"]["status_str"] == "success", h["status"]

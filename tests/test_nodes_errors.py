@@ -67,8 +67,6 @@ def clip(g, frames=17):
 
 
 def test_validation_errors_name_node_and_input(host, tiny):
-    refused(host, graph(tiny, length=6, mode="error"), "6", "SpacetimeCanvas", "length 6", "5 or 9")
-    refused(host, graph(tiny, width=40, mode="error"), "6", "width 40", "32 or 48")
     refused(host, graph(tiny, dit="missing.safetensors"), "1", "SpacetimeDiTLoader", "dit_name", "missing.safetensors")
     secret = host.base_dir / "secret.safetensors"
     secret.write_bytes((host.base_dir / "models" / "diffusion_models" / tiny["dit"]).read_bytes())
@@ -77,6 +75,9 @@ def test_validation_errors_name_node_and_input(host, tiny):
 
 
 def test_execution_errors_name_node_and_input(host, tiny):
+    # valid sizes depend on the VAE and the model, which only the running node knows
+    failed(host, graph(tiny, length=6, mode="error"), "SpacetimeCanvas", "length 6", "5 or 9")
+    failed(host, graph(tiny, width=40, mode="error"), "SpacetimeCanvas", "width 40", "32 or 48")
     failed(host, graph(tiny, dit=tiny["dit22"]), "SpacetimeCanvas", "input 'vae'", "48")
     g = graph(tiny, dit=tiny["dit22"])
     g["6"] = {"class_type": "SpacetimeVAEEncode", "inputs": {"images": clip(g), "vae": ["2", 0], "tile": 0}}

@@ -97,8 +97,8 @@ def test_native_unet_loader_model_drives_our_sampler(cm):
     CONDITIONING, and our model sampled the same way gives the same result on the same weights."""
     import comfy.sd
     from spacetime_video.model.dit import load_dit
-    from spacetime_video.model.dit_config import tiny_config
-    from spacetime_video.nodes.sampler_node import SpacetimeSampler
+    from spacetime_video.model.dit.config import tiny_config
+    from spacetime_video.nodes.sampler import SpacetimeSampler
 
     cfg = tiny_config(text_dim=4096, num_heads=1, text_len=512, freq_dim=256, ffn_dim=256)  # UNETLoader-detectable
     sd = random_state_dict(cfg, 7)
@@ -116,12 +116,13 @@ def test_native_unet_loader_model_drives_our_sampler(cm):
 
 
 def test_fp8_storage_runs_close_to_full_precision(cm):
-    from spacetime_video.nodes.loaders import to_fp8
+    from spacetime_video.model.dit import load_dit
     dit = _dit(seed=6)
     x, ctx = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 5, TINY["t2v"].text_dim)
     ref = dit(x, torch.tensor([700.0]), ctx)
-    to_fp8(dit, torch.float8_e4m3fn)
+    dit = load_dit(random_state_dict(TINY["t2v"], 6), dtype=torch.float8_e4m3fn, config=TINY["t2v"])
     assert dit.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn
+    assert dit.blocks[0].modulation.dtype == torch.float32 and dit.patch_embedding.weight.dtype == torch.float32
     model = cm.wrap_dit(dit)
     out = cm.spacetime_dit(model)(x, torch.tensor([700.0]), ctx)
     assert (out - ref).norm() / ref.norm() < 0.1

@@ -10,14 +10,14 @@ from dit_helpers import TINY, random_state_dict
 
 @pytest.fixture(scope="module")
 def nodes(comfy):
-    from spacetime_video.nodes import canvas_nodes, comfy_model, comfy_vae, sampler_node, vae_nodes
+    from spacetime_video.nodes import canvas_nodes, comfy_model, comfy_vae, sampler, vae_nodes
     return type("N", (), dict(canvas=canvas_nodes, model=comfy_model, vae=comfy_vae,
-                              sampler=sampler_node, vae_nodes=vae_nodes))
+                              sampler=sampler, vae_nodes=vae_nodes))
 
 
 def tiny_vae_sd(version="2.1", seed=0) -> dict:
     from spacetime_video.model.vae import WanVAE
-    from spacetime_video.model.vae_config import VAEConfig
+    from spacetime_video.model.vae.config import VAEConfig
     torch.manual_seed(seed)
     cfg = VAEConfig(version=version, dim=4, z_dim=16 if version == "2.1" else 48, dec_dim=None)
     return {k: v.clone() for k, v in WanVAE(cfg).state_dict().items()}
@@ -151,3 +151,23 @@ def test_loop_keeps_one_image_at_both_ends(nodes):
     cond = [[torch.randn(1, 5, cfg.text_dim), {}]]
     z = out(nodes.sampler.SpacetimeSampler.execute(model, cond, cond, placed, 2, 2, 1.0, "euler", 5.0, 1.0))["samples"]
     assert torch.allclose(z[:, :, [0, 2]], placed["samples"][:, :, [0, 2]], atol=1e-4)
+
+
+def test_native_tiled_nodes_and_vae_save_work_on_our_vae(nodes):
+    """ComfyUI's VAEEncodeTiled / VAEDecodeTiled call our streamed, tiled paths (sizes in their
+    units: pixels to encode, latent cells to decode); VAESave's get_sd gives the official keys."""
+    import nodes as comfy_nodes  # ComfyUI's own nodes.py
+    sd = tiny_vae_sd()
+    ours = ours_vae(nodes, sd)
+    assert set(ours.get_sd()) == set(sd)
+    images = torch.rand(5, 32, 64, 3)
+    z = out(nodes.vae_nodes.SpacetimeVAEEncode.execute(images, ours, 0))["samples"]
+    whole = out(nodes.vae_nodes.SpacetimeVAEDecode.execute({"samples": z}, ours, 0))
+    z_tiled = comfy_nodes.VAEEncodeTiled().encode(ours, images, 512, 64)[0]["samples"]
+    assert torch.allclose(z_tiled, z, atol=1e-5)                       # one tile covers the frame
+    big = comfy_nodes.VAEDecodeTiled().decode(ours, {"samples": z}, 512, 64)[0]
+    assert big.shape == whole.shape and torch.allclose(big, whole, atol=1e-5)
+    tiled = comfy_nodes.VAEDecodeTiled().decode(ours, {"samples": z}, 32, 8)[0]   # 2 tiles across
+    assert tiled.shape == whole.shape and not torch.equal(tiled, whole)
+    assert (tiled - whole).abs().mean() < 0.15              # blended seams of a random tiny VAE
+    assert nodes.vae.vae_geometry(ours) == ((4, 8, 8), 16)

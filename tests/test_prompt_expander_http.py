@@ -273,3 +273,21 @@ def test_missing_settings_are_named():
     with pytest.raises(ValueError, match="must start with http"):
         st.model.expand_prompt("a fox", backend="openai", base_url="localhost:11434", model="x",
                                on_error="raise", cache=False)
+
+
+def test_llm_options_object_equals_the_keywords(server):
+    """The backend settings travel as one frozen LLMOptions; keywords are shorthand for its fields
+    and override an object's; an unknown setting is refused with the valid names."""
+    opts = pe.LLMOptions(backend="openai-compatible", base_url=server, model="echo", retries=0, temperature=0.3)
+    assert opts.backend == "openai"
+    with pytest.raises(Exception):
+        opts.model = "other"                                               # frozen
+    by_object = st.model.expand_prompt("a red fox", seed=7, llm=opts, on_error="raise", cache=False)
+    assert by_object == call(server, "echo", seed=7, temperature=0.3, cache=False)
+    assert by_object.startswith("seed 7 temperature 0.3:")
+    warmer = st.model.expand_prompt("a red fox", seed=7, llm=opts, temperature=0.9, on_error="raise", cache=False)
+    assert warmer.startswith("seed 7 temperature 0.9:")
+    with pytest.raises(TypeError, match="unknown prompt expander setting.*base_url"):
+        st.model.expand_prompt("a red fox", llm=opts, url=server)
+    with pytest.raises(ValueError, match="temperature"):
+        pe.LLMOptions(temperature=3.0)

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import save_file
 
 import spacetime_video as st
-from spacetime_video.model.dit_config import tiny_config
-from spacetime_video.model.dit_loading import config_metadata
+from spacetime_video.model.dit.config import tiny_config
+from spacetime_video.model.dit.loading import config_metadata
 
 
 def test_design_api_round_trip(tmp_path):

@@ -18,7 +18,7 @@ WORKFLOW = ROOT / "workflows" / "foundation_test_pattern_api.json"
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the CLI of *this* checkout (imported the way the tests import the package)."""
     code = ("import sys; sys.path.insert(0, %r); import conftest; "
-            "from spacetime_video.scripts.cli import main; sys.exit(main(sys.argv[1:]))"
+            "from spacetime_video.headless.cli import main; sys.exit(main(sys.argv[1:]))"
             % str(Path(__file__).parent))
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)

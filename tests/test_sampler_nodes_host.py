@@ -64,7 +64,7 @@ def write_tiny_wan(comfy, path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sampler_host(tmp_path_factory, comfy):
-    from spacetime_video.scripts.host import ComfyHost
+    from spacetime_video.headless.host import ComfyHost
 
     base = tmp_path_factory.mktemp("sampler-host")
     write_tiny_wan(comfy, base / "models" / "diffusion_models" / CKPT)

@@ -7,8 +7,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from spacetime_video.model.embedded import config as C
-from spacetime_video.scripts import train_embedded as te
-from spacetime_video.scripts.embedded_generate import generate, load_embedded
+from spacetime_video.training import stages as te
+from spacetime_video.model.embedded import load_embedded
+from spacetime_video.pipeline import generate_embedded as generate
 
 
 def _step(path) -> int:

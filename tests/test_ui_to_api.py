@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spacetime_video.scripts import ui_to_api as U
+from spacetime_video.headless import ui_to_api as U
 
 from fifo_gate import FifoGate
 
@@ -173,7 +173,7 @@ def test_bypass_passes_the_same_slot_to_a_wildcard_consumer():
 def test_dynamic_prompts_are_expanded_reproducibly_where_allowed():
     import random
 
-    from spacetime_video.scripts.dynamic_prompts import expand
+    from spacetime_video.headless.dynamic_prompts import expand
 
     text = "a {red|{dark|light} blue} fox /* note */ \\{not a group\\} // tail"
     outs = {expand(text, random.Random(s)) for s in range(40)}

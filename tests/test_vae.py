@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import save_file
 
 from spacetime_video.model import VAE_PRESETS, VAEConfig, WanVAE, load_vae
-from spacetime_video.model.loading import WeightsError
-from spacetime_video.model.vae_cache import CausalCache
-from spacetime_video.model.vae_tiling import TileGrid, ramp_weights, tile_spans
+from spacetime_video.model.weights.files import WeightsError
+from spacetime_video.model.vae.cache import CausalCache
+from spacetime_video.model.vae.tiling import TileGrid, ramp_weights, tile_spans
 
 TINY = {"2.1": VAEConfig(version="2.1", dim=8, z_dim=4), "2.2": VAEConfig(version="2.2", dim=8, dec_dim=12, z_dim=4)}
 
@@ -297,7 +297,7 @@ def test_real_sizes_detected_from_shapes(preset):
     alone; built on the meta device, so no memory or time is spent."""
     from diffusers import AutoencoderKLWan
 
-    from spacetime_video.model.convert import wan_vae_to_official
+    from spacetime_video.model.weights.layouts import wan_vae_to_official
     from spacetime_video.model.vae import vae_config_from_state_dict
 
     with torch.device("meta"):

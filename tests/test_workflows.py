@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nodes_helpers import error_message, run, saved_files, write_inputs, write_tiny_models
-from spacetime_video.scripts import make_workflows as mw
+from spacetime_video.headless import templates as mw
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

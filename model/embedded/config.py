@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..dit_config import DiTConfig
-from ..vae_config import VAEConfig
+from ..dit.config import DiTConfig
+from ..vae.config import VAEConfig
 from .text_encoder import TextEncoderConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

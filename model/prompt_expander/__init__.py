@@ -2,18 +2,19 @@
 
 ``expand_prompt("a red fox", task="t2v", seed=0)`` works offline (rule-based backend); an
 OpenAI-compatible server (``backend="openai"``) or a local transformers model (``backend="hf"``)
-write richer captions. Plain Python: no ComfyUI import here.
+write richer captions; their settings travel as one ``LLMOptions``. Plain Python: no ComfyUI
+import here.
 """
 from .cache import clear_memory_cache, default_cache_dir
-from .embedded import Scene, embedded_caption, parse_scene, scene_caption
+from .scene import Scene, embedded_caption, parse_scene, scene_caption
 from .errors import (BackendUnavailable, EmptyAnswer, MalformedResponse, ModelNotFound, PromptExpanderError,
                      RequestRejected, ServerError, ServerTimeout, ServerUnreachable)
 from .expand import expand_prompt
-from .options import BACKENDS, FAMILIES, LANGUAGES, ON_ERROR, TASKS
+from .options import BACKENDS, FAMILIES, LANGUAGES, ON_ERROR, TASKS, LLMOptions
 from .system_prompts import system_prompt
 
 __all__ = [
-    "expand_prompt", "system_prompt", "embedded_caption", "parse_scene", "scene_caption", "Scene",
+    "expand_prompt", "LLMOptions", "system_prompt", "embedded_caption", "parse_scene", "scene_caption", "Scene",
     "TASKS", "FAMILIES", "LANGUAGES", "BACKENDS", "ON_ERROR", "clear_memory_cache", "default_cache_dir",
     "PromptExpanderError", "ServerUnreachable", "ServerTimeout", "ServerError", "ModelNotFound",
     "RequestRejected", "MalformedResponse", "EmptyAnswer", "BackendUnavailable",

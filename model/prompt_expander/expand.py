@@ -10,7 +10,7 @@ from . import rules
 from .cache import cache_key, open_cache
 from .errors import BackendUnavailable, PromptExpanderError
 from .images import data_url, frames_from, pick_frames, to_image_bytes
-from .options import (FAMILIES, LANGUAGES, ON_ERROR, TASKS, check_backend, check_choice, check_max_words)
+from .options import FAMILIES, LANGUAGES, ON_ERROR, TASKS, LLMOptions, check_choice, check_max_words
 from .system_prompts import system_prompt
 
 log = logging.getLogger("spacetime.prompt_expander")
@@ -65,30 +65,23 @@ def limit_words(text: str, max_words: int) -> str:
     return " ".join(words[:max_words]) if len(words) > 1 else text[:max_words]
 
 
-def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, backend: str = "rules",
-                  model_family: str = "wan2.1", language: str = "en", max_words: int = 100,
-                  images: Any = None, base_url: str | None = None, model: str | None = None,
-                  api_key_env: str | None = "OPENAI_API_KEY", temperature: float = 0.7,
-                  timeout: float = 60.0, retries: int = 2, on_error: str = "fallback",
-                  cache: bool | str | os.PathLike = True, models_dir: str | os.PathLike | None = None,
-                  max_tokens: int | None = None) -> str:
+def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, *, model_family: str = "wan2.1",
+                  language: str = "en", max_words: int = 100, images: Any = None, llm: LLMOptions | None = None,
+                  on_error: str = "fallback", cache: bool | str | os.PathLike = True, **llm_settings: Any) -> str:
     """Rewrite a short prompt into a detailed caption for a video model.
 
     Args:
         prompt: the user's idea, e.g. "a red fox".
         task: ``t2v`` | ``i2v`` (images[0] is the first frame) | ``flf2v`` (first and last frame) |
             ``extend`` (images[-1] is the last frame of the clip to continue).
-        seed: decides every choice (rules) and is sent to the LLM with ``temperature``.
-        backend: ``rules`` (offline, default) | ``openai`` (any OpenAI-compatible server at
-            ``base_url``) | ``hf`` (a local transformers model, fetched into ``models_dir``).
+        seed: decides every choice (rules) and is sent to the LLM with its temperature.
         model_family: ``wan2.1`` | ``wan2.2`` | ``embedded`` (captions in the toy model's vocabulary).
         language: ``en`` | ``zh`` (the embedded model reads English only).
         max_words: length limit (Chinese: characters); Wan captions are usually 80-100.
         images: ComfyUI IMAGE tensor(s), PIL images, file paths or PNG/JPEG bytes.
-        base_url, model: the server (e.g. ``http://localhost:11434/v1``) and model name (openai);
-            a repo id, alias or local folder for ``hf`` (default Qwen2.5-3B/-VL-3B-Instruct).
-        api_key_env: NAME of the environment variable holding the API key (never the key).
-        temperature, timeout, retries, max_tokens: sampling and robustness of the LLM call.
+        llm: which language model and how to call it (:class:`LLMOptions`; default: the offline
+            rules). Its fields may also be given as keywords, e.g. ``backend="openai",
+            base_url="http://localhost:11434/v1", model="qwen2.5:7b"``; they override ``llm``'s.
         on_error: ``fallback`` (log a warning, return the rule-based caption) or ``raise``.
         cache: ``True`` (memory + ``~/.cache/spacetime_video/prompts``), ``False``, or a folder.
 
@@ -104,16 +97,11 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, backend: str = 
     task = check_choice("task", task, TASKS)
     model_family = check_choice("model_family", model_family, FAMILIES)
     language = check_choice("language", language, LANGUAGES)
-    backend = check_backend(backend)
     on_error = check_choice("on_error", on_error, ON_ERROR)
     max_words = check_max_words(max_words)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a non-negative integer")
-    if not 0.0 <= float(temperature) <= 2.0:
-        raise ValueError(f"temperature={temperature!r} must be between 0 and 2 (0 = greedy)")
-    if float(timeout) <= 0 or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"timeout must be > 0 seconds and retries a non-negative integer "
-                         f"(got timeout={timeout!r}, retries={retries!r})")
+    opts = LLMOptions.from_settings(llm, **llm_settings) if llm_settings or llm is None else llm
     frames = pick_frames(frames_from(images), task)
     if not prompt.strip() and not frames:
         raise ValueError("prompt is empty: write a short idea (e.g. 'a red fox running through snow') "
@@ -122,6 +110,7 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, backend: str = 
     def with_rules(hint: str | None = None) -> str:
         return rules.expand_with_rules(prompt.strip() or "the scene", task, model_family, language, seed, max_words, hint)
 
+    backend = opts.backend
     if backend == "rules":
         if frames:
             log.info("the rules backend cannot see images; they are ignored")
@@ -132,21 +121,21 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, backend: str = 
     encoded = [to_image_bytes(f) for f in frames]  # [(mime, bytes)]
     system = system_prompt(task, model_family, language, max_words)
     user = prompt.strip() or "(no text: describe the image)"
-    max_tokens = int(max_tokens or 4 * max_words + 256)
+    max_tokens = int(opts.max_tokens or 4 * max_words + 256)
     if backend == "openai":
-        if not base_url:
+        if not opts.base_url:
             raise ValueError("backend 'openai' needs base_url, e.g. http://localhost:11434/v1 (Ollama), "
                              "http://localhost:8080/v1 (llama.cpp), https://api.openai.com/v1")
-        if not model:
+        if not opts.model:
             raise ValueError("backend 'openai' needs a model name, e.g. 'qwen2.5:7b' (Ollama) or 'gpt-4o-mini'")
-    api_key = read_api_key(api_key_env) if backend == "openai" else None
+    api_key = read_api_key(opts.api_key_env) if backend == "openai" else None
 
     store = open_cache(cache)
     key = cache_key({
-        "v": CACHE_VERSION, "backend": backend, "base_url": (base_url or "").rstrip("/"), "model": model or "",
-        "api_key_env": api_key_env or "", "models_dir": str(models_dir or ""), "task": task,
-        "family": model_family, "language": language, "max_words": max_words, "seed": seed,
-        "temperature": float(temperature), "max_tokens": max_tokens, "system": system, "user": user,
+        "v": CACHE_VERSION, "backend": backend, "base_url": (opts.base_url or "").rstrip("/"),
+        "model": opts.model or "", "api_key_env": opts.api_key_env or "", "models_dir": str(opts.models_dir or ""),
+        "task": task, "family": model_family, "language": language, "max_words": max_words, "seed": seed,
+        "temperature": float(opts.temperature), "max_tokens": max_tokens, "system": system, "user": user,
         "images": [data for _, data in encoded],
     })
     if store is not None and (hit := store.get(key)) is not None:
@@ -156,14 +145,14 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, backend: str = 
     try:
         if backend == "openai":
             from .backends.openai_compat import ChatRequest, chat
-            answer = chat(ChatRequest(base_url=base_url, model=model, system=system, user=user,
+            answer = chat(ChatRequest(base_url=opts.base_url, model=opts.model, system=system, user=user,
                                       images=[data_url(m, d) for m, d in encoded], seed=seed,
-                                      temperature=float(temperature), max_tokens=max_tokens,
-                                      timeout=float(timeout), retries=retries, api_key=api_key))
+                                      temperature=float(opts.temperature), max_tokens=max_tokens,
+                                      timeout=float(opts.timeout), retries=opts.retries, api_key=api_key))
         else:
             from .backends import hf_local
-            answer = hf_local.generate(system, user, encoded, seed=seed, temperature=float(temperature),
-                                       max_new_tokens=max_tokens, model=model, models_dir=models_dir)
+            answer = hf_local.generate(system, user, encoded, seed=seed, temperature=float(opts.temperature),
+                                       max_new_tokens=max_tokens, model=opts.model, models_dir=opts.models_dir)
     except PromptExpanderError as e:
         if on_error == "raise":
             raise

@@ -1,5 +1,10 @@
-"""The choices the expander accepts, and checks that name the valid values on bad input."""
+"""The choices the expander accepts, the language-model settings as one frozen object, and
+checks that name the valid values on bad input."""
 from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
 
 TASKS = ("t2v", "i2v", "flf2v", "extend")          # text, first frame, first+last frame, continue a clip
 FAMILIES = ("wan2.1", "wan2.2", "embedded")        # which model the caption is written for
@@ -36,3 +41,46 @@ def check_max_words(max_words: int) -> int:
         raise ValueError(f"max_words={max_words!r} must be an integer from 10 to 1000 "
                          "(Wan captions are usually 80-100 words)")
     return max_words
+
+
+@dataclass(frozen=True)
+class LLMOptions:
+    """How to reach a language model: the backend and its settings, validated on creation.
+
+    backend: ``rules`` (offline, default) | ``openai`` (any OpenAI-compatible server at
+        ``base_url``) | ``hf`` (a local transformers model, fetched into ``models_dir``);
+        other spellings such as ``"openai-compatible"`` or ``"local HF"`` are accepted.
+    base_url, model: the server (e.g. ``http://localhost:11434/v1``) and model name (openai);
+        a repo id, alias or local folder for ``hf`` (default Qwen2.5-3B/-VL-3B-Instruct).
+    api_key_env: NAME of the environment variable holding the API key (never the key).
+    temperature, timeout (seconds), retries, max_tokens (None: from max_words): the call.
+    """
+
+    backend: str = "rules"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    temperature: float = 0.7
+    timeout: float = 60.0
+    retries: int = 2
+    max_tokens: int | None = None
+    models_dir: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", check_backend(self.backend))
+        if not 0.0 <= float(self.temperature) <= 2.0:
+            raise ValueError(f"temperature={self.temperature!r} must be between 0 and 2 (0 = greedy)")
+        if float(self.timeout) <= 0 or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"timeout must be > 0 seconds and retries a non-negative integer "
+                             f"(got timeout={self.timeout!r}, retries={self.retries!r})")
+
+    @classmethod
+    def from_settings(cls, base: "LLMOptions | None" = None, **settings: object) -> "LLMOptions":
+        """``base`` (default: the defaults) with ``settings`` replaced; an unknown name is refused
+        with the list of valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise TypeError(f"unknown prompt expander setting(s) {', '.join(unknown)}; "
+                            f"valid: {', '.join(sorted(names))}")
+        return dataclasses.replace(base or cls(), **settings)

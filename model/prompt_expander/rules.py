@@ -4,7 +4,7 @@ It cannot invent like a language model, but it gives a Wan-style structured capt
 user's prompt verbatim, then appearance, action, setting, lighting, camera and style -- from
 phrase banks in ``prompts/rules.{en,zh}.json``. What the prompt already says (a motion, a
 camera move, a light, a style, a place) is not overwritten. For the embedded toy model it
-writes the canonical caption of its vocabulary instead (see ``embedded.py``).
+writes the canonical caption of its vocabulary instead (see ``scene.py``).
 
 Structure after the official Wan extender's system prompt (Wan-Video/Wan2.1
 ``wan/utils/prompt_extend.py``): subject detail, motion, camera, style, about 80-100 words.
@@ -18,7 +18,7 @@ import random
 import re
 from functools import lru_cache
 
-from .embedded import embedded_caption
+from .scene import embedded_caption
 from .system_prompts import PROMPTS_DIR
 
 log = logging.getLogger("spacetime.prompt_expander")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .vocab import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, words_for
+from ..model.embedded.vocab import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, words_for
 
 SIZE = 64     # frames are SIZE x SIZE pixels
 FRAMES = 17   # 4k+1 frames, as the causal VAE wants

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from .vae_cache import CausalCache
+from .cache import CausalCache
 
 Stream = Callable[[torch.Tensor, CausalCache, bool], Iterable[torch.Tensor]]
 

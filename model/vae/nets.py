@@ -18,9 +18,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .vae_blocks import AttentionBlock, CausalConv3d, DownBlock, Resample, ResidualBlock, RMS_norm, UpBlock, _silu, res_stack
-from .vae_cache import CausalCache
-from .vae_config import VAEConfig
+from .blocks import AttentionBlock, CausalConv3d, DownBlock, Resample, ResidualBlock, RMS_norm, UpBlock, _silu, res_stack
+from .cache import CausalCache
+from .config import VAEConfig
 
 
 def _head(out_dim: int, channels: int) -> nn.Sequential:

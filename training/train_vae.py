@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..vae import WanVAE
+from ..model.vae import WanVAE
 from . import world
 
 log = logging.getLogger("spacetime.embedded.train")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .vae_cache import CausalCache
+from .cache import CausalCache
 
 
 def _inplace_ok(x: torch.Tensor) -> bool:

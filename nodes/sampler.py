@@ -1,11 +1,11 @@
 """The Spacetime Sampler: any Wan MODEL (ours or native), native CONDITIONING, a canvas LATENT.
 
-Built on ComfyUI's own machinery (``comfy.samplers.CFGGuider`` + ``KSAMPLER`` around our
-k-diffusion-shaped solvers), so the progress bar, latent previews, interrupt between steps and
-model loading/offloading behave as with KSampler. Known frames ride in the LATENT
-(``noise_mask`` + I2V concat channels + CLIP-vision outputs), see ``canvas_nodes.py``.
-Wan 2.2 A14B: the high-noise expert runs the steps above ``boundary``, the low-noise one the
-rest, one after the other (only one expert needs to be in memory at a time).
+Built on ComfyUI's own machinery (a ``comfy.samplers.CFGGuider`` + ``KSAMPLER`` around our
+k-diffusion-shaped solvers), so the progress bar, latent previews, interrupt between steps,
+model patches and model loading/offloading behave as with KSampler. The schedule, the expert
+stages (``samplers.experts``) and each step's guidance scale (``samplers.guidance``) come from
+the library. Known frames ride in the LATENT (``noise_mask`` + I2V concat channels +
+CLIP-vision outputs), see ``canvas_nodes.py``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import torch
 from comfy_api.latest import io
 
 from .. import samplers
-from ..model import canvas
 from .errors import node_error
 
 log = logging.getLogger("spacetime.nodes")
@@ -42,11 +41,39 @@ def _canvas_conditioning(cond: list, latent: dict, extra_view=None) -> list:
     return node_helpers.conditioning_set_values(cond, values) if values else cond
 
 
+def _resume_noise(model, latent: torch.Tensor, out: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The noise that makes ComfyUI's sampler start ``model`` at the state ``out`` that the previous
+    stage returned at ``sigma`` (ComfyUI hands a state back divided by its ``1 - sigma`` noise
+    scaling; ``noise_scaling`` with zero noise undoes that), in the model's latent space."""
+    fmt = model.get_model_object("latent_format")
+    ms = model.get_model_object("model_sampling")
+    start = fmt.process_in(latent) if torch.count_nonzero(latent) > 0 else torch.zeros_like(latent)
+    state = fmt.process_in(out)
+    state = ms.noise_scaling(torch.tensor(sigma), torch.zeros_like(state), state)
+    return samplers.resume_noise(state, start, sigma)
+
+
 def _concat_channels(model) -> int:
     """Extra input channels of the model (I2V: 20), 0 for T2V / TI2V."""
     inner = model.model.diffusion_model
     channels = model.get_model_object("latent_format").latent_channels
     return inner.patch_embedding.weight.shape[1] - channels
+
+
+class SpacetimeGuider(comfy.samplers.CFGGuider):
+    """ComfyUI's CFG guider with the step's scale from ``samplers.guidance_scale`` (ComfyUI's CFG
+    function still combines the predictions, so native CFG patches apply)."""
+
+    def __init__(self, model_patcher, cfg: float, sigma_range: tuple[float, float] | None = None) -> None:
+        super().__init__(model_patcher)
+        self.set_cfg(cfg)
+        self.sigma_range = sigma_range
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (ComfyUI's signature)
+        scale = samplers.guidance_scale(float(timestep.reshape(-1)[0]), self.cfg, self.sigma_range)
+        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),
+                                                self.conds.get("positive"), scale, model_options=model_options,
+                                                seed=seed)
 
 
 class SpacetimeSampler(io.ComfyNode):
@@ -72,7 +99,8 @@ class SpacetimeSampler(io.ComfyNode):
                                tooltip="< 1: video-to-video edit (SDEdit) of the input latent"),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="overrides steps / shift"),
                 io.Model.Input("low_noise_model", optional=True, tooltip="Wan 2.2 A14B low-noise expert"),
-                io.Float.Input("boundary", default=0.875, min=0.0, max=1.0, step=0.005, optional=True,
+                io.Float.Input("boundary", default=samplers.WAN22_BOUNDARY["t2v"], min=0.0, max=1.0, step=0.005,
+                               optional=True,
                                tooltip="switch to the low-noise expert below this fraction of 1000 timesteps"),
                 io.Float.Input("low_noise_cfg", default=3.0, min=0.0, max=100.0, step=0.1, optional=True),
                 io.ClipVisionOutput.Input("clip_vision_output", optional=True,
@@ -83,7 +111,7 @@ class SpacetimeSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, solver, shift, denoise,
-                sigmas=None, low_noise_model=None, boundary=0.875, low_noise_cfg=3.0,
+                sigmas=None, low_noise_model=None, boundary=samplers.WAN22_BOUNDARY["t2v"], low_noise_cfg=3.0,
                 clip_vision_output=None) -> io.NodeOutput:
         x = latent["samples"]
         want = model.get_model_object("latent_format").latent_channels
@@ -103,29 +131,21 @@ class SpacetimeSampler(io.ComfyNode):
         mask = None if _concat_channels(model) > 0 else latent.get("noise_mask")
         pos = _canvas_conditioning(positive, latent, clip_vision_output)
         neg = _canvas_conditioning(negative, latent, clip_vision_output)
-        solve = samplers.SOLVERS[solver]
         total = len(sigmas) - 1
         callback = latent_preview.prepare_callback(model, total)
-        split = samplers.expert_switch_index(sigmas, boundary) if low_noise_model is not None else total
-        stages = [(model, cfg, sigmas[:split + 1], 0)]
-        if split < total:
-            low = (low_noise_model, low_noise_cfg, sigmas[split:], split)
-            stages = ([stages[0]] if split > 0 else []) + [low]
+        stages = samplers.expert_stages(sigmas, boundary if low_noise_model is not None else None)
+        experts = [(model, cfg), (low_noise_model, low_noise_cfg)]
         log.info("SpacetimeSampler: %d steps (%s), latent %s, %d expert(s)", total, solver, tuple(x.shape), len(stages))
         out = x
-        sampler = comfy.samplers.KSAMPLER(solve)
-        for i, (m, scale, sig, offset) in enumerate(stages):
-            if i > 0:  # resume the low-noise expert from the high-noise expert's state
-                fmt = m.get_model_object("latent_format")
-                start = fmt.process_in(x) if torch.count_nonzero(x) > 0 else torch.zeros_like(x)
-                # KSAMPLER returned x / (1 - sigma) at the boundary (its inverse noise scaling)
-                state = fmt.process_in(out) * (1.0 - float(sig[0]))
-                noise = canvas.restart_noise(state, start, float(sig[0]))
-            guider = comfy.samplers.CFGGuider(m)
+        sampler = comfy.samplers.KSAMPLER(samplers.SOLVERS[solver])
+        for i, stage in enumerate(stages):
+            m, scale = experts[stage.expert]
+            if i > 0:  # the low-noise expert resumes from the high-noise expert's state
+                noise = _resume_noise(m, x, out, float(stage.sigmas[0]))
+            guider = SpacetimeGuider(m, scale)
             guider.set_conds(pos, neg)
-            guider.set_cfg(scale)
-            cb = (lambda step, x0, xs, n, o=offset: callback(step + o, x0, xs, total))
-            out = guider.sample(noise, x, sampler, sig, denoise_mask=mask, callback=cb, seed=seed)
+            cb = (lambda step, x0, xs, n, o=stage.first_step: callback(step + o, x0, xs, total))
+            out = guider.sample(noise, x, sampler, stage.sigmas, denoise_mask=mask, callback=cb, seed=seed)
         result = {k: v for k, v in latent.items()}
         result["samples"] = out.to(comfy.model_management.intermediate_device())
         return io.NodeOutput(result)

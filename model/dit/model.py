@@ -17,13 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..weights.precision import Linear
 from .attention import AttentionFn, pick_attention, tune_cpu_allocator
-from .dit_config import DiTConfig
-from .dit_loading import Linear, load_dit  # noqa: F401  (load_dit re-exported)
-from .patch_grid import Grid, apply_rope, grid_of, patchify, rope_table, unpatchify
+from .config import DiTConfig
+from .patches import Grid, apply_rope, grid_of, patchify, rope_table, unpatchify
 
 log = logging.getLogger(__name__)
-Rope = torch.Tensor  # (L, 1, head_dim/2) complex64, from patch_grid.rope_table
+Rope = torch.Tensor  # (L, 1, head_dim/2) complex64, from patches.rope_table
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
@@ -200,15 +200,6 @@ class MLPProj(nn.Module):
             n = min(x.shape[1], self.emb_pos.shape[1])
             x = x[:, :n] + self.emb_pos[:, :n].float()
         return self.proj(x)                                  # (B, N, D) float32
-
-
-# Parameters kept in float32 whatever the storage dtype: small, and precision-critical.
-FP32_PARAMS = ("time_embedding.", "time_projection.", "modulation", "norm", "img_emb.proj.0.",
-               "img_emb.proj.4.", "img_emb.emb_pos")
-
-
-def keeps_fp32(name: str) -> bool:
-    return name.startswith(FP32_PARAMS[:2]) or any(p in name for p in FP32_PARAMS[2:])
 
 
 class WanDiT(nn.Module):

@@ -1,16 +1,14 @@
-"""The model catalog, the workflow manifest, and downloads into ComfyUI's model folders.
+"""The catalog of known model files and their downloads into ComfyUI's model folders.
 
-* ``scripts/catalog.json``: catalog id -> Hugging Face repo, file in the repo, target ComfyUI
-  folder (``diffusion_models``, ``vae``, ``text_encoders``, ``clip_vision``), size and sha256
-  where verified (else null).
-* ``workflows/models.json``: which catalog ids each workflow of the pack needs (format in
-  ``load_manifest``).
-* Downloads use ``huggingface_hub``: a file already in the local hub cache is linked (or
-  copied) without touching the network; otherwise it is fetched with the hub's progress bar
-  and resume (``local_dir`` mode keeps an ``.incomplete`` file across interruptions) and moved
-  into place. Offline, the error names the repo, the file and the destination.
+``catalog.json`` (beside this file): catalog id -> Hugging Face repo, file in the repo, target
+ComfyUI folder (``diffusion_models``, ``vae``, ``text_encoders``, ``clip_vision``), size and
+sha256 where verified (else null). Safetensors only.
 
-Standard library + huggingface_hub only (imported lazily), so ``import`` never needs the hub.
+Downloads use ``huggingface_hub`` (imported lazily): a file already in the local hub cache is
+linked (or copied) without touching the network; otherwise it is fetched with the hub's
+progress bar and resume (``local_dir`` mode keeps an ``.incomplete`` file across
+interruptions) and moved into place. Offline, the error names the repo, the file and the
+destination.
 """
 from __future__ import annotations
 
@@ -21,13 +19,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 log = logging.getLogger("spacetime.models")
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
 CATALOG_PATH = Path(__file__).resolve().with_name("catalog.json")
-MANIFEST_PATH = PACK_ROOT / "workflows" / "models.json"
 FOLDERS = ("diffusion_models", "vae", "text_encoders", "clip_vision", "loras")
 DOWNLOAD_SUBDIR = ".spacetime-download"  # inside the target folder: same filesystem, atomic move
 
@@ -76,78 +72,6 @@ def lookup(ids: Iterable[str], catalog: dict[str, ModelEntry] | None = None) -> 
         raise ModelError(f"unknown model id(s) {', '.join(unknown)}; valid ids: "
                          f"{', '.join(sorted(catalog))} (see `spacetime-video models list`)")
     return [catalog[i] for i in ids]
-
-
-def load_manifest(path: str | os.PathLike = MANIFEST_PATH) -> dict[str, list[str]]:
-    """``workflows/models.json``: ``{"workflows": {"<file>.json": ["<catalog id>", ...]}}``.
-
-    Keys are workflow file names in ``workflows/``; an API twin ``X_api.json`` shares the
-    entry of ``X.json`` unless it has its own. Returns file name -> catalog ids.
-    """
-    p = Path(path)
-    if not p.exists():
-        return {}
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{p} is not valid JSON: {e}") from e
-    return {k: list(v) for k, v in (data.get("workflows") or {}).items()}
-
-
-def manifest_ids(workflow_path: str | os.PathLike, manifest: dict[str, list[str]]) -> list[str]:
-    name = Path(workflow_path).name
-    if name in manifest:
-        return manifest[name]
-    if name.endswith("_api.json"):
-        return manifest.get(name[: -len("_api.json")] + ".json", [])
-    return []
-
-
-def referenced_ids(graph: dict, catalog: dict[str, ModelEntry]) -> list[str]:
-    """Catalog ids whose file name is an input value of an API-format graph or a widget value
-    of a UI workflow (a loader's ``unet_name``, ``vae_name``...), so any workflow gets its
-    models checked, listed in the manifest or not."""
-    by_name = {e.filename: e.id for e in catalog.values()}
-    if isinstance(graph.get("nodes"), list):  # UI format, subgraphs included
-        nodes = list(graph["nodes"])
-        for sg in (graph.get("definitions") or {}).get("subgraphs") or []:
-            nodes += sg.get("nodes", [])
-        values = [v for n in nodes if n.get("mode", 0) not in (2, 4)
-                  for v in (n.get("widgets_values") or [])
-                  if not isinstance(n.get("widgets_values"), dict)]
-    else:
-        values = [v for n in graph.values() for v in (n.get("inputs") or {}).values()]
-    found = []
-    for value in values:
-        if isinstance(value, str) and value in by_name and by_name[value] not in found:
-            found.append(by_name[value])
-    return found
-
-
-def download_command(ids: Iterable[str], models_dir: str | os.PathLike | None = None) -> str:
-    where = f" --models-dir {models_dir}" if models_dir else ""
-    return f"spacetime-video models download {' '.join(ids)}{where}"
-
-
-def missing_local(entries: Iterable[ModelEntry], models_dir: str | os.PathLike) -> list[ModelEntry]:
-    return [e for e in entries if not e.destination(models_dir).is_file()]
-
-
-def missing_on_server(entries: Iterable[ModelEntry], client: Any) -> list[ModelEntry]:
-    """Entries the server's model folders lack, asked through ``GET /models/<folder>``."""
-    listing: dict[str, set[str]] = {}
-    out = []
-    for e in entries:
-        if e.folder not in listing:
-            try:
-                names = client.get_json(f"/models/{e.folder}")
-            except Exception as err:  # noqa: BLE001 - an old server without the route
-                log.warning("could not list the server's %s folder: %s", e.folder, err)
-                names = None
-            listing[e.folder] = None if names is None else {Path(n).name for n in names}
-        if listing[e.folder] is not None and e.filename not in listing[e.folder]:
-            out.append(e)
-    return out
 
 
 def hub_cache_dir() -> Path:
@@ -237,10 +161,3 @@ def download_to(entry: ModelEntry, dest: Path, force: bool = False) -> Path:
         os.replace(got, dest)
     verify(entry, dest)
     return dest
-
-
-def default_models_dir(comfyui: str | os.PathLike | None = None) -> Path:
-    """``<ComfyUI>/models`` for an explicit or auto-detected ComfyUI folder."""
-    from .host import find_comfyui
-
-    return find_comfyui(comfyui) / "models"

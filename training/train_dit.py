@@ -2,8 +2,8 @@
 
 Flow matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; the rectified-flow
 form of Esser et al. 2024, "Scaling Rectified Flow Transformers"): x_s = (1 - s) x0 + s eps,
-the DiT predicts v = eps - x0. Each sample draws a known-frame mode (`known.MODES`): known
-latent frames enter clean with timestep 0 and are left out of the loss, so one model learns
+the DiT predicts v = eps - x0. Each sample draws a known-frame mode (`MODES`): known
+latent frames enter clean with timestep 0 (the canvas' per-token rule) and are left out of the loss, so one model learns
 text-to-video, image-to-video, extend forward/backward and connect. Captions are dropped to
 "" with probability `p_uncond` so classifier-free guidance has an unconditional branch.
 """
@@ -17,11 +17,47 @@ from dataclasses import dataclass
 
 import torch
 
-from ..dit import WanDiT
-from .known import random_frame_masks, token_timesteps
-from .text_encoder import TinyTextEncoder
+from ..model import canvas
+from ..model.dit import WanDiT
+from ..model.embedded.text_encoder import TinyTextEncoder
+from ..samplers import shift_sigma
 
 log = logging.getLogger("spacetime.embedded.train")
+
+
+# Known latent frames per mode, as (count at the start, count at the end).
+MODES: dict[str, tuple[int, int]] = {
+    "t2v": (0, 0),
+    "i2v": (1, 0),            # the first frame
+    "extend": (2, 0),         # the last pixel frames of a clip become the first latents
+    "last": (0, 1),
+    "extend_back": (0, 2),
+    "connect": (1, 1),        # first and last frame (also a loop when both are the same)
+    "connect_clips": (2, 2),
+}
+# Training frequency of each mode: text-to-video most often.
+MODE_WEIGHTS: dict[str, float] = {"t2v": 0.4, "i2v": 0.15, "extend": 0.1, "last": 0.05,
+                                  "extend_back": 0.1, "connect": 0.12, "connect_clips": 0.08}
+
+
+def frame_mask(mode: str, frames: int) -> torch.Tensor:
+    """Which of `frames` latent frames are known in a mode: bool [frames]."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    head, tail = MODES[mode]
+    m = torch.zeros(frames, dtype=torch.bool)
+    m[: min(head, frames)] = True
+    if tail:
+        m[-tail:] = True
+    return m
+
+
+def random_frame_masks(batch: int, frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A mode drawn per sample by `MODE_WEIGHTS`: bool [batch, frames]."""
+    names = list(MODE_WEIGHTS)
+    w = torch.tensor([MODE_WEIGHTS[n] for n in names])
+    picks = torch.multinomial(w, batch, replacement=True, generator=generator)
+    return torch.stack([frame_mask(names[i], frames) for i in picks.tolist()])
 
 
 @dataclass(frozen=True)
@@ -40,15 +76,14 @@ class DiTTrainConfig:
 
 def sample_sigmas(batch: int, generator: torch.Generator, shift: float = 1.0) -> torch.Tensor:
     """Half logit-normal (SD3's choice, dense in the middle), half uniform (covers the ends);
-    then `shift` maps s -> k s / (1 + (k - 1) s), the sampler's time shift
-    (`samplers.schedules.shift_sigma`, restated here because `model/` does not import
-    `samplers/`), so k > 1 spends more of training at high noise, where a clip's layout and
-    motion are decided (k = 2 matches the default sampling shift; k = 1 leaves s as it is)."""
+    then the sampler's time shift `shift_sigma(s, k)` = k s / (1 + (k - 1) s), so k > 1 spends
+    more of training at high noise, where a clip's layout and motion are decided (k = 2 matches
+    the default sampling shift; k = 1 leaves s as it is)."""
     logit = torch.sigmoid(torch.randn(batch, generator=generator))
     uni = torch.rand(batch, generator=generator)
     pick = torch.rand(batch, generator=generator) < 0.5
     s = torch.where(pick, logit, uni)
-    return (shift * s / (1 + (shift - 1) * s)).clamp(1e-3, 1.0)
+    return shift_sigma(s, shift).clamp(1e-3, 1.0)
 
 
 def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: list[str],
@@ -60,7 +95,6 @@ def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: li
     the 64 cells of a frame, and without extra weight the loss is mostly the easy flat
     background, while the object's colour, shape and path are what a caption asks for."""
     B, _, T, H, W = x0.shape
-    ph, pw = dit.config.patch_size[1:]
     drop = torch.rand(B, generator=generator) < p_uncond
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     context = text.encode(captions)                                       # (B, L, text_dim)
@@ -69,12 +103,12 @@ def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: li
     eps = torch.randn(x0.shape, generator=generator)
     s = sigma.view(B, 1, 1, 1, 1)
     xs = (1 - s) * x0 + s * eps
-    m = known[:, None, :, None, None]
-    xs = torch.where(m, x0, xs)
-    t = token_timesteps(sigma, known, (H // ph) * (W // pw))              # (B, tokens)
+    mask = (~known).float()[:, None, :, None, None].expand(B, 1, T, H, W)  # 1 = generate, 0 = known
+    xs = canvas.replace_known(xs, x0, mask)
+    t = canvas.token_timesteps(mask, 1000 * sigma, dit.config.patch_size)  # (B, tokens)
     v = dit(xs, t, context)
     err = (v - (eps - x0)) ** 2                                           # (B, C, T, H, W)
-    weight = (~m).float().expand_as(err)
+    weight = mask.expand_as(err)
     if cell_weight is not None:
         weight = weight * cell_weight
     return (err * weight).sum() / weight.sum().clamp_min(1)
@@ -169,4 +203,5 @@ def eval_loss(dit: WanDiT, text: TinyTextEncoder, latents: torch.Tensor, caption
         return float(flow_loss(dit, text, latents, captions, gen, p_uncond=0.0))
 
 
-__all__ = ["DiTTrainConfig", "DiTTrainer", "flow_loss", "eval_loss", "object_mask", "sample_sigmas"]
+__all__ = ["DiTTrainConfig", "DiTTrainer", "MODES", "flow_loss", "eval_loss", "frame_mask", "object_mask",
+           "random_frame_masks", "sample_sigmas"]

@@ -93,13 +93,11 @@ DIT_PRESETS: dict[str, DiTConfig] = {
                                   flf_pos_len=514),                                # 16,395,536,704
     "wan2.2-ti2v-5b": DiTConfig(dim=3072, ffn_dim=14336, num_heads=24, in_dim=48, out_dim=48,
                                 model_type="ti2v"),                                # 4,999,787,712
-    # A14B = two experts of this shape (high noise above the boundary, low noise below).
+    # A14B = two experts of this shape (high noise above the boundary, low noise below; the
+    # boundaries are in samplers.experts.WAN22_BOUNDARY).
     "wan2.2-t2v-a14b": DiTConfig(**_14B),                                          # 14,288,491,584 each
     "wan2.2-i2v-a14b": DiTConfig(**_14B, in_dim=36, model_type="i2v"),              # 14,288,901,184 each
 }
-
-# Expert switch points of the Wan 2.2 A14B pairs, as a fraction of 1000 timesteps (MODELS.md).
-A14B_BOUNDARY = {"wan2.2-t2v-a14b": 0.875, "wan2.2-i2v-a14b": 0.900}
 
 
 def tiny_config(**overrides: object) -> DiTConfig:

@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..model.weights.catalog import ModelError, download, load_catalog, lookup
 from . import models as M
 from .host import ComfyClient, ComfyHost, HostError
 from .overrides import OverrideError, apply_overrides, set_seed
@@ -74,12 +75,12 @@ def load_workflow(path: Path) -> dict:
 def check_models(graph: dict, workflow: Path, client: ComfyClient, manifest_path: Path,
                  models_dir: str | None = None) -> None:
     """Refuse to queue when the manifest's or the graph's catalog models are not on the server."""
-    catalog = M.load_catalog()
+    catalog = load_catalog()
     ids = M.manifest_ids(workflow, M.load_manifest(manifest_path))
     ids += [i for i in M.referenced_ids(graph, catalog) if i not in ids]
     if not ids:
         return
-    missing = M.missing_on_server(M.lookup(ids, catalog), client)
+    missing = M.missing_on_server(lookup(ids, catalog), client)
     if missing:
         lines = [f"  {e.id}: {e.folder}/{e.filename}" for e in missing]
         raise RunFailed(EXIT_VALIDATION, f"{workflow.name} needs models the server does not have:\n"
@@ -172,7 +173,7 @@ def models_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    catalog = M.load_catalog()
+    catalog = load_catalog()
     if args.action == "list":
         for e in catalog.values():
             size = f"{e.size / 2**30:.1f} GiB" if e.size else "size ?"
@@ -186,17 +187,17 @@ def cmd_models(args: argparse.Namespace) -> int:
         data = read_json(path)
         ids = M.manifest_ids(path, M.load_manifest(Path(args.manifest)))
         ids += [i for i in M.referenced_ids(data, catalog) if i not in ids]
-        missing = M.missing_local(M.lookup(ids, catalog), root)
-        for e in M.lookup(ids, catalog):
+        missing = M.missing_local(lookup(ids, catalog), root)
+        for e in lookup(ids, catalog):
             print(f"{'MISSING' if e in missing else 'ok':8} {e.id:28} {e.destination(root)}")
         if missing:
             print(M.download_command([e.id for e in missing], args.models_dir), file=sys.stderr)
             return EXIT_VALIDATION
         return EXIT_OK
     try:
-        for e in M.lookup(args.targets, catalog):
-            print(M.download(e, root, force=args.force))
-    except M.ModelError as e:
+        for e in lookup(args.targets, catalog):
+            print(download(e, root, force=args.force))
+    except ModelError as e:
         raise RunFailed(EXIT_HOST, str(e))
     return EXIT_OK
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as e:
         print(f"spacetime-video: {e}", file=sys.stderr)
         return e.code
-    except (HostError, M.ModelError) as e:
+    except (HostError, ModelError) as e:
         print(f"spacetime-video: {e}", file=sys.stderr)
         return EXIT_HOST
     except KeyboardInterrupt:

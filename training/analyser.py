@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .vocab import BACKGROUNDS, COLOURS
+from ..model.embedded.vocab import BACKGROUNDS, COLOURS
 
 _FG_DIST = 0.15       # pixels closer than this to the background (RGB 0..1) are background
 _MIN_ALPHA = 0.3

@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from ..sizes import nearest_multiple
+
 Grid = tuple[int, int, int]  # tokens along (t, h, w)
 
 
@@ -35,13 +37,9 @@ def grid_of(shape: torch.Size | tuple[int, ...], patch_size: Grid, in_dim: int) 
     if t % pt or h % ph or w % pw:
         raise LatentShapeError(
             f"latent T x H x W = {t} x {h} x {w} does not fit the patch grid {pt} x {ph} x {pw}: each "
-            f"must be a multiple; nearest valid H x W: {_snap(h, ph)} x {_snap(w, pw)} (pixel sizes "
+            f"must be a multiple; nearest valid H x W: {nearest_multiple(h, ph)} x {nearest_multiple(w, pw)} (pixel sizes "
             "must be multiples of the VAE stride times the patch size, e.g. 16 for Wan 2.1)")
     return t // pt, h // ph, w // pw
-
-
-def _snap(n: int, m: int) -> int:
-    return max(m, round(n / m) * m)
 
 
 def patchify(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

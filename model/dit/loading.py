@@ -1,112 +1,32 @@
 """Loading a Wan DiT: layout and config detection from tensor names and shapes, lazy reading,
-fp8 storage.
+narrow and fp8 storage.
 
 Config detection follows the official conventions (Wan-Video/Wan2.1 ``wan/configs``): head
 width 128, so heads = dim / 128; FLF2V is I2V with ``img_emb.emb_pos``; Wan 2.2 I2V A14B is a
-36-channel model without the CLIP branch. ComfyUI's "fp8_scaled" files store Linear weights as
-float8_e4m3fn with a per-tensor ``<layer>.scale_weight`` (newer: ``weight_scale``) and a
-``scaled_fp8`` marker key (ComfyUI ``comfy/ops.py`` ``scaled_fp8_ops``, ``model_detection.py``);
-the real weight is ``weight.float() * scale``. Such weights stay fp8 in memory and are widened
-layer by layer in ``Linear.forward``.
+36-channel model without the CLIP branch. Storage dtypes follow ``weights.precision``.
 
 Memory: the model is built on the meta device and each tensor is read straight from the file
-into its final buffer (plain reads, no mmap), so loading never holds two copies of the weights.
+into its final buffer (``weights.files.TensorReader``), so loading never holds two copies.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .convert import dit_official_names
-from .dit_config import DIT_PRESETS, DiTConfig
-from .loading import PICKLE_SUFFIXES, PathOrStateDict, WeightsError, read_safetensors_header
-
-if TYPE_CHECKING:
-    from .dit import WanDiT
+from ..weights.files import PathOrStateDict, TensorReader, WeightsError
+from ..weights.layouts import dit_official_names
+from ..weights.precision import FP8_DTYPES, SCALE_SUFFIXES, Linear, storage_dtype
+from .config import DIT_PRESETS, DiTConfig
+from .model import WanDiT
 
 log = logging.getLogger(__name__)
 
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-             "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
-             "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 METADATA_KEY = "spacetime_dit_config"  # optional JSON of DiTConfig fields in a file's metadata
-SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` whose weight may be stored narrower than the compute dtype (bf16, fp16, or
-    fp8 with a per-tensor ``scale_weight``); it is widened to the input's dtype when used."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("scale_weight", None, persistent=False)  # set by load_dit for fp8
-
-    def weight_as(self, dtype: torch.dtype) -> torch.Tensor:
-        """The weight as used in ``dtype`` (widened, and scaled if stored as scaled fp8)."""
-        w = self.weight
-        if w.dtype != dtype:
-            w = w.to(dtype)
-            if self.scale_weight is not None:
-                w = w * self.scale_weight.to(dtype)
-        return w
-
-    def bias_as(self, dtype: torch.dtype) -> torch.Tensor | None:
-        return None if self.bias is None else self.bias.to(dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight_as(x.dtype), self.bias_as(x.dtype))
-
-
-class _Reader:
-    """Shapes, dtypes and lazy tensor reads for a safetensors path or an in-memory state dict."""
-
-    def __init__(self, source: PathOrStateDict) -> None:
-        self.sd: Mapping[str, torch.Tensor] | None = None
-        self.metadata: dict[str, str] = {}
-        if isinstance(source, Mapping):
-            self.sd = source
-            self.shapes = {k: tuple(v.shape) for k, v in source.items()}
-            self.dtypes = {k: v.dtype for k, v in source.items()}
-            return
-        path = Path(source)
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise WeightsError(f"{path.name}: pickle checkpoints are not loaded (they can run code); "
-                               "use the .safetensors release of these weights")
-        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]  # sharded diffusers dirs
-        if not files or not all(f.is_file() for f in files):
-            raise WeightsError(f"DiT weights not found: {path} (a .safetensors file, or a folder of them)")
-        self.entries: dict[str, tuple[Path, int, dict]] = {}
-        for f in files:
-            header = read_safetensors_header(f)
-            self.metadata.update(header.pop("__metadata__", None) or {})
-            start = 8 + int.from_bytes(f.open("rb").read(8), "little")
-            self.entries.update({k: (f, start, v) for k, v in header.items()})
-        self.shapes = {k: tuple(v["shape"]) for k, (_, _, v) in self.entries.items()}
-        self.dtypes = {k: ST_DTYPES.get(v["dtype"]) for k, (_, _, v) in self.entries.items()}
-
-    def read(self, key: str) -> torch.Tensor:
-        if self.sd is not None:
-            return self.sd[key]
-        path, start, e = self.entries[key]
-        dtype = self.dtypes[key]
-        if dtype is None:
-            raise WeightsError(f"{path.name}: tensor {key} has unsupported dtype {e['dtype']}")
-        t = torch.empty(self.shapes[key], dtype=dtype)
-        begin, end = e["data_offsets"]
-        with open(path, "rb") as f:  # plain read into the final buffer: no mmap, no copy
-            f.seek(start + begin)
-            if end > begin and f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != end - begin:
-                raise WeightsError(f"{path.name}: short read for {key}; the file is truncated")
-        return t
 
 
 def _layout_error(found: list[str], expected: str) -> WeightsError:
@@ -159,27 +79,16 @@ def config_metadata(config: DiTConfig) -> dict[str, str]:
     return {METADATA_KEY: json.dumps({k: getattr(config, k) for k in keep})}
 
 
-def _storage_dtype(name: str, src: torch.dtype, dtype: torch.dtype | None, compute: torch.dtype,
-                   linear: bool) -> torch.dtype:
-    from .dit import keeps_fp32
-    if keeps_fp32(name):
-        return torch.float32
-    if src in FP8_DTYPES and linear and name.endswith(".weight") and (dtype is None or dtype == src):
-        return src  # stays fp8; widened per layer at run time by Linear
-    return dtype if dtype is not None and dtype not in FP8_DTYPES else compute
-
-
 def load_dit(path_or_state_dict: PathOrStateDict, dtype: torch.dtype | None = None,
              compute_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-             attention: str = "auto", config: DiTConfig | None = None) -> "WanDiT":
+             attention: str = "auto", config: DiTConfig | None = None) -> WanDiT:
     """A ``WanDiT`` from a safetensors file or a state dict, in any supported layout.
 
-    ``dtype``: storage dtype (None: ``compute_dtype``, fp8 weights stay fp8); ``compute_dtype``:
+    ``dtype``: storage dtype (None: ``compute_dtype``, a file's fp8 weights stay fp8; fp8 stores
+    the Linear weights in fp8, see ``weights.precision.storage_dtype``); ``compute_dtype``:
     matmul/attention precision; ``config``: skip detection (custom models without metadata).
     """
-    from .dit import WanDiT
-
-    reader = _Reader(path_or_state_dict)
+    reader = TensorReader(path_or_state_dict, "DiT weights")
     names = dit_official_names(reader.shapes)                      # official -> file key
     scales = {k[: -len(s)] + ".weight": f for k, f in names.items() for s in SCALE_SUFFIXES if k.endswith(s)}
     names = {k: f for k, f in names.items() if not k.endswith(SCALE_SUFFIXES)}
@@ -203,7 +112,7 @@ def load_dit(path_or_state_dict: PathOrStateDict, dtype: torch.dtype | None = No
         t = reader.read(names[name])
         mod_name, _, attr = name.rpartition(".")
         module = modules[mod_name]
-        target = _storage_dtype(name, t.dtype, dtype, compute_dtype, isinstance(module, Linear))
+        target = storage_dtype(name, t.dtype, dtype, compute_dtype, isinstance(module, Linear))
         scale = None
         if name in scales:  # per tensor (ComfyUI), or per output row
             scale = reader.read(scales[name]).float()

@@ -1,0 +1,311 @@
+"""Generate the pack's workflows: every Sora capability for every model family, each as a
+UI-format graph (draggable into ComfyUI) and its API-format twin ``NAME_api.json``.
+
+    python -m spacetime_video.scripts.make_workflows [--out workflows/]
+
+Both formats come from one graph description, so they cannot drift apart. ``NODE_SPECS``
+lists each node type's sockets and widgets in ComfyUI's order; tests/test_workflows.py checks
+it against a live server's /object_info. Defaults follow /work/shared/MODELS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# node type -> (input sockets [(name, type)], widget names in order, outputs [(name, type)]).
+# "$control" marks the frontend's control_after_generate widget after a seed.
+NODE_SPECS: dict[str, tuple[list, list, list]] = {
+    "SpacetimeEmbeddedLoader": ([], ["shift"], [("MODEL", "MODEL"), ("VAE", "VAE"),
+                                                ("text_encoder", "SPACETIME_TEXT_ENCODER")]),
+    "SpacetimeTextEncode": ([("text_encoder", "SPACETIME_TEXT_ENCODER")], ["text"], [("CONDITIONING", "CONDITIONING")]),
+    "SpacetimeDiTLoader": ([], ["dit_name", "weight_dtype", "compute_dtype", "attention", "shift", "low_noise_dit_name"],
+                           [("model", "MODEL"), ("low_noise_model", "MODEL")]),
+    "SpacetimeVAELoader": ([], ["vae_name", "dtype"], [("VAE", "VAE")]),
+    "CLIPLoader": ([], ["clip_name", "type", "device"], [("CLIP", "CLIP")]),
+    "CLIPTextEncode": ([("clip", "CLIP")], ["text"], [("CONDITIONING", "CONDITIONING")]),
+    "CLIPVisionLoader": ([], ["clip_name"], [("CLIP_VISION", "CLIP_VISION")]),
+    "CLIPVisionEncode": ([("clip_vision", "CLIP_VISION"), ("image", "IMAGE")], ["crop"],
+                         [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")]),
+    "LoadImage": ([], ["image", "$upload"], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "SpacetimeLoadVideo": ([], ["video", "start_frame", "frame_count", "stride", "width", "height"],
+                           [("images", "IMAGE"), ("fps", "FLOAT"), ("frame_count", "INT"), ("video", "VIDEO")]),
+    "SpacetimeCanvas": ([("vae", "VAE"), ("model", "MODEL")], ["width", "height", "length", "invalid_size"],
+                        [("LATENT", "LATENT")]),
+    "SpacetimePlaceFrames": ([("latent", "LATENT"), ("vae", "VAE"), ("images", "IMAGE"),
+                              ("clip_vision_output", "CLIP_VISION_OUTPUT")],
+                             ["position", "frame", "use", "count"], [("latent", "LATENT"), ("placed_frames", "IMAGE")]),
+    "SpacetimeSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                          ("latent", "LATENT"), ("sigmas", "SIGMAS"), ("low_noise_model", "MODEL"),
+                          ("clip_vision_output", "CLIP_VISION_OUTPUT")],
+                         ["seed", "$control", "steps", "cfg", "solver", "shift", "denoise", "boundary", "low_noise_cfg"],
+                         [("LATENT", "LATENT")]),
+    "SpacetimeVAEEncode": ([("images", "IMAGE"), ("vae", "VAE")], ["tile"], [("LATENT", "LATENT")]),
+    "SpacetimeVAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], ["tile"], [("IMAGE", "IMAGE")]),
+    "SpacetimeSaveVideo": ([("images", "IMAGE"), ("video", "VIDEO"), ("caption", "STRING")],
+                           ["fps", "filename_prefix", "format"], []),
+    "SpacetimePromptExpander": ([("images", "IMAGE")],
+                                ["prompt", "task", "model_family", "language", "seed", "$control", "max_words",
+                                 "backend", "base_url", "model", "api_key_env", "on_error", "temperature"],
+                                [("expanded", "STRING"), ("original", "STRING")]),
+    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
+}
+# values of widgets not set by a workflow (the frontend needs every widget's value)
+WIDGET_DEFAULTS = {"$control": "fixed", "$upload": "image", "weight_dtype": "default", "compute_dtype": "auto",
+                   "attention": "auto", "low_noise_dit_name": "none", "dtype": "auto", "device": "default",
+                   "invalid_size": "snap", "frame": 0, "use": "all", "count": 1, "tile": 0, "boundary": 0.875,
+                   "low_noise_cfg": 3.0, "denoise": 1.0, "solver": "unipc", "start_frame": 0, "frame_count": 0,
+                   "stride": 1, "width": 0, "height": 0, "format": "mp4", "crop": "none",
+                   "language": "en", "max_words": 100, "backend": "rules", "base_url": "http://localhost:11434/v1",
+                   "model": "", "api_key_env": "OPENAI_API_KEY", "on_error": "fallback", "temperature": 0.7}
+
+TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"  # Comfy-Org repackaged file names
+CLIP_VISION = "clip_vision_h.safetensors"
+NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+            "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+            "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+IMAGE_IN, CLIP_A, CLIP_B = "spacetime_start.png", "spacetime_clip_a.mp4", "spacetime_clip_b.mp4"
+
+# family -> loader kind, files, and the official defaults (MODELS.md)
+FAMILIES: dict[str, dict] = {
+    "embedded": dict(kind="embedded", width=64, height=64, length=17, fps=8, steps=20, shift=2.0, cfg=4.0,
+                     overlap=5, prompt="red ball right, navy background",
+                     negative="", caps=["t2v", "i2v", "extend_forward", "extend_backward", "connect", "loop",
+                                        "edit", "image"]),
+    "wan21_t2v_1.3b": dict(kind="file", dit="wan2.1_t2v_1.3B_fp16.safetensors", vae="wan_2.1_vae.safetensors",
+                           width=832, height=480, length=81, fps=16, steps=50, shift=5.0, cfg=5.0, overlap=17,
+                           caps=["t2v", "i2v", "extend_forward", "extend_backward", "connect", "loop", "edit",
+                                 "image"]),
+    "wan22_ti2v_5b": dict(kind="file", dit="wan2.2_ti2v_5B_fp16.safetensors", vae="wan2.2_vae.safetensors",
+                          width=1280, height=704, length=121, fps=24, steps=50, shift=5.0, cfg=5.0, overlap=25,
+                          caps=["t2v", "i2v", "extend_forward", "extend_backward", "connect", "loop", "edit",
+                                "image"]),
+    "wan21_i2v_14b": dict(kind="file", dit="wan2.1_i2v_480p_14B_fp16.safetensors", vae="wan_2.1_vae.safetensors",
+                          width=832, height=480, length=81, fps=16, steps=40, shift=3.0, cfg=5.0, overlap=1,
+                          clip_vision=True, caps=["i2v", "extend_forward"]),
+    "wan21_flf2v_14b": dict(kind="file", dit="wan2.1_flf2v_720p_14B_fp16.safetensors", vae="wan_2.1_vae.safetensors",
+                            width=1280, height=720, length=81, fps=16, steps=50, shift=16.0, cfg=5.0, overlap=1,
+                            clip_vision=True, caps=["connect", "loop", "extend_backward"]),
+    "wan22_t2v_a14b": dict(kind="file", dit="wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                           low_dit="wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", vae="wan_2.1_vae.safetensors",
+                           width=832, height=480, length=81, fps=16, steps=40, shift=12.0, cfg=4.0, low_cfg=3.0,
+                           boundary=0.875, overlap=17, caps=["t2v"]),
+}
+# catalog ids (scripts/catalog.json) each family needs, for workflows/models.json
+NEEDS = {
+    "embedded": [],
+    "wan21_t2v_1.3b": ["wan2.1-t2v-1.3b", "wan2.1-vae", "umt5-xxl-fp8"],
+    "wan22_ti2v_5b": ["wan2.2-ti2v-5b", "wan2.2-vae", "umt5-xxl-fp8"],
+    "wan21_i2v_14b": ["wan2.1-i2v-480p-14b", "wan2.1-vae", "umt5-xxl-fp8", "clip-vision-h"],
+    "wan21_flf2v_14b": ["wan2.1-flf2v-720p-14b", "wan2.1-vae", "umt5-xxl-fp8", "clip-vision-h"],
+    "wan22_t2v_a14b": ["wan2.2-t2v-a14b-high", "wan2.2-t2v-a14b-low", "wan2.1-vae", "umt5-xxl-fp8"],
+}
+DEFAULT_PROMPT = ("A red fox trots through fresh snow in a quiet birch forest at dawn, soft golden light, "
+                  "the camera follows it slowly at eye level, cinematic, detailed fur.")
+TITLES = {"t2v": "text to video", "i2v": "image to video", "extend_forward": "extend a clip forward",
+          "extend_backward": "extend a clip backward", "connect": "connect two clips", "loop": "seamless loop",
+          "edit": "video-to-video edit", "image": "image generation"}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    widgets: dict
+    links: dict = field(default_factory=dict)   # input name -> (node, output slot)
+    title: str | None = None
+
+
+class Graph:
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+
+    def add(self, node_type: str, title: str | None = None, /, **inputs) -> Node:
+        """Inputs that are ``(Node, slot)`` become links, the rest widget values."""
+        links = {k: v for k, v in inputs.items() if isinstance(v, tuple) and isinstance(v[0], Node)}
+        widgets = {k: v for k, v in inputs.items() if k not in links}
+        node = Node(len(self.nodes) + 1, node_type, widgets, links, title)
+        self.nodes.append(node)
+        return node
+
+    def api(self) -> dict:
+        out = {}
+        for n in self.nodes:
+            names = [w for w in NODE_SPECS[n.type][1] if not w.startswith("$")]
+            inputs = {w: n.widgets.get(w, WIDGET_DEFAULTS.get(w)) for w in names}
+            inputs = {k: v for k, v in inputs.items() if v is not None}
+            inputs.update({k: [str(src.id), slot] for k, (src, slot) in n.links.items()})
+            out[str(n.id)] = {"class_type": n.type, "inputs": inputs, "_meta": {"title": n.title or n.type}}
+        return out
+
+    def ui(self) -> dict:
+        links, depth = [], {}
+        for n in self.nodes:  # nodes are added in dependency order
+            depth[n.id] = 1 + max((depth[src.id] for src, _ in n.links.values()), default=-1)
+        rows: dict[int, int] = {}
+        ui_nodes = []
+        for n in self.nodes:
+            sockets, widget_names, outputs = NODE_SPECS[n.type]
+            inputs = []
+            for name, typ in sockets:
+                link = None
+                if name in n.links:
+                    src, slot = n.links[name]
+                    link = len(links) + 1
+                    links.append([link, src.id, slot, n.id, len(inputs), typ])
+                inputs.append({"name": name, "type": typ, "link": link})
+            for name in widget_names:
+                if name in n.links:
+                    src, slot = n.links[name]
+                    typ = NODE_SPECS[src.type][2][slot][1]
+                    link = len(links) + 1
+                    links.append([link, src.id, slot, n.id, len(inputs), typ])
+                    inputs.append({"name": name, "type": typ, "widget": {"name": name}, "link": link})
+            unknown = set(n.widgets) - set(widget_names)
+            if unknown:
+                raise ValueError(f"{n.type}: no widget(s) {sorted(unknown)}")
+            # a widget fed by a link keeps a placeholder value, as the frontend saves it
+            values = [n.widgets.get(w, "" if w in n.links else WIDGET_DEFAULTS.get(w)) for w in widget_names]
+            col, row = depth[n.id], rows.get(depth[n.id], 0)
+            rows[col] = row + 1
+            ui_nodes.append({
+                "id": n.id, "type": n.type, "pos": [40 + 360 * col, 40 + 260 * row], "size": [320, 60 + 26 * len(values)],
+                "flags": {}, "order": len(ui_nodes), "mode": 0, "inputs": inputs,
+                "outputs": [{"name": name, "type": typ, "links": [], "slot_index": i} for i, (name, typ) in enumerate(outputs)],
+                "properties": {"Node name for S&R": n.type}, "widgets_values": values,
+                **({"title": n.title} if n.title else {}),
+            })
+        by_id = {u["id"]: u for u in ui_nodes}
+        for link_id, src, slot, _dst, _dst_slot, _typ in links:
+            by_id[src]["outputs"][slot]["links"].append(link_id)
+        return {"last_node_id": len(ui_nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+                "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def _loaders(g: Graph, fam: dict, prompt: str, negative: str, task: str):
+    """-> model, vae, positive, negative (each a (Node, slot)), and the caption (or None)."""
+    if fam["kind"] == "embedded":
+        loader = g.add("SpacetimeEmbeddedLoader", shift=fam["shift"])
+        # The Sora recipe: a short idea becomes the caption the model was trained on.
+        expander = g.add("SpacetimePromptExpander", "Prompt", prompt=prompt, task=task,
+                         model_family="embedded", seed=0, max_words=40)
+        pos = g.add("SpacetimeTextEncode", "Positive prompt", text_encoder=(loader, 2), text=(expander, 0))
+        neg = g.add("SpacetimeTextEncode", "Negative prompt", text_encoder=(loader, 2), text=negative)
+        return (loader, 0), (loader, 1), (pos, 0), (neg, 0), (expander, 0)
+    dit = g.add("SpacetimeDiTLoader", dit_name=fam["dit"], shift=fam["shift"],
+                low_noise_dit_name=fam.get("low_dit", "none"))
+    vae = g.add("SpacetimeVAELoader", vae_name=fam["vae"])
+    clip = g.add("CLIPLoader", clip_name=TEXT_ENCODER, type="wan", device="default")
+    pos = g.add("CLIPTextEncode", "Positive prompt", clip=(clip, 0), text=prompt)
+    neg = g.add("CLIPTextEncode", "Negative prompt", clip=(clip, 0), text=negative)
+    return (dit, 0), (vae, 0), (pos, 0), (neg, 0), None
+
+
+def _clip(g: Graph, fam: dict, name: str):
+    return g.add("SpacetimeLoadVideo", name.split(".")[0], video=name, start_frame=0, frame_count=0, stride=1,
+                 width=fam["width"], height=fam["height"])
+
+
+def build(family: str, cap: str) -> Graph:
+    fam = FAMILIES[family]
+    g = Graph()
+    prompt = fam.get("prompt", DEFAULT_PROMPT)
+    task = {"i2v": "i2v", "connect": "flf2v", "loop": "flf2v", "extend_forward": "extend",
+            "extend_backward": "extend"}.get(cap, "t2v")
+    model, vae, pos, neg, caption = _loaders(g, fam, prompt, fam.get("negative", NEGATIVE), task)
+    vision = g.add("CLIPVisionLoader", clip_name=CLIP_VISION) if fam.get("clip_vision") else None
+    length = 1 if cap == "image" else fam["length"]
+    n = fam["overlap"]
+    sampler_in = dict(model=model, positive=pos, negative=neg, seed=42, steps=fam["steps"], cfg=fam["cfg"],
+                      solver="unipc", shift=fam["shift"], denoise=1.0)
+    if "low_dit" in fam:  # Wan 2.2 A14B: the loader's second output is the low-noise expert
+        sampler_in.update(low_noise_model=(model[0], 1), boundary=fam["boundary"], low_noise_cfg=fam["low_cfg"])
+
+    def place(latent, images, position, use, count, see=None):
+        extra = {"clip_vision_output": see} if see else {}
+        return g.add("SpacetimePlaceFrames", latent=latent, vae=vae, images=images, position=position, frame=0,
+                     use=use, count=count, **extra)
+
+    def seen(images):
+        return (g.add("CLIPVisionEncode", clip_vision=(vision, 0), image=images, crop="none"), 0) if vision else None
+
+    if cap == "edit":
+        clip = g.add("SpacetimeLoadVideo", "clip to edit", video=CLIP_A, start_frame=0, frame_count=fam["length"],
+                     stride=1, width=fam["width"], height=fam["height"])
+        latent = (g.add("SpacetimeVAEEncode", images=(clip, 0), vae=vae, tile=0), 0)
+        sampler_in["denoise"] = 0.7
+    else:
+        latent = (g.add("SpacetimeCanvas", vae=vae, model=model, width=fam["width"], height=fam["height"],
+                        length=length, invalid_size="snap"), 0)
+        if cap == "i2v":
+            image = g.add("LoadImage", "start image", image=IMAGE_IN)
+            latent = (place(latent, (image, 0), "start", "all", 1, seen((image, 0))), 0)
+        elif cap in ("extend_forward", "extend_backward", "loop"):
+            clip = _clip(g, fam, CLIP_A)
+            position, use = {"extend_forward": ("start", "last"), "extend_backward": ("end", "first"),
+                             "loop": ("start", "first")}[cap]
+            first = place(latent, (clip, 0), position, use, n)
+            latent = (first, 0)
+            view = seen((first, 1))
+            if cap == "loop":
+                last = place(latent, (clip, 0), "end", "first", n, view)
+                latent, view = (last, 0), seen((last, 1))
+            if view:
+                sampler_in["clip_vision_output"] = view
+        elif cap == "connect":
+            a, b = _clip(g, fam, CLIP_A), _clip(g, fam, CLIP_B)
+            first = place(latent, (a, 0), "start", "last", n)
+            last = place((first, 0), (b, 0), "end", "first", n, seen((first, 1)))
+            latent = (last, 0)
+            if vision:
+                sampler_in["clip_vision_output"] = seen((last, 1))
+    sampled = g.add("SpacetimeSampler", latent=latent, **sampler_in)
+    frames = g.add("SpacetimeVAEDecode", samples=(sampled, 0), vae=vae, tile=0)
+    prefix = f"spacetime/{family}_{cap}"
+    if cap == "image":
+        g.add("SaveImage", images=(frames, 0), filename_prefix=prefix)
+    else:
+        extra = {"caption": caption} if caption else {}
+        g.add("SpacetimeSaveVideo", images=(frames, 0), fps=float(fam["fps"]), filename_prefix=prefix, format="mp4",
+              **extra)
+    return g
+
+
+def all_workflows() -> dict[str, Graph]:
+    return {f"{family}_{cap}": build(family, cap) for family, fam in FAMILIES.items() for cap in fam["caps"]}
+
+
+def write_manifest(out_dir: Path) -> Path:
+    """Add this generator's workflows to workflows/models.json (other entries are kept)."""
+    path = out_dir / "models.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"format": 1, "workflows": {}}
+    for family, fam in FAMILIES.items():
+        for cap in fam["caps"]:
+            data["workflows"][f"{family}_{cap}.json"] = NEEDS[family]
+    data["workflows"] = dict(sorted(data["workflows"].items()))
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def write(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [write_manifest(out_dir)]
+    for name, graph in all_workflows().items():
+        for path, data in ((out_dir / f"{name}.json", graph.ui()), (out_dir / f"{name}_api.json", graph.api())):
+            path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "workflows")
+    args = parser.parse_args(argv)
+    paths = write(args.out)
+    print(f"wrote {len(paths)} workflow files to {args.out}")  # noqa: T201 (a script's one line of output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

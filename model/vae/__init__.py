@@ -1,0 +1,6 @@
+"""The Wan video VAE (2.1 and 2.2): config, layers, causal cache, spatial tiles, loading."""
+from .config import VAE_PRESETS, VAEConfig
+from .loading import load_vae, vae_config_from_state_dict
+from .model import WanVAE
+
+__all__ = ["VAE_PRESETS", "VAEConfig", "WanVAE", "load_vae", "vae_config_from_state_dict"]

@@ -1,0 +1,145 @@
+"""Generation as one plain function: text and known frames in, a video out.
+
+    from spacetime_video.pipeline import Known, generate, generate_embedded
+    video = generate_embedded("a red ball rolls to the left across a black background", seed=0)
+    video = generate_embedded("a blue box rises", known=[Known(first_frame)])      # image-to-video
+    video = generate(dit, vae, context, negative, frames=81, height=480, width=832)  # any T2V / TI2V Wan
+
+It joins the model (VAE, DiT, the canvas of known frames) with the samplers (schedule,
+classifier-free guidance, solver): each step is "impose the known latents, run the DiT, turn
+its velocity into x0, guide", the same placement the ComfyUI nodes make. Known frames are
+placed on a pixel canvas, encoded by the VAE in their true order and held while the rest is
+denoised: clean with timestep 0 for models trained that way (Wan 2.2 TI2V, the embedded model),
+re-noised to each step's sigma otherwise (Wan 2.1). Models that take the image as extra input
+channels (Wan 2.1 I2V / FLF2V, Wan 2.2 I2V) need CLIP-vision features and run through the
+ComfyUI nodes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .model import canvas
+from .model.dit import WanDiT
+from .model.embedded import EmbeddedModel, load_embedded
+from .model.embedded import config as C
+from .model.vae import WanVAE
+from .samplers import cfg_denoiser, flow_sigmas, sample
+from .samplers.common import Callback, Denoiser
+
+__all__ = ["Known", "generate", "generate_embedded", "generate_latent"]
+
+
+@dataclass(frozen=True)
+class Known:
+    """Frames to keep: ``[n, H, W, 3]`` in 0..1 (ComfyUI IMAGE) or ``[3, n, H, W]`` in -1..1, at
+    ``"start"``, ``"end"`` or a frame index."""
+
+    frames: torch.Tensor
+    at: str | int = "start"
+
+    def pixels(self) -> torch.Tensor:
+        """The frames as ``[n, H, W, 3]`` in 0..1 (a single image ``[H, W, 3]`` / ``[3, H, W]`` too)."""
+        x = torch.as_tensor(self.frames).float()
+        if x.dim() == 3:
+            x = x.unsqueeze(0) if x.shape[-1] == 3 else x.unsqueeze(1)
+        if x.dim() != 4:
+            raise ValueError(f"known frames of shape {tuple(x.shape)}: expected [n, H, W, 3] in 0..1 "
+                             "or [3, n, H, W] in -1..1")
+        if x.shape[-1] == 3 and x.shape[0] != 3:
+            return x
+        return ((x.permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+
+
+def _encode_pixels(vae: WanVAE) -> Callable[[torch.Tensor], torch.Tensor]:
+    def encode(pixels: torch.Tensor) -> torch.Tensor:  # [T, H, W, 3] in 0..1 -> normalized latent
+        video = pixels.permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1                  # (1, 3, T, H, W)
+        return vae.normalize(vae.encode(video.to(vae.device, vae.dtype)).float())
+    return encode
+
+
+def _canvas_denoiser(dit: WanDiT, clean: torch.Tensor | None, mask: torch.Tensor | None,
+                     noise: torch.Tensor, per_token: bool) -> Denoiser:
+    """``denoise(x, sigma, context) -> x0`` of one DiT with the canvas' known latents imposed
+    (``clean`` normalized latents, ``mask`` ComfyUI's noise mask: 1 = generate, 0 = keep)."""
+    patch = dit.config.patch_size
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, **_: object) -> torch.Tensor:
+        s = sigma.reshape(-1).float()                                            # (B,)
+        t = 1000 * s
+        if clean is not None:
+            x = canvas.known_input(x, clean, mask, float(s[0]), None if per_token else noise)
+            if per_token:
+                t = canvas.token_timesteps(mask, t, patch)                       # (B, tokens)
+        v = dit(x, t, context)
+        x0 = x - s.view(-1, 1, 1, 1, 1).to(x.dtype) * v
+        return x0 if clean is None else canvas.replace_known(x0, clean.to(x0.dtype), mask)
+
+    return denoise
+
+
+@torch.no_grad()
+def generate_latent(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: torch.Tensor | None = None, *,
+                    frames: int, height: int, width: int, steps: int = 50, shift: float = 5.0,
+                    guidance: float = 5.0, seed: int = 0, known: Sequence[Known] = (), solver: str = "unipc",
+                    per_token: bool | None = None, sigmas: torch.Tensor | None = None,
+                    callback: Callback | None = None) -> torch.Tensor:
+    """The raw latent ``[1, C, T', h, w]`` of a clip (what :func:`generate` decodes).
+
+    ``context`` / ``negative``: text-encoder states ``[1, L, text_dim]`` (negative None: no
+    guidance); ``known``: frames to keep; ``per_token``: known latents stay clean with timestep
+    0 (default: Wan 2.2 TI2V) rather than being re-noised each step; ``sigmas`` replaces the
+    ``steps`` / ``shift`` schedule. Deterministic given ``seed`` (the noise is drawn on the CPU
+    as ComfyUI draws it).
+    """
+    c = dit.config
+    if c.in_dim != c.out_dim:
+        raise ValueError(f"generate() runs models whose input is the latent alone; this {c.model_type} model "
+                         f"takes {c.in_dim - c.out_dim} extra image channels: use the ComfyUI nodes for it")
+    if c.out_dim != vae.config.z_dim:
+        raise ValueError(f"the VAE makes {vae.config.z_dim}-channel latents but the DiT denoises {c.out_dim}-channel "
+                         "ones: use the VAE of the model's family")
+    st, sh, sw = vae.config.stride
+    problems = canvas.check_canvas(width, height, frames, (st, sh, sw), c.patch_size)
+    if problems:
+        raise ValueError("; ".join(problems))
+    per_token = c.model_type == "ti2v" if per_token is None else per_token
+    latent_shape = (1, c.out_dim, (frames - 1) // st + 1, height // sh, width // sw)
+    noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
+    clean = mask = None
+    if known:
+        pixels, flags = canvas.new_pixel_canvas(frames, height, width)
+        for k in known:
+            f = k.pixels()
+            canvas.place(pixels, flags, f, canvas.start_frame(k.at, frames, f.shape[0]))
+        clean, kept = canvas.known_latents(_encode_pixels(vae), pixels, flags, st)
+        mask = (~kept).float().view(1, 1, -1, 1, 1).expand(latent_shape[:1] + (1,) + latent_shape[2:])
+    model = _canvas_denoiser(dit, clean, mask, noise, per_token)
+    uncond = {"context": negative} if negative is not None else {"context": context}
+    denoiser = cfg_denoiser(model, {"context": context}, uncond, guidance if negative is not None else 1.0)
+    sigmas = flow_sigmas(steps, shift) if sigmas is None else sigmas
+    z = sample(denoiser, noise, sigmas, solver=solver, callback=callback, disable=True)
+    return vae.denormalize(z)
+
+
+def generate(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: torch.Tensor | None = None,
+             **options: object) -> torch.Tensor:
+    """A clip ``[3, frames, height, width]`` in [-1, 1]: :func:`generate_latent` (same options:
+    ``frames``, ``height``, ``width`` are required), decoded by the VAE."""
+    z = generate_latent(dit, vae, context, negative, **options)
+    with torch.no_grad():
+        return vae.decode(z.to(vae.dtype))[0]
+
+
+def generate_embedded(prompt: str, frames: int = C.FRAMES, steps: int = C.DEFAULT_STEPS,
+                      guidance: float = C.DEFAULT_GUIDANCE, seed: int = 0, known: Sequence[Known] | None = None,
+                      negative: str = "", shift: float = C.DEFAULT_SHIFT, solver: str = "unipc",
+                      model: EmbeddedModel | None = None) -> torch.Tensor:
+    """A clip ``[3, frames, 64, 64]`` in [-1, 1] from the embedded tiny model (trained at 17 frames),
+    guided against ``negative`` (the empty caption by default)."""
+    m = model or load_embedded()
+    cond, uncond = m.text_encoder.encode([prompt]), m.text_encoder.encode([negative])
+    return generate(m.dit, m.vae, cond, uncond, frames=frames, height=C.SIZE, width=C.SIZE, steps=steps,
+                    shift=shift, guidance=guidance, seed=seed, known=known or (), solver=solver, per_token=True)

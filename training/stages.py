@@ -1,0 +1,371 @@
+"""Train the embedded tiny model from a seed: VAE, then latents, then DiT + text encoder.
+
+    python scripts/train_embedded.py vae     --run RUN_DIR [--steps N] [--minutes M]
+    python scripts/train_embedded.py latents --run RUN_DIR [--clips N]
+    python scripts/train_embedded.py decoder --run RUN_DIR [--steps N]   (optional, beside `dit`)
+    python scripts/train_embedded.py dit     --run RUN_DIR [--steps N] [--minutes M]
+    python scripts/train_embedded.py adapt   --run RUN_DIR [--steps N]   (optional, not in `all`:
+                                              the decoder on the DiT's x0)
+    python scripts/train_embedded.py cooldown --run RUN_DIR [--steps N] [--lr LR] [--sigma-shift K]
+                                              (after `dit`: a second, lower learning-rate cosine from
+                                              the DiT's weights into dit_cool.safetensors)
+    python scripts/train_embedded.py export  --run RUN_DIR [--to model/embedded/weights] [--vae-file F]
+                                              [--dit-file F]
+    python scripts/train_embedded.py all     --run RUN_DIR [--compile]   (the 2-hour recipe: vae,
+                                              latents, dit, cooldown with the settings in RECIPE;
+                                              --steps, --minutes, --batch, --frames, --clips, --lr,
+                                              --sigma-shift, --dit-file unused)
+
+Every stage resumes from RUN_DIR's checkpoint (saved every --every steps and at the end; the
+optimizer starts afresh), so a stage, or `all`, can be stopped and started again. `--minutes`
+caps a stage's wall-clock training time summed over its runs: each checkpoint's metadata holds
+the steps done and the seconds spent, so a resumed `all` stays inside its 2-hour budget and does
+not train a stage that its limit already stopped. `adapt` resumes only a checkpoint made against
+the same --dit-file.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..model.dit import WanDiT
+from ..model.embedded import config as C
+from ..model.embedded.text_encoder import TinyTextEncoder
+from ..model.vae import WanVAE
+from . import world
+from .export import save_embedded, vae_with_stats
+from .train_dit import DiTTrainConfig, DiTTrainer, eval_loss, object_mask
+from .train_vae import VAETrainConfig, VAETrainer, heldout_psnr, latent_stats, psnr
+
+log = logging.getLogger("spacetime.embedded.train")
+
+# The 2-hour recipe (`all`): each stage's step count and wall-clock limit, sized for the 2-core
+# build machine with --compile (the limits and the latents add up to about 107 minutes). The
+# shipped weights are this recipe's session-7 run from seed 0 (MODEL_CARD.md). The cool-down
+# draws with seed + 1. `adapt` is not part of it: it moved held-out T2V motion by +9, +4 and -14
+# points in three runs (MODEL_CARD.md).
+RECIPE = {
+    "vae": dict(steps=5600, minutes=25.0, frames=17, batch=4),
+    "latents": dict(clips=3072),
+    "dit": dict(steps=26000, minutes=68.0, batch=16, every=200),
+    "cooldown": dict(steps=4000, minutes=11.0, batch=16, every=200, lr=2e-4, sigma_shift=3.0),
+}
+
+
+@contextlib.contextmanager
+def _compiled(on: bool, *modules: torch.nn.Module):
+    """Inside the block the modules' forward runs through torch.compile (fixed shapes), which
+    fuses the many small elementwise ops of these tiny models; their state_dict keys do not
+    change. Needs a C++ compiler; `on=False` runs eager."""
+    if on:
+        for m in modules:
+            m.forward = torch.compile(m.forward, dynamic=False)
+    try:
+        yield
+    finally:
+        if on:
+            for m in modules:
+                del m.forward
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+    tmp.replace(path)
+
+
+def _meta(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def _spent(ckpt: Path) -> float:
+    """Wall-clock seconds the stage that wrote `ckpt` has trained so far, over all its runs."""
+    return float(_meta(ckpt).get("seconds", 0.0))
+
+
+def _since(t0: float) -> float:
+    return round(time.time() - t0, 1)
+
+
+def stage_vae(run: Path, steps: int, minutes: float, every: int, seed: int, frames: int, batch: int,
+              decoder_only: bool = False, compile: bool = False) -> None:
+    torch.manual_seed(seed)
+    vae = WanVAE(C.VAE_CONFIG)
+    trainer = VAETrainer(vae, VAETrainConfig(steps=steps, seed=seed, frames=frames, batch=batch,
+                                             decoder_only=decoder_only,
+                                             lr=3e-4 if decoder_only else 1e-3))
+    ckpt = run / "vae_ckpt.safetensors"
+    clock = "decoder_seconds" if decoder_only else "seconds"   # `decoder` continues the VAE's file
+    prior = _meta(ckpt) if ckpt.exists() else {}
+    spent = float(prior.get(clock, 0.0))
+    if ckpt.exists():
+        vae.load_state_dict(load_file(str(ckpt)))
+        trainer.step_no = prior["step"]
+        trainer.rng.seed(f"{seed}:{trainer.step_no}")
+        log.info("resumed VAE at step %d (%.1f minutes spent)", trainer.step_no, spent / 60)
+    t0, ema = time.time() - spent, None
+    with _compiled(compile, vae.encoder, vae.decoder):
+        while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
+            loss, p = trainer.step()
+            ema = p if ema is None else 0.95 * ema + 0.05 * p
+            if trainer.step_no % 10 == 0:
+                log.info("vae step %d loss %.4f crop psnr %.2f (avg %.2f) %.1fs", trainer.step_no, loss, p, ema,
+                         time.time() - t0)
+            if trainer.step_no % every == 0:
+                _save(ckpt, vae.state_dict(), {**prior, "step": trainer.step_no, clock: _since(t0)})
+    _save(ckpt, vae.state_dict(), {**prior, "step": trainer.step_no, clock: _since(t0)})
+    log.info("VAE stopped at step %d; held-out PSNR %.2f dB", trainer.step_no, heldout_psnr(vae, n=8))
+
+
+def stage_latents(run: Path, clips: int, seed: int) -> None:
+    vae = WanVAE(C.VAE_CONFIG)
+    vae.load_state_dict(load_file(str(run / "vae_ckpt.safetensors")))
+    mean, std = latent_stats(vae, list(range(10**6, 10**6 + 32)))
+    vae = vae_with_stats(vae, mean, std)
+    out = run / "latents.safetensors"
+    done = load_file(str(out)) if out.exists() else {}
+    zs = [done["latents"]] if done else []
+    masks = [done["object_mask"]] if done else []
+    n = done["latents"].shape[0] if done else 0
+    t0 = time.time()
+    while n < clips:
+        seeds = list(range(n, min(n + 8, clips)))
+        video = world.batch(seeds)[0]
+        zs.append(vae.normalize(vae.encode(video)))
+        masks.append(object_mask(video, vae.config.stride))
+        n += len(seeds)
+        if n % 64 == 0 or n >= clips:
+            _save(out, {"latents": torch.cat(zs), "object_mask": torch.cat(masks)},
+                  {"mean": mean, "std": std, "clips": n})
+            log.info("encoded %d / %d clips (%.0fs)", n, clips, time.time() - t0)
+
+
+def _describer(n: int):
+    """describe(i, rng): a fresh caption of training clip i (its objects are cached, not its pixels)."""
+    cache: dict[int, tuple] = {}
+
+    def describe(i: int, rng) -> str:
+        if i not in cache:
+            clip = world.sample_clip(i)
+            cache[i] = (clip.objects, clip.background)
+        return world.describe(*cache[i], rng)
+    return describe
+
+
+def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int,
+              dtype: torch.dtype = torch.float32, compile: bool = False) -> None:
+    """DiT + text encoder. Matmuls and attention run in `dtype` (weights, optimizer, residual
+    stream and loss stay float32). ``--bf16`` made a step 1.7x faster on the 2-core build
+    machine (AVX512-BF16; 0.114 s vs 0.191 s at batch 32, 2 threads, 80 tokens); the shipped
+    weights were trained with it (MODEL_CARD.md). No run has compared the two at equal steps."""
+    trainer = _dit_trainer(run, DiTTrainConfig(steps=steps, seed=seed, batch=batch), dtype)
+    ckpt = run / "dit_ckpt.safetensors"
+    if ckpt.exists():
+        trainer.load(load_file(str(ckpt)), _meta(ckpt)["step"])
+        trainer.gen.manual_seed(seed + trainer.step_no)
+        log.info("resumed DiT at step %d", trainer.step_no)
+    _train_dit(trainer, ckpt, {}, steps, minutes, every, compile, "dit", probe=trainer.latents[:32])
+
+
+def _dit_trainer(run: Path, cfg: DiTTrainConfig, dtype: torch.dtype) -> DiTTrainer:
+    """A fresh DiT + text encoder (seeded by cfg.seed) and their trainer on RUN_DIR's latents."""
+    torch.manual_seed(cfg.seed)
+    data = load_file(str(run / "latents.safetensors"))
+    lat = data["latents"]
+    dit, text = WanDiT(C.DIT_CONFIG, compute_dtype=dtype), TinyTextEncoder(C.TEXT_CONFIG)
+    return DiTTrainer(dit, text, lat, _describer(lat.shape[0]), cfg, object_mask=data.get("object_mask"))
+
+
+def _train_dit(trainer: DiTTrainer, ckpt: Path, meta: dict, steps: int, minutes: float, every: int,
+               compile: bool, name: str, probe: torch.Tensor | None = None) -> None:
+    """Step `trainer` until `steps` or until the stage has trained `minutes` (counting the seconds
+    that `ckpt`, when the stage resumed from it, says earlier runs spent), logging, and
+    checkpointing to `ckpt` (with `meta`) every `every` steps and at the end; `probe` latents of
+    training clips 0.. get an EMA loss at each checkpoint."""
+    caps = [world.sample_clip(i).caption for i in range(len(probe))] if probe is not None else []
+    spent = _spent(ckpt) if ckpt.exists() else 0.0
+    if spent:
+        log.info("%s: %.1f of its %.1f minutes spent in earlier runs", name, spent / 60, minutes)
+    t0, avg = time.time() - spent, None
+    with _compiled(compile, trainer.dit):   # the live DiT only: the EMA copies were made before
+        while trainer.step_no < steps and (time.time() - t0) < minutes * 60:
+            loss = trainer.step()
+            avg = loss if avg is None else 0.98 * avg + 0.02 * loss
+            if trainer.step_no % 20 == 0:
+                log.info("%s step %d loss %.4f (avg %.4f) %.1fs", name, trainer.step_no, loss, avg, time.time() - t0)
+            if trainer.step_no % every == 0:
+                _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta, "seconds": _since(t0)})
+                if probe is not None:
+                    log.info("probe loss (ema) %.4f", eval_loss(trainer.ema_dit, trainer.ema_text, probe, caps))
+    _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta, "seconds": _since(t0)})
+
+
+def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int, lr: float,
+                   sigma_shift: float, compile: bool = False) -> None:
+    """A second cosine (warmup 100, lr -> 0.1 lr) from the DiT checkpoint's live and EMA weights,
+    with a fresh optimizer, training sigmas shifted by `sigma_shift` (`sample_sigmas`), written
+    to dit_cool.safetensors (dit_ckpt.safetensors stays as it was). bf16 matmuls, as `dit`.
+    Resumes from dit_cool.safetensors when that exists."""
+    cfg = DiTTrainConfig(steps=steps, seed=seed, batch=batch, lr=lr, warmup=100, sigma_shift=sigma_shift)
+    trainer = _dit_trainer(run, cfg, torch.bfloat16)
+    out = run / "dit_cool.safetensors"
+    if out.exists():
+        trainer.load(load_file(str(out)), _meta(out)["step"])
+        log.info("resumed cool-down at step %d", trainer.step_no)
+    else:
+        trainer.load(load_file(str(run / "dit_ckpt.safetensors")), 0)
+    trainer.gen.manual_seed(seed + trainer.step_no)
+    meta = {"from_dit_step": _meta(run / "dit_ckpt.safetensors")["step"], "lr": lr, "sigma_shift": sigma_shift}
+    _train_dit(trainer, out, meta, steps, minutes, every, compile, "cool-down")
+    log.info("cool-down stopped at step %d", trainer.step_no)
+
+
+def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int,
+                dit_file: str = "dit_ckpt.safetensors") -> None:
+    """Fine-tune the decoder on the DiT's own x0 predictions (sigma 0.05-0.6) of training
+    latents, target = the clip's pixels, on 32x32-pixel crops: teaches the decoder
+    to read the slightly-off latents a sampler ends in. Encoder and DiT (the EMA weights of
+    `dit_file`) stay fixed."""
+    g = torch.Generator().manual_seed(seed)
+    lat_file = load_file(str(run / "latents.safetensors"))["latents"]
+    m = _meta(run / "latents.safetensors")
+    vae = WanVAE(C.VAE_CONFIG)
+    out, step, spent = run / "vae_adapt.safetensors", 0, 0.0
+    if out.exists() and _meta(out).get("dit_file") == dit_file:   # resume (a fresh optimizer)
+        vae.load_state_dict(load_file(str(out)))
+        step, spent = _meta(out)["step"], _spent(out)
+        g.manual_seed(seed + step)
+        log.info("resumed decoder adapt at step %d (%.1f minutes spent)", step, spent / 60)
+    else:                                # adapted against another DiT, or none yet: start over
+        vae.load_state_dict(load_file(str(run / "vae_ckpt.safetensors")))
+    vae = vae_with_stats(vae, m["mean"], m["std"]).train()
+    vae.encoder.requires_grad_(False)
+    vae.conv1.requires_grad_(False)
+    state = load_file(str(run / dit_file))
+    dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
+    dit.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("ema_dit.")})
+    text.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("ema_text.")})
+    dit.eval().requires_grad_(False)
+    text.eval().requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=2e-4)
+    describe = _describer(lat_file.shape[0])
+    import random as _r
+    rng = _r.Random(seed if step == 0 else f"{seed}:{step}")
+    _, sh, sw = vae.config.stride
+    crop = 32 // sh                                                   # latent cells per crop side
+    t0 = time.time() - spent
+    while step < steps and time.time() - t0 < minutes * 60:
+        idx = torch.randint(0, lat_file.shape[0], (batch,), generator=g)
+        x0 = lat_file[idx]
+        sigma = 0.05 + 0.55 * torch.rand(batch, generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        xs = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * eps
+        with torch.no_grad():
+            ctx = text.encode([describe(int(i), rng) for i in idx])
+            pred = xs - sigma.view(-1, 1, 1, 1, 1) * dit(xs, 1000 * sigma, ctx)  # no known frames
+        oy, ox = rng.randrange(x0.shape[3] - crop + 1), rng.randrange(x0.shape[4] - crop + 1)
+        z = vae.denormalize(pred[:, :, :, oy:oy + crop, ox:ox + crop])
+        target = world.batch([int(i) for i in idx])[0][:, :, :, sh * oy:sh * oy + 32, sw * ox:sw * ox + 32]
+        y = vae.decode(z, chunked=False, clamp=False)
+        loss = ((y - target) ** 2 + 0.3 * (y - target).abs()).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 10 == 0:
+            log.info("adapt step %d loss %.4f psnr %.2f %.0fs", step, float(loss.detach()), psnr(y.detach(), target),
+                     time.time() - t0)
+        if step % every == 0:
+            _save(out, vae.state_dict(), {"step": step, "dit_file": dit_file, "seconds": _since(t0)})
+    _save(out, vae.state_dict(), {"step": step, "dit_file": dit_file, "seconds": _since(t0)})
+
+
+def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_ckpt.safetensors",
+                 dit_file: str = "dit_ckpt.safetensors") -> None:
+    vae = WanVAE(C.VAE_CONFIG)
+    vae.load_state_dict(load_file(str(run / vae_file)))
+    m = _meta(run / "latents.safetensors")
+    state = load_file(str(run / dit_file))
+    dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
+    pd, pt = ("dit.", "text.") if live else ("ema_dit.", "ema_text.")
+    dit.load_state_dict({k[len(pd):]: v for k, v in state.items() if k.startswith(pd)})
+    text.load_state_dict({k[len(pt):]: v for k, v in state.items() if k.startswith(pt)})
+    steps = {"vae": _meta(run / "vae_ckpt.safetensors")["step"], "dit": _meta(run / "dit_ckpt.safetensors")["step"],
+             "latent_clips": m["clips"]}
+    if vae_file != "vae_ckpt.safetensors":
+        steps["decoder_adapt"] = _meta(run / vae_file)["step"]
+    if dit_file != "dit_ckpt.safetensors":
+        steps["dit_cooldown"] = _meta(run / dit_file)["step"]
+    save_embedded(to, vae_with_stats(vae, m["mean"], m["std"]), dit, text, steps)
+    log.info("exported to %s (%s)", to, steps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "adapt", "cooldown", "export", "all"])
+    ap.add_argument("--run", type=Path, default=Path("/tmp/spacetime-embedded-run"))
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--minutes", type=float, default=1e9)
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--clips", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=32, help="batch (the shipped DiT used 16, the VAE 4)")
+    ap.add_argument("--frames", type=int, default=9, help="frames per VAE training crop (4k+1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--to", type=Path, default=C.WEIGHTS_DIR)
+    ap.add_argument("--bf16", action="store_true", help="DiT stage: bf16 matmuls (1.7x faster on AVX512-BF16 CPUs)")
+    ap.add_argument("--compile", action="store_true",
+                    help="vae/decoder/dit/cooldown/all: torch.compile the trained modules (1.2x VAE, 1.4x DiT on the "
+                         "build machine; needs a C++ compiler)")
+    ap.add_argument("--lr", type=float, default=2e-4, help="cooldown: peak learning rate")
+    ap.add_argument("--sigma-shift", type=float, default=3.0,
+                    help="cooldown: shift of the training sigmas toward noise (1 = as `dit`)")
+    ap.add_argument("--dit-file", default="dit_ckpt.safetensors",
+                    help="export / adapt: the DiT checkpoint in RUN_DIR (dit_cool.safetensors after `cooldown`)")
+    ap.add_argument("--live", action="store_true", help="export the live DiT weights, not the EMA")
+    ap.add_argument("--vae-file", default="vae_ckpt.safetensors",
+                    help="VAE checkpoint in RUN_DIR to export (vae_adapt.safetensors after `adapt`)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(a.threads)
+    a.run.mkdir(parents=True, exist_ok=True)
+    if a.stage == "all":
+        t0 = time.time()
+        r = RECIPE
+        stage_vae(a.run, every=a.every, seed=a.seed, compile=a.compile, **r["vae"])
+        stage_latents(a.run, seed=a.seed, **r["latents"])
+        stage_dit(a.run, seed=a.seed, dtype=torch.bfloat16, compile=a.compile, **r["dit"])
+        stage_cooldown(a.run, seed=a.seed + 1, compile=a.compile, **r["cooldown"])
+        log.info("recipe done in %.1f minutes; export with: train_embedded.py export --run %s "
+                 "--dit-file dit_cool.safetensors", (time.time() - t0) / 60, a.run)
+    elif a.stage == "vae":
+        stage_vae(a.run, a.steps or 1500, a.minutes, a.every, a.seed, a.frames, a.batch, compile=a.compile)
+    elif a.stage == "decoder":  # after `latents`: the encoder is frozen, the latents stay valid
+        stage_vae(a.run, a.steps or 3000, a.minutes, a.every, a.seed, a.frames, a.batch, decoder_only=True,
+                  compile=a.compile)
+    elif a.stage == "latents":
+        stage_latents(a.run, a.clips, a.seed)
+    elif a.stage == "dit":
+        stage_dit(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch,
+                  torch.bfloat16 if a.bf16 else torch.float32, compile=a.compile)
+    elif a.stage == "adapt":
+        stage_adapt(a.run, a.steps or 2000, a.minutes, a.every, a.seed, a.batch, a.dit_file)
+    elif a.stage == "cooldown":
+        stage_cooldown(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch, a.lr, a.sigma_shift,
+                       compile=a.compile)
+    else:
+        stage_export(a.run, a.to, a.live, a.vae_file, a.dit_file)
+
+
+if __name__ == "__main__":
+    main()
