@@ -17,7 +17,7 @@ from comfy_api.latest import io, ui
 from ..model import canvas
 from .comfy_model import spacetime_dit
 from .comfy_vae import vae_geometry
-from .errors import node_error
+from .errors import blamed_on, node_error
 
 log = logging.getLogger("spacetime.nodes")
 MODES = ["snap", "error"]
@@ -119,19 +119,15 @@ class SpacetimePlaceFrames(io.ComfyNode):
             raise node_error(cls, "latent", "this LATENT has no canvas: start the chain with a Spacetime Canvas")
         info = dict(info)
         length, height, width = info["length"], info["height"], info["width"]
-        try:
+        with blamed_on(cls, "images"):
             frames = images if use == "all" else canvas.clip_end(images, count, use)
-        except canvas.CanvasError as e:
-            raise node_error(cls, "images", str(e)) from None
         at = canvas.start_frame(frame if position == "frame" else position, length, frames.shape[0])
         if "pixels" in info:
             pixels, known = info["pixels"].clone(), info["known"].clone()
         else:
             pixels, known = canvas.new_pixel_canvas(length, height, width)
-        try:
+        with blamed_on(cls, "frame" if position == "frame" else "images"):
             canvas.place(pixels, known, frames.cpu(), at)
-        except canvas.CanvasError as e:
-            raise node_error(cls, "frame" if position == "frame" else "images", str(e)) from None
         # kept latents: unknown frames before a known run show its first frame (a still lead-in);
         # the Wan 2.1 I2V/FLF2V concat image: grey where unknown, as those models were trained
         z, _ = canvas.known_latents(vae.encode, pixels, known, info["stride"][0])   # (1, C, T', H', W')

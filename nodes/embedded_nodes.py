@@ -13,7 +13,7 @@ from ..model.embedded.text_encoder import TinyTextEncoder
 from ..model.weights import WeightsError
 from .comfy_model import latent_format_for, wrap_dit
 from .comfy_vae import wrap_vae
-from .errors import node_error
+from .errors import blamed_on, node_error
 from .loaders import check_file, model_file
 
 TextEncoder = io.Custom("SPACETIME_TEXT_ENCODER")
@@ -71,10 +71,8 @@ class SpacetimeTextEncoderLoader(io.ComfyNode):
         path = model_file("text_encoders", text_encoder_name)
         if path is None:
             raise node_error(cls, "text_encoder_name", f"{text_encoder_name!r} is not in models/text_encoders")
-        try:
+        with blamed_on(cls, "text_encoder_name", RuntimeError):  # RuntimeError: tensors of other shapes
             return io.NodeOutput(load_text_encoder(path))
-        except (WeightsError, RuntimeError, ValueError) as e:
-            raise node_error(cls, "text_encoder_name", str(e)) from None
 
 
 class SpacetimeTextEncode(io.ComfyNode):

@@ -12,10 +12,9 @@ from comfy_api.latest import io
 from ..model.dit import load_dit
 from ..model.dit.attention import BACKENDS
 from ..model.vae import load_vae
-from ..model.weights import WeightsError
 from .comfy_model import wrap_dit
 from .comfy_vae import wrap_vae
-from .errors import node_error
+from .errors import blamed_on, node_error
 from .files import file_inside
 
 DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
@@ -81,10 +80,8 @@ class SpacetimeDiTLoader(io.ComfyNode):
         path = model_file("diffusion_models", name)
         if path is None:
             raise node_error(cls, input_name, f"{name!r} is not in models/diffusion_models")
-        try:
+        with blamed_on(cls, input_name):
             dit = load_dit(path, dtype=DTYPES[weight_dtype], compute_dtype=cdt, attention=attention)
-        except (WeightsError, ValueError) as e:
-            raise node_error(cls, input_name, str(e)) from None
         return wrap_dit(dit, shift=shift, name=os.path.basename(path))
 
     @classmethod
@@ -127,10 +124,8 @@ class SpacetimeVAELoader(io.ComfyNode):
             dt = mm.vae_dtype(mm.vae_device(), [torch.bfloat16, torch.float16, torch.float32])
         else:
             dt = COMPUTE[dtype]
-        try:
+        with blamed_on(cls, "vae_name"):
             vae = load_vae(path, dtype=dt)
-        except (WeightsError, ValueError) as e:
-            raise node_error(cls, "vae_name", str(e)) from None
         return io.NodeOutput(wrap_vae(vae))
 
 

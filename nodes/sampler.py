@@ -21,7 +21,7 @@ import torch
 from comfy_api.latest import io
 
 from .. import samplers
-from .errors import node_error
+from .errors import blamed_on, node_error
 
 log = logging.getLogger("spacetime.nodes")
 
@@ -120,13 +120,11 @@ class SpacetimeSampler(io.ComfyNode):
                              f"denoises [B, {want}, T, H, W] latents: use the VAE of the model's family "
                              f"(Wan 2.1: 16 channels, Wan 2.2 TI2V: 48)")
         x = comfy.sample.fix_empty_latent_channels(model, x)
-        try:
+        with blamed_on(cls, "sigmas" if sigmas is not None else "steps/shift/denoise"):
             if sigmas is None:
                 sigmas = samplers.flow_sigmas(steps, shift, denoise=denoise)
             elif denoise < 1.0:
                 sigmas = samplers.truncate_for_denoise(sigmas, denoise)
-        except ValueError as e:
-            raise node_error(cls, "sigmas" if sigmas is not None else "steps/shift/denoise", str(e)) from None
         noise = comfy.sample.prepare_noise(x, seed, latent.get("batch_index"))
         mask = None if _concat_channels(model) > 0 else latent.get("noise_mask")
         pos = _canvas_conditioning(positive, latent, clip_vision_output)

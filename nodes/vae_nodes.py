@@ -7,7 +7,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .comfy_vae import SpacetimeVAE
-from .errors import node_error
+from .errors import blamed_on
 
 
 def _tile_input() -> io.Int.Input:
@@ -40,10 +40,8 @@ class SpacetimeVAEEncode(io.ComfyNode):
     def execute(cls, images, vae, tile) -> io.NodeOutput:
         if not isinstance(vae, SpacetimeVAE):
             return io.NodeOutput({"samples": vae.encode(images[..., :3])})
-        try:
+        with blamed_on(cls, "images"):
             return io.NodeOutput({"samples": vae.encode_frames(images, _tile(tile))})
-        except ValueError as e:
-            raise node_error(cls, "images", str(e)) from None
 
 
 class SpacetimeVAEDecode(io.ComfyNode):
@@ -69,10 +67,8 @@ class SpacetimeVAEDecode(io.ComfyNode):
         if not isinstance(vae, SpacetimeVAE):
             images = vae.decode(z)
         else:
-            try:
+            with blamed_on(cls, "samples"):
                 images = vae.decode(z, tile=_tile(tile))
-            except ValueError as e:
-                raise node_error(cls, "samples", f"{e}: decode it with the VAE it was made with") from None
         return io.NodeOutput(images.reshape(-1, *images.shape[-3:]))
 
 

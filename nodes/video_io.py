@@ -9,7 +9,7 @@ from fractions import Fraction
 import folder_paths
 from comfy_api.latest import InputImpl, Types, io, ui
 
-from .errors import node_error
+from .errors import blamed_on, node_error
 from .files import file_inside
 from .video_file import FORMATS, READABLE, read_video, write_video
 
@@ -134,10 +134,8 @@ class SpacetimeLoadVideo(io.ComfyNode):
             if not (width and height):
                 raise node_error(cls, "width/height", "set both (or both 0 to keep the size)")
             size = (width, height)
-        try:
+        with blamed_on(cls, "start_frame"):
             frames, fps = read_video(path, start_frame, frame_count, stride, size)
-        except ValueError as e:
-            raise node_error(cls, "start_frame", str(e)) from None
         clip = InputImpl.VideoFromComponents(
             Types.VideoComponents(images=frames, frame_rate=Fraction(fps).limit_denominator(1000)))
         return io.NodeOutput(frames, fps, frames.shape[0], clip)

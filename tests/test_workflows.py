@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from nodes_helpers import error_message, run, saved_files, write_inputs, write_tiny_models
 from spacetime_video.headless import templates as mw

@@ -92,7 +92,8 @@ class WanVAE(nn.Module):
     def check_latent(self, z: torch.Tensor) -> None:
         if z.dim() != 5 or z.shape[1] != self.config.z_dim or min(z.shape[2:]) < 1:
             raise ValueError(f"decode takes a latent [B, {self.config.z_dim}, T, H, W] (Wan {self.config.version} "
-                             f"VAE: {self.config.z_dim} channels), got shape {tuple(z.shape)}")
+                             f"VAE: {self.config.z_dim} channels), got shape {tuple(z.shape)}: decode a latent with "
+                             "the VAE it was made with")
 
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
         p = self.config.patch_size  # (B, 3, T, H, W) -> (B, 3 p p, T, H/p, W/p)
