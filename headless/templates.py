@@ -1,11 +1,11 @@
 """Generate the pack's workflows: every Sora capability for every model family, each as a
 UI-format graph (draggable into ComfyUI) and its API-format twin ``NAME_api.json``.
 
-    python -m spacetime_video.scripts.make_workflows [--out workflows/]
+    python scripts/make_workflows.py [--out workflows/]
 
 Both formats come from one graph description, so they cannot drift apart. ``NODE_SPECS``
 lists each node type's sockets and widgets in ComfyUI's order; tests/test_workflows.py checks
-it against a live server's /object_info. Defaults follow /work/shared/MODELS.md.
+it against a live server's /object_info. Sampling defaults are the official Wan configs'.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..samplers.experts import WAN22_BOUNDARY
 
 # node type -> (input sockets [(name, type)], widget names in order, outputs [(name, type)]).
 # "$control" marks the frontend's control_after_generate widget after a seed.
@@ -54,7 +56,7 @@ NODE_SPECS: dict[str, tuple[list, list, list]] = {
 # values of widgets not set by a workflow (the frontend needs every widget's value)
 WIDGET_DEFAULTS = {"$control": "fixed", "$upload": "image", "weight_dtype": "default", "compute_dtype": "auto",
                    "attention": "auto", "low_noise_dit_name": "none", "dtype": "auto", "device": "default",
-                   "invalid_size": "snap", "frame": 0, "use": "all", "count": 1, "tile": 0, "boundary": 0.875,
+                   "invalid_size": "snap", "frame": 0, "use": "all", "count": 1, "tile": 0, "boundary": WAN22_BOUNDARY["t2v"],
                    "low_noise_cfg": 3.0, "denoise": 1.0, "solver": "unipc", "start_frame": 0, "frame_count": 0,
                    "stride": 1, "width": 0, "height": 0, "format": "mp4", "crop": "none",
                    "language": "en", "max_words": 100, "backend": "rules", "base_url": "http://localhost:11434/v1",
@@ -67,7 +69,7 @@ NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风�
             "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 IMAGE_IN, CLIP_A, CLIP_B = "spacetime_start.png", "spacetime_clip_a.mp4", "spacetime_clip_b.mp4"
 
-# family -> loader kind, files, and the official defaults (MODELS.md)
+# family -> loader kind, files, and the official sampling defaults (Wan-Video/Wan2.1, Wan2.2 configs)
 FAMILIES: dict[str, dict] = {
     "embedded": dict(kind="embedded", width=64, height=64, length=17, fps=8, steps=20, shift=2.0, cfg=4.0,
                      overlap=5, prompt="red ball right, navy background",
@@ -90,7 +92,7 @@ FAMILIES: dict[str, dict] = {
     "wan22_t2v_a14b": dict(kind="file", dit="wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
                            low_dit="wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", vae="wan_2.1_vae.safetensors",
                            width=832, height=480, length=81, fps=16, steps=40, shift=12.0, cfg=4.0, low_cfg=3.0,
-                           boundary=0.875, overlap=17, caps=["t2v"]),
+                           boundary=WAN22_BOUNDARY["t2v"], overlap=17, caps=["t2v"]),
 }
 # catalog ids (scripts/catalog.json) each family needs, for workflows/models.json
 NEEDS = {

@@ -19,7 +19,7 @@ from .common import Denoiser
 from .guidance import cfg_denoiser
 from .schedules import NUM_TRAIN_TIMESTEPS, validate_sigmas
 
-# The one table of expert switch points, as a fraction of the 1000 timesteps (MODELS.md).
+# The one table of expert switch points, as a fraction of the 1000 timesteps (Wan 2.2's configs).
 WAN22_BOUNDARY = {"t2v": 0.875, "i2v": 0.900}
 
 

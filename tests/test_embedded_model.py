@@ -24,10 +24,8 @@ from spacetime_video.training.train_vae import VAETrainConfig, VAETrainer, psnr,
 from spacetime_video.model.vae import WanVAE
 from spacetime_video.model.vae.config import VAEConfig
 
-# (prompt, colour, shape, motion, background): captions in several wordings. Measured with the
-# shipped weights (session 6, 20 steps): backgrounds 8/8, colours 8/8, shapes 5/8, motions 7/8
-# (chance: 2/8, 1/8, 2.7/8, 1.1/8); session 4's weights read 8, 8, 4, 6; the shipped VAE and text
-# encoder with a freshly initialised DiT (session 5): 2/8, 1/8, 2/8, 0/8.
+# (prompt, colour, shape, motion, background): captions in several wordings. Chance is 2/8, 1/8,
+# 2.7/8 and 1.1/8; the shipped VAE and text encoder with a freshly initialised DiT read about that.
 PROMPTS = [
     ("a red circle moves to the left across a black background", "red", "circle", "left", "black"),
     ("a green square moves up across a gray background", "green", "square", "up", "gray"),

@@ -1,4 +1,4 @@
-"""The public API of DESIGN.md, end to end on tiny random weights written to safetensors files:
+"""The public API of the README, end to end on tiny random weights written to safetensors files:
 load_vae -> encode -> load_dit -> flow_sigmas -> sample -> decode, and expand_prompt."""
 from __future__ import annotations
 
@@ -40,3 +40,18 @@ def test_design_api_round_trip(tmp_path):
     text = st.model.expand_prompt("a red fox", task="t2v", seed=0)
     assert "fox" in text and len(text.split()) > 10
     assert text == st.model.expand_prompt("a red fox", task="t2v", seed=0)
+
+    # the one-call pipeline on the same files, and its top-level names
+    assert st.load_vae is st.model.load_vae and st.load_dit is st.model.load_dit
+    clip = st.generate(dit, vae, context, torch.zeros_like(context), frames=5, height=32, width=32, steps=2,
+                       guidance=2.0, seed=1, known=[st.Known(video[0].permute(1, 2, 3, 0)[:1] * 0.5 + 0.5)])
+    assert clip.shape == (3, 5, 32, 32) and clip.abs().max() <= 1.0 + 1e-5
+    assert st.expand_prompt("a red fox", seed=0) == text
+
+
+def test_generate_embedded_follows_the_prompt():
+    from spacetime_video.training.analyser import analyse
+    video = st.generate_embedded("a yellow circle moves to the right across a navy background", seed=3, steps=12)
+    assert video.shape == (3, 17, 64, 64)
+    seen = analyse(video)
+    assert (seen.background, seen.colour) == ("navy", "yellow")

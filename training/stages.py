@@ -46,11 +46,10 @@ from .train_vae import VAETrainConfig, VAETrainer, heldout_psnr, latent_stats, p
 
 log = logging.getLogger("spacetime.embedded.train")
 
-# The 2-hour recipe (`all`): each stage's step count and wall-clock limit, sized for the 2-core
-# build machine with --compile (the limits and the latents add up to about 107 minutes). The
-# shipped weights are this recipe's session-7 run from seed 0 (MODEL_CARD.md). The cool-down
-# draws with seed + 1. `adapt` is not part of it: it moved held-out T2V motion by +9, +4 and -14
-# points in three runs (MODEL_CARD.md).
+# The 2-hour recipe (`all`) of the shipped weights (MODEL_CARD.md): each stage's step count and
+# wall-clock limit, sized for a 2-core CPU with --compile (the limits and the latents add up to
+# about 107 minutes). The cool-down draws with seed + 1. The optional `adapt` stage is not part
+# of it: its effect on held-out motion was inconsistent.
 RECIPE = {
     "vae": dict(steps=5600, minutes=25.0, frames=17, batch=4),
     "latents": dict(clips=3072),
@@ -165,9 +164,8 @@ def _describer(n: int):
 def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int,
               dtype: torch.dtype = torch.float32, compile: bool = False) -> None:
     """DiT + text encoder. Matmuls and attention run in `dtype` (weights, optimizer, residual
-    stream and loss stay float32). ``--bf16`` made a step 1.7x faster on the 2-core build
-    machine (AVX512-BF16; 0.114 s vs 0.191 s at batch 32, 2 threads, 80 tokens); the shipped
-    weights were trained with it (MODEL_CARD.md). No run has compared the two at equal steps."""
+    stream and loss stay float32); bf16 is much faster on CPUs with bf16 matmul units, and
+    the recipe of the shipped weights uses it."""
     trainer = _dit_trainer(run, DiTTrainConfig(steps=steps, seed=seed, batch=batch), dtype)
     ckpt = run / "dit_ckpt.safetensors"
     if ckpt.exists():
@@ -313,7 +311,7 @@ def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_c
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "adapt", "cooldown", "export", "all"])
-    ap.add_argument("--run", type=Path, default=Path("/tmp/spacetime-embedded-run"))
+    ap.add_argument("--run", type=Path, required=True, help="the run folder: checkpoints, latents, logs")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=1e9)
     ap.add_argument("--every", type=int, default=50)
@@ -323,10 +321,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--to", type=Path, default=C.WEIGHTS_DIR)
-    ap.add_argument("--bf16", action="store_true", help="DiT stage: bf16 matmuls (1.7x faster on AVX512-BF16 CPUs)")
+    ap.add_argument("--bf16", action="store_true", help="DiT stage: bf16 matmuls (faster on AVX512-BF16 / AMX CPUs)")
     ap.add_argument("--compile", action="store_true",
-                    help="vae/decoder/dit/cooldown/all: torch.compile the trained modules (1.2x VAE, 1.4x DiT on the "
-                         "build machine; needs a C++ compiler)")
+                    help="vae/decoder/dit/cooldown/all: torch.compile the trained modules (faster steps; "
+                         "needs a C++ compiler)")
     ap.add_argument("--lr", type=float, default=2e-4, help="cooldown: peak learning rate")
     ap.add_argument("--sigma-shift", type=float, default=3.0,
                     help="cooldown: shift of the training sigmas toward noise (1 = as `dit`)")

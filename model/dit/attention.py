@@ -107,7 +107,7 @@ def tune_cpu_allocator() -> bool:
     per-block temporaries are reused instead of being mmap-ed and page-faulted afresh each time.
 
     The CPU forward keeps its own temporaries below glibc's adaptive 32 MB mmap threshold, so
-    the gain is small: a 1.3B forward 12.0 s -> 11.3 s (bench/bench_dit.py, 2 cores). It
+    the gain is small (bench/RESULTS.md, "tuned" against "default"). It
     affects the whole process (up to 2 GB of freed memory stays in the heap instead of going back
     to the OS), which a host such as ComfyUI may not want, so it is opt-in: set
     ``SPACETIME_MALLOC_TUNING=1``. Logged once when applied. Linux/glibc only; elsewhere a no-op.

@@ -1,10 +1,10 @@
 """Frozen configuration of the Wan DiT, and the presets of every public Wan 2.1 / 2.2 variant.
 
-A variant is a config, never a subclass (STYLE.md rule 2): T2V, I2V (CLIP-vision tokens through
+A variant is a config, never a subclass: T2V, I2V (CLIP-vision tokens through
 ``img_emb`` and extra ``k_img/v_img``), FLF2V (I2V plus ``img_emb.emb_pos`` for two images),
 TI2V (48-channel Wan 2.2 latents, per-token timesteps) and the embedded tiny model all build the
 same ``WanDiT``. Numbers from the official configs (Wan-Video/Wan2.1 and Wan2.2,
-``wan/configs/*.py``) and MODELS.md.
+``wan/configs/*.py``).
 """
 from __future__ import annotations
 

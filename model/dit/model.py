@@ -76,7 +76,7 @@ class SelfAttention(nn.Module):
             # separate ones stay under it (5B and up): three matmuls (see CPU_CHUNK_BYTES)
             q, k, v = self.q(x), self.k(x), self.v(x)
         else:
-            # one matmul for q, k, v (measured ~20 % faster than three on CPU); the concatenated
+            # one matmul for q, k, v (faster than three on CPU: bench/bench_dit.py); the concatenated
             # weight is transient, so the checkpoint keys and the autograd graph stay per layer
             w = torch.cat([m.weight_as(x.dtype) for m in (self.q, self.k, self.v)])
             bias = torch.cat([m.bias_as(x.dtype) for m in (self.q, self.k, self.v)])
@@ -205,7 +205,7 @@ class MLPProj(nn.Module):
 class WanDiT(nn.Module):
     """``v = dit(x, timestep, context, clip_fea=None)``: velocity of a latent video.
 
-    See DESIGN.md for the call. ``compute_dtype`` sets the matmul/attention precision.
+    See the README's Python API for the call. ``compute_dtype`` sets the matmul/attention precision.
     """
 
     def __init__(self, config: DiTConfig, compute_dtype: torch.dtype = torch.float32,
