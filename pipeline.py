@@ -95,9 +95,9 @@ def generate_latent(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: t
     as ComfyUI draws it).
     """
     c = dit.config
-    if c.in_dim != c.out_dim:
+    if c.cond_channels:
         raise ValueError(f"generate() runs models whose input is the latent alone; this {c.model_type} model "
-                         f"takes {c.in_dim - c.out_dim} extra image channels: use the ComfyUI nodes for it")
+                         f"takes {c.cond_channels} extra image channels: use the ComfyUI nodes for it")
     if c.out_dim != vae.config.z_dim:
         raise ValueError(f"the VAE makes {vae.config.z_dim}-channel latents but the DiT denoises {c.out_dim}-channel "
                          "ones: use the VAE of the model's family")

@@ -67,11 +67,6 @@ def to_api(data: dict, path: Path, object_info: dict | None, seed: int | None = 
                                "graph (node id -> {class_type, inputs})")
 
 
-def load_workflow(path: Path) -> dict:
-    """An API-format workflow file (kept for callers of the foundation's API)."""
-    return to_api(read_json(path), path, None)
-
-
 def check_models(graph: dict, workflow: Path, client: ComfyClient, manifest_path: Path,
                  models_dir: str | None = None) -> None:
     """Refuse to queue when the manifest's or the graph's catalog models are not on the server."""

@@ -307,7 +307,3 @@ def main(argv: list[str] | None = None) -> int:
     paths = write(args.out)
     print(f"wrote {len(paths)} workflow files to {args.out}")  # noqa: T201 (a script's one line of output)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -112,11 +112,6 @@ def estimate_peak_bytes(size: CanvasSize, dim: int, layers: int, ffn_dim: int, w
 
 # --- frames and masks ---------------------------------------------------------------------------
 
-def latent_index(frame: int, stride_t: int = 4) -> int:
-    """The latent frame that holds pixel frame ``frame`` (0 alone, then groups of ``stride_t``)."""
-    return 0 if frame <= 0 else (frame - 1) // stride_t + 1
-
-
 def new_pixel_canvas(length: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A grey pixel canvas ``[T, H, W, 3]`` and its known flags ``[T]`` (all False)."""
     return torch.full((length, height, width, 3), GREY), torch.zeros(length, dtype=torch.bool)

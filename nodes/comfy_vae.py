@@ -141,11 +141,6 @@ def wrap_vae(vae: WanVAE) -> SpacetimeVAE:
     return SpacetimeVAE(vae)
 
 
-def spacetime_vae(vae) -> WanVAE | None:
-    """Our WanVAE inside a ComfyUI VAE, or None for a native one."""
-    return vae.wan if isinstance(vae, SpacetimeVAE) else None
-
-
 def vae_geometry(vae) -> tuple[tuple[int, int, int], int]:
     """``((t, h, w) stride, latent channels)`` of any ComfyUI video VAE (ours or native)."""
     s = vae.spacial_compression_encode()

@@ -1,10 +1,6 @@
-"""Write the pack's workflows (UI format and API twins) and workflows/models.json.
-
-    python scripts/make_workflows.py --help
-"""
+"""Write the pack's workflows (UI format, API twins) and workflows/models.json: `--help`."""
 import sys
 
 from spacetime_video.headless.templates import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -28,10 +28,6 @@ def test_check_canvas_names_nearest_values():
     assert "length 6" in problems[1] and "5 or 9" in problems[1]
 
 
-def test_latent_index_groups():
-    assert [canvas.latent_index(f) for f in range(10)] == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
-
-
 def test_place_and_masks_extend_both_ends():
     pixels, known = canvas.new_pixel_canvas(9, 4, 4)
     clip = torch.rand(5, 4, 4, 3)

@@ -111,7 +111,3 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%s", json.dumps(summary, indent=1))
     if a.out:
         a.out.write_text(json.dumps(res, indent=1))
-
-
-if __name__ == "__main__":
-    main()

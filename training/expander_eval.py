@@ -78,7 +78,3 @@ def main(argv: list[str] | None = None) -> None:
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
-
-
-if __name__ == "__main__":
-    main()

@@ -363,7 +363,3 @@ def main(argv: list[str] | None = None) -> None:
                        compile=a.compile)
     else:
         stage_export(a.run, a.to, a.live, a.vae_file, a.dit_file)
-
-
-if __name__ == "__main__":
-    main()

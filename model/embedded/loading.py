@@ -17,7 +17,7 @@ import torch
 
 from ..dit import WanDiT
 from ..vae import WanVAE
-from ..weights.files import WeightsError, load_state_dict, read_safetensors_header
+from ..weights.files import WeightsError, load_state_dict, safetensors_metadata
 from . import config as C
 from .text_encoder import TextEncoderConfig, TinyTextEncoder
 
@@ -30,7 +30,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise WeightsError(f"embedded model file missing: {path}; train it with "
                            "scripts/train_embedded.py or restore it from git")
-    return {k: json.loads(v) for k, v in (read_safetensors_header(path).get("__metadata__") or {}).items()}
+    return {k: json.loads(v) for k, v in safetensors_metadata(path).items()}
 
 
 def load_text_encoder(path: str | os.PathLike) -> TinyTextEncoder:

@@ -24,7 +24,6 @@ from typing import Iterable
 log = logging.getLogger("spacetime.models")
 
 CATALOG_PATH = Path(__file__).resolve().with_name("catalog.json")
-FOLDERS = ("diffusion_models", "vae", "text_encoders", "clip_vision", "loras")
 DOWNLOAD_SUBDIR = ".spacetime-download"  # inside the target folder: same filesystem, atomic move
 
 
