@@ -1,57 +1,34 @@
-"""Benchmark (not a test): Wan 2.1 T2V 1.3B, random bf16 weights, one forward on a
-[1, 16, 9, 32, 32] latent (2,304 tokens) with 512 text tokens: ours vs ComfyUI native vs
-diffusers, each in its own subprocess on the same safetensors file, plus the bf16 matmul peak
-of this machine and the peak RSS of loading the file.
+"""Benchmark (not a test): one DiT forward, ours vs ComfyUI native vs diffusers.
 
-Run:  flock /tmp/spacetime-heavy.lock .venv/bin/python bench/bench_dit.py [--rounds 2]
-      flock /tmp/spacetime-heavy.lock .venv/bin/python bench/bench_dit.py --model 5b --sequential --rounds 1
+Wan 2.1 T2V 1.3B with random bf16 weights, one forward on a [1, 16, 9, 32, 32] latent
+(2,304 tokens) with 512 text tokens. Each implementation loads the same safetensors file in
+its own worker subprocess. Also measured: this machine's bf16 matmul peak (a 4096^3 matmul),
+against which each forward's FLOP rate is reported, and the peak RSS of loading the file
+with ours. Measured results with their date, machine and command: bench/RESULTS.md.
+
+Run (from the repository root, in the project's environment):
+
+    python bench/bench_dit.py [--rounds 2] [--threads N] [--impls ours,comfy,diffusers]
+    python bench/bench_dit.py --model 5b --sequential --rounds 1
 
 ``--model 5b`` is the Wan 2.2 TI2V 5B config ([1, 48, 9, 32, 32] latent, the same 2,304 tokens;
 a 10 GB bf16 file). Three 10 GB workers do not fit a 24 GB machine, so ``--sequential`` runs
 one implementation at a time (no interleaving); the references are then built on the meta
 device and take the loaded tensors as their parameters (``assign=True``), so none holds two
-copies while loading.
+copies while loading. Without ``--sequential`` all workers stay alive and their forwards are
+interleaved round-robin, so drift in the machine's load hits all alike.
+
+The random weights are written into a scratch folder: by default a temporary folder that the
+run creates and removes at the end (``--keep`` keeps it); with ``--scratch DIR`` that folder,
+which is kept, and a later run with the same DIR reuses the file. The workers get the folder's
+path through $SPACETIME_BENCH_SCRATCH.
 
 Allocator modes. Each worker runs its whole life in one mode:
 - "default": glibc malloc as a host process runs it (no mallopt call; its mmap threshold
   adapts up to 32 MB, so only temporaries above that are mapped and page-faulted afresh).
 - "tuned": freed big blocks stay in the heap (mallopt, as ``SPACETIME_MALLOC_TUNING=1``).
-Sessions 1-2 reported a "plain" mode that pinned both glibc thresholds at 128 KB. That
-setting is nobody's default (any mallopt call also turns the adaptive threshold off), and it
-made every temporary above 128 KB fault; those numbers are superseded.
-
-Measured 2026-11-21 (session 3; 2 threads; the training jobs stopped with SIGSTOP for the run),
-1.3B, ``--impls ours,comfy,diffusers --rounds 2``; bf16 matmul peak 0.790 TFLOP/s, 7.11 TFLOP
-per forward, best of 2:
-
-| impl | default allocator | tuned |
-|---|---|---|
-| ours | 12.0 s (75% of peak) | 11.3 s (80%) |
-| ComfyUI | 17.5 s (52%) | 11.4 s (79%) |
-| diffusers | 17.6 s (51%) | 16.2 s (56%) |
-
-ours / fastest reference = 0.69x with the default allocator, 0.99x tuned. Under the default
-allocator ours is faster because its CPU forward keeps every temporary below glibc's 32 MB
-mmap ceiling (attention scores in query chunks, the FFN hidden layer in token chunks, RoPE in
-place): page faults per block fell from ~200 MB to ~60-80 MB, and ours went from 13.9 s
-(the previous code, same run conditions) to 12.0 s. Tuned, ours and ComfyUI both run at ~80% of
-the measured matmul peak; 0.85x of ComfyUI's 11.4 s would need 7.11 TFLOP in 9.7 s, 93% of
-the matmul peak averaged over the whole forward (norms, softmax and modulation included), so
-the tuned comparison stays at parity.
-Load peak RSS 3.19 GB for the 2.84 GB file (1.12x).
-
-5B, ``--model 5b --sequential --rounds 1 --threads 2`` (session 3, idle machine; bf16 matmul
-peak 0.750 TFLOP/s, 23.0 TFLOP per forward):
-
-| impl | default allocator | tuned |
-|---|---|---|
-| ours (fused q/k/v, first run) | 42.2 s (73%) | 35.9 s (85%) |
-| ours (q/k/v unfused above the 32 MB ceiling; ``--impls ours`` 3 min later) | 39.4 s (79%) | 36.3 s (85%) |
-| ComfyUI | 49.0 s (63%) | 35.8 s (86%) |
-| diffusers | 47.3 s (65%) | 46.9 s (65%) |
-
-ours / fastest reference, default allocator: 0.89x fused, 0.83x unfused (against the first
-run's references); tuned 1.0x. Load peak RSS 10.45 GB for the 10.00 GB file (1.05x).
+No fixed-threshold mode is measured: any mallopt call also turns glibc's adaptive threshold
+off, which is no host's default.
 """
 from __future__ import annotations
 
@@ -59,8 +36,10 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,12 +50,20 @@ TEXT_LEN = 512
 MODELS = {
     "1.3b": ("wan2.1-t2v-1.3b", (1, 16, 9, 32, 32), dict(dim=1536, ffn=8960, heads=12, layers=30, ch=16)),
     "5b": ("wan2.2-ti2v-5b", (1, 48, 9, 32, 32), dict(dim=3072, ffn=14336, heads=24, layers=30, ch=48)),
-}   # (the random weights file is /tmp/spacetime_bench/<preset with _>_random_bf16.safetensors)
+}
 # glibc malloc as a host runs it, and with freed big blocks kept (SPACETIME_MALLOC_TUNING=1)
 MODES = ("default", "tuned")
 MODEL = os.environ.get("SPACETIME_BENCH_MODEL", "1.3b")   # set by --model, inherited by workers
 PRESET, LATENT, REF = MODELS[MODEL]
-WEIGHTS = Path(f"/tmp/spacetime_bench/{PRESET.replace('-', '_')}_random_bf16.safetensors")
+SCRATCH_ENV = "SPACETIME_BENCH_SCRATCH"   # the scratch folder, set by main() for itself and its workers
+
+
+def weights_file() -> Path:
+    """The random-weights file in the scratch folder that the parent process chose."""
+    folder = os.environ.get(SCRATCH_ENV)
+    if not folder:
+        raise SystemExit(f"${SCRATCH_ENV} is not set: run bench/bench_dit.py without --worker / --child")
+    return Path(folder) / f"{PRESET.replace('-', '_')}_random_bf16.safetensors"
 
 
 def _package():
@@ -99,8 +86,9 @@ def write_weights() -> None:
     g = torch.Generator().manual_seed(0)
     sd = {k: (torch.randn(s, generator=g) / (s[1] if len(s) > 1 else 1) ** 0.5 * (0.02 if "modulation" in k else 1))
           .to(torch.bfloat16) for k, s in shapes.items()}   # (one tensor at a time in fp32)
-    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(WEIGHTS))
+    path = weights_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
 
 
 def flops(cfg, n: int, nt: int) -> float:
@@ -150,10 +138,11 @@ def build(name: str):
     import torch
     x, t, ctx = inputs(torch)
     bf = torch.bfloat16
+    weights = weights_file()
     t0 = time.perf_counter()
     if name == "ours":
         st = _package()
-        model = st.model.load_dit(WEIGHTS, compute_dtype=bf)
+        model = st.model.load_dit(weights, compute_dtype=bf)
         call = lambda xx: model(xx, t, ctx)  # noqa: E731
     elif name == "comfy":
         sys.path.insert(0, str(COMFY))
@@ -166,7 +155,7 @@ def build(name: str):
         model = WanModel(dim=REF["dim"], ffn_dim=REF["ffn"], num_heads=REF["heads"], num_layers=REF["layers"],
                          in_dim=REF["ch"], out_dim=REF["ch"], operations=comfy.ops.disable_weight_init, dtype=bf,
                          device="meta")
-        _load_assign(model, load_file(str(WEIGHTS)), keep_dtypes=True)
+        _load_assign(model, load_file(str(weights)), keep_dtypes=True)
         _no_meta(model)
         call = lambda xx: model(xx.to(bf), t, ctx.to(bf))  # noqa: E731
     elif name == "diffusers":
@@ -178,7 +167,7 @@ def build(name: str):
             model = WanTransformer3DModel(num_attention_heads=REF["heads"], attention_head_dim=128,
                                           ffn_dim=REF["ffn"], num_layers=REF["layers"], in_channels=REF["ch"],
                                           out_channels=REF["ch"])
-        _load_assign(model, convert_wan_transformer_to_diffusers(load_file(str(WEIGHTS))), keep_dtypes=False)
+        _load_assign(model, convert_wan_transformer_to_diffusers(load_file(str(weights))), keep_dtypes=False)
         model.rope = WanRotaryPosEmbed(128, (1, 2, 2), 1024).to(bf)   # not in the file; bf16 as .to(bf) gave
         _no_meta(model)
     elif name == "matmul":
@@ -235,10 +224,11 @@ def _hwm() -> int:
 def run_load_rss() -> dict:
     import torch
     st = _package()
+    weights = weights_file()
     base = _hwm()
-    model = st.model.load_dit(WEIGHTS, compute_dtype=torch.bfloat16)
+    model = st.model.load_dit(weights, compute_dtype=torch.bfloat16)
     peak = _hwm()
-    size = WEIGHTS.stat().st_size
+    size = weights.stat().st_size
     return {"impl": "load", "file_gb": size / 1e9, "peak_rss_gb": peak / 1e9, "rss_before_gb": base / 1e9,
             "ratio": peak / size, "params": sum(p.numel() for p in model.parameters())}
 
@@ -252,9 +242,9 @@ def child(name: str, threads: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--child")
-    ap.add_argument("--worker")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=MODES, default="default")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=2)
@@ -262,6 +252,10 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(MODELS), default=MODEL)
     ap.add_argument("--sequential", action="store_true",
                     help="one worker process at a time (for models whose copies do not fit in memory together)")
+    ap.add_argument("--scratch", type=Path,
+                    help="folder for the random weights file, kept afterwards and reused by later runs "
+                         "(default: a temporary folder, removed at the end)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary scratch folder and print its path")
     a = ap.parse_args()
     if a.model != MODEL:   # re-run with the model fixed for this process and its workers
         os.environ["SPACETIME_BENCH_MODEL"] = a.model
@@ -272,7 +266,21 @@ def main() -> None:
     if a.worker:
         worker(a.worker, a.mode)
         return
-    if not WEIGHTS.exists():
+    scratch = a.scratch or Path(tempfile.mkdtemp(prefix="spacetime-bench-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.environ[SCRATCH_ENV] = str(scratch.resolve())   # inherited by every subprocess below
+    try:
+        measure(a)
+    finally:
+        if a.scratch is None and not a.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            print(f"scratch folder kept: {scratch}")
+
+
+def measure(a: argparse.Namespace) -> None:
+    """Write the random weights if the scratch folder lacks them, then run and report."""
+    if not weights_file().exists():
         child_write = subprocess.run([sys.executable, "-c", "import runpy,sys; sys.argv=['x'];"
                                       f"m=runpy.run_path({str(Path(__file__))!r}); m['write_weights']()"])
         assert child_write.returncode == 0

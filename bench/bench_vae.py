@@ -2,25 +2,24 @@
 
 Real Wan 2.1 VAE dimensions (dim 96, z 16), random weights (the same for all three), one
 random latent per clip length. Each (implementation, frames) runs in its own subprocess so
-peak RSS is separable. Reported per run: decode wall time and process CPU time (the machine is shared, so wall
-time is noisy; CPU time less so); peak RSS of the process during the
-decode (the kernel's high-water mark, reset after set-up and a 1-frame warm-up); and the
-working memory = that peak minus the RSS just before the decode (weights, torch and imports
-excluded).
+peak RSS is separable. Reported per run: decode wall time and process CPU time (on a shared
+machine wall time is noisy, CPU time less so); peak RSS of the process during the decode (the
+kernel's high-water mark, reset after set-up and a 1-frame warm-up); and the working memory =
+that peak minus the RSS just before the decode (weights, torch and imports excluded). The
+table gives each run's ratios to the references and, with several lengths for ours, how our
+peak grows with the clip length. Measured results with their date, machine and command:
+bench/RESULTS.md.
 
 References: ComfyUI 0.3.75 ``comfy.ldm.wan.vae.WanVAE.decode`` (the module its VAE Decode
 node runs), diffusers ``AutoencoderKLWan.decode`` (tiling off). All under
 ``torch.inference_mode``.
 
-    flock /tmp/spacetime-heavy.lock .venv/bin/python bench/bench_vae.py --size 256 --frames 33 \
-        --ours-frames 17 81
+Run (from the repository root, in the project's environment):
 
-Measured 2026-11-21 on the shared 2-core CPU machine (other jobs running), fp32, 256x256,
-33 frames, with ``MALLOC_MMAP_THRESHOLD_=1048576`` (so freed tensors leave RSS and the peaks
-are live memory; without it glibc keeps freed heap memory and every peak is higher):
-ours 147 s / 1629 MB peak RSS, ComfyUI 201 s / 1944 MB, diffusers 184 s / 2292 MB; ours at
-17 / 81 frames: 1617 / 1667 MB. Most of our working memory is the causal cache itself
-(591 MB at 256x256 for Wan 2.1 fp32), which every implementation holds.
+    MALLOC_MMAP_THRESHOLD_=1048576 python bench/bench_vae.py --size 256 --frames 33 --ours-frames 17 81
+
+``MALLOC_MMAP_THRESHOLD_`` makes glibc return freed tensors to the OS, so the peaks are live
+memory; without it glibc keeps freed heap memory and every peak is higher.
 """
 from __future__ import annotations
 
