@@ -10,8 +10,10 @@ setup:
 
 PROMPT ?=
 
+# the embedded text-to-video workflow, headless through a local ComfyUI; PROMPT goes to its "Prompt" node
 demo: setup
-	$(PY) scripts/demo.py --out $(OUT) --prompt "$(PROMPT)"
+	$(VENV)/bin/spacetime-video run workflows/embedded_t2v.json --out $(OUT) --base-dir .host/base \
+		$(if $(PROMPT),--set "Prompt.prompt=$(PROMPT)")
 
 test: setup
 	$(VENV)/bin/lint-imports --no-cache

@@ -5,14 +5,10 @@
     video = generate_embedded("a blue box rises", known=[Known(first_frame)])      # image-to-video
     video = generate(dit, vae, context, negative, frames=81, height=480, width=832)  # any T2V / TI2V Wan
 
-It joins the model (VAE, DiT, the canvas of known frames) with the samplers (schedule,
-classifier-free guidance, solver): each step is "impose the known latents, run the DiT, turn
-its velocity into x0, guide", the same placement the ComfyUI nodes make. Known frames are
-placed on a pixel canvas, encoded by the VAE in their true order and held while the rest is
-denoised: clean with timestep 0 for models trained that way (Wan 2.2 TI2V, the embedded model),
-re-noised to each step's sigma otherwise (Wan 2.1). Models that take the image as extra input
-channels (Wan 2.1 I2V / FLF2V, Wan 2.2 I2V) need CLIP-vision features and run through the
-ComfyUI nodes.
+Each step: impose the canvas' known latents (clean with timestep 0 for Wan 2.2 TI2V and the
+embedded model, re-noised to the step's sigma for Wan 2.1), run the DiT, turn its velocity
+into x0, guide, take a solver step — the same placement and rules the ComfyUI nodes use.
+Models that take the image as extra input channels (I2V / FLF2V) run through the nodes.
 """
 from __future__ import annotations
 

@@ -18,17 +18,13 @@ device and take the loaded tensors as their parameters (``assign=True``), so non
 copies while loading. Without ``--sequential`` all workers stay alive and their forwards are
 interleaved round-robin, so drift in the machine's load hits all alike.
 
-The random weights are written into a scratch folder: by default a temporary folder that the
-run creates and removes at the end (``--keep`` keeps it); with ``--scratch DIR`` that folder,
-which is kept, and a later run with the same DIR reuses the file. The workers get the folder's
-path through $SPACETIME_BENCH_SCRATCH.
+The random weights go into a temporary folder the run creates and removes (``--keep`` keeps
+it; ``--scratch DIR`` uses and keeps DIR, so a later run reuses the file).
 
 Allocator modes. Each worker runs its whole life in one mode:
 - "default": glibc malloc as a host process runs it (no mallopt call; its mmap threshold
   adapts up to 32 MB, so only temporaries above that are mapped and page-faulted afresh).
 - "tuned": freed big blocks stay in the heap (mallopt, as ``SPACETIME_MALLOC_TUNING=1``).
-No fixed-threshold mode is measured: any mallopt call also turns glibc's adaptive threshold
-off, which is no host's default.
 """
 from __future__ import annotations
 

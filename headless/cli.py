@@ -71,8 +71,7 @@ def check_models(graph: dict, workflow: Path, client: ComfyClient, manifest_path
                  models_dir: str | None = None) -> None:
     """Refuse to queue when the manifest's or the graph's catalog models are not on the server."""
     catalog = load_catalog()
-    ids = M.manifest_ids(workflow, M.load_manifest(manifest_path))
-    ids += [i for i in M.referenced_ids(graph, catalog) if i not in ids]
+    ids = M.needed_ids(workflow, graph, catalog, manifest_path)
     if not ids:
         return
     missing = M.missing_on_server(lookup(ids, catalog), client)
@@ -112,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.server:
         files = go(ComfyClient(args.server))
     else:
-        base = args.base_dir or tempfile.mkdtemp(prefix="spacetime-host-")
+        base = Path(args.base_dir).resolve() if args.base_dir else Path(tempfile.mkdtemp(prefix="spacetime-host-"))
         extra = model_paths_args(Path(base), args)
         with ComfyHost(base, comfy_dir=args.comfyui, cpu=not args.gpu, extra_args=extra) as host:
             files = go(host.client)
@@ -180,8 +179,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             raise RunFailed(EXIT_HOST, "models check takes one workflow file")
         path = Path(args.targets[0])
         data = read_json(path)
-        ids = M.manifest_ids(path, M.load_manifest(Path(args.manifest)))
-        ids += [i for i in M.referenced_ids(data, catalog) if i not in ids]
+        ids = M.needed_ids(path, data, catalog, args.manifest)
         missing = M.missing_local(lookup(ids, catalog), root)
         for e in lookup(ids, catalog):
             print(f"{'MISSING' if e in missing else 'ok':8} {e.id:28} {e.destination(root)}")

@@ -1,6 +1,6 @@
 """Start and stop a headless ComfyUI server on loopback, and talk to its HTTP API.
 
-Used by the test fixture, ``make demo`` and ``spacetime-video run``. Standard library only,
+Used by the test fixture and ``spacetime-video run`` (``make demo``). Standard library only,
 so the CLI works in any Python that has the pack installed.
 """
 from __future__ import annotations
@@ -43,8 +43,9 @@ def find_comfyui(explicit: str | os.PathLike | None = None) -> Path:
 
 def prepare_base_dir(base: str | os.PathLike, pack_root: Path = PACK_ROOT,
                      link_name: str = "spacetime") -> Path:
-    """A ComfyUI ``--base-directory`` whose ``custom_nodes/<link_name>`` links to this pack."""
-    base = Path(base)
+    """A ComfyUI ``--base-directory`` whose ``custom_nodes/<link_name>`` links to this pack (an
+    absolute path: the server runs in its own folder)."""
+    base = Path(base).resolve()
     for sub in ("custom_nodes", "models", "input", "output", "user", "temp"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / link_name

@@ -1,10 +1,5 @@
-"""The models a workflow needs: the workflow manifest, checks against a server or a local
-models folder, and the download command to print (the catalog and the downloads themselves are
-``model.weights.catalog``).
-
-``workflows/models.json`` lists which catalog ids each workflow of the pack needs (format in
-``load_manifest``); ``referenced_ids`` finds catalog files named in any graph.
-"""
+"""The models a workflow needs (``workflows/models.json`` and the catalog files its graph names),
+checked against a server or a models folder; the catalog itself is ``model.weights.catalog``."""
 from __future__ import annotations
 
 import json
@@ -35,6 +30,13 @@ def load_manifest(path: str | os.PathLike = MANIFEST_PATH) -> dict[str, list[str
     except json.JSONDecodeError as e:
         raise ModelError(f"{p} is not valid JSON: {e}") from e
     return {k: list(v) for k, v in (data.get("workflows") or {}).items()}
+
+
+def needed_ids(workflow_path: str | os.PathLike, graph: dict, catalog: dict[str, ModelEntry],
+               manifest_path: str | os.PathLike = MANIFEST_PATH) -> list[str]:
+    """Catalog ids a workflow needs: its manifest entry, then any catalog file its graph names."""
+    ids = manifest_ids(workflow_path, load_manifest(manifest_path))
+    return ids + [i for i in referenced_ids(graph, catalog) if i not in ids]
 
 
 def manifest_ids(workflow_path: str | os.PathLike, manifest: dict[str, list[str]]) -> list[str]:

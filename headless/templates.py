@@ -94,7 +94,7 @@ FAMILIES: dict[str, dict] = {
                            width=832, height=480, length=81, fps=16, steps=40, shift=12.0, cfg=4.0, low_cfg=3.0,
                            boundary=WAN22_BOUNDARY["t2v"], overlap=17, caps=["t2v"]),
 }
-# catalog ids (scripts/catalog.json) each family needs, for workflows/models.json
+# catalog ids (model/weights/catalog.json) each family needs, for workflows/models.json
 NEEDS = {
     "embedded": [],
     "wan21_t2v_1.3b": ["wan2.1-t2v-1.3b", "wan2.1-vae", "umt5-xxl-fp8"],
@@ -105,9 +105,6 @@ NEEDS = {
 }
 DEFAULT_PROMPT = ("A red fox trots through fresh snow in a quiet birch forest at dawn, soft golden light, "
                   "the camera follows it slowly at eye level, cinematic, detailed fur.")
-TITLES = {"t2v": "text to video", "i2v": "image to video", "extend_forward": "extend a clip forward",
-          "extend_backward": "extend a clip backward", "connect": "connect two clips", "loop": "seamless loop",
-          "edit": "video-to-video edit", "image": "image generation"}
 
 
 @dataclass

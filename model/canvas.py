@@ -5,15 +5,13 @@ models as world simulators", OpenAI 2024): none (text-to-video), frame 0 (image-
 last frames of a clip at the start (extend forward), its first frames at the end (extend
 backward), both ends (connect, loop). This module holds the arithmetic of that placement:
 
-* sizes: what a causal video VAE with stride ``(4, s, s)`` and a DiT with patch ``(1, p, p)``
-  accept (``4k+1`` frames, sides a multiple of ``s*p``), snapping to the nearest valid values;
+* sizes of a canvas (the rules and messages are ``model/sizes.py``), snapped or checked;
 * the pixel canvas: ``[T, H, W, 3]`` frames in 0..1, mid-grey where unknown, plus a per-frame
-  "known" flag; the whole canvas is encoded at once so that the causal VAE sees the frames in
-  their true order (as ComfyUI's ``WanFirstLastFrameToVideo`` does). For the kept latents the
-  unknown frames before a known run are first filled with that run's first frame (a still
-  lead-in, as the embedded model's pipeline encodes end frames), so a latent whose last
-  frames are known (e.g. one end image) is still a faithful, keepable latent;
-* the kept latents: the canvas encoded by a VAE (:func:`known_latents`);
+  "known" flag; the kept latents are the whole canvas encoded at once (:func:`known_latents`),
+  so the causal VAE sees the frames in their true order (as ComfyUI's
+  ``WanFirstLastFrameToVideo`` does), with the unknown frames before a known run first filled
+  with that run's first frame (a still lead-in), so that a latent whose last frames are known
+  (e.g. one end image) is still a faithful, keepable latent;
 * masks in ComfyUI's convention (``noise_mask``: 1 = generate, 0 = keep), per latent frame:
   latent 0 holds frame 0, latent ``t >= 1`` holds frames ``4t-3 .. 4t``, and it is known when
   its known frames are a non-empty suffix of its group (the rest is the lead-in);

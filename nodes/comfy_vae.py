@@ -6,15 +6,10 @@ detects a model family from a state dict and builds ComfyUI's own network, while
 already built. The subclass therefore overrides the methods whose work is ours (``encode``,
 ``decode``, ``encode_tiled``, ``decode_tiled``: streamed in time, spatial tiles by
 ``TileGrid``) and sets only the attributes that the inherited methods and other ComfyUI code
-read (ComfyUI 0.3.75):
-
-* ``first_stage_model``: ``get_sd`` (VAESave writes the official Wan keys), ``model_size``,
-  ``throw_exception_if_invalid``;
-* ``upscale_ratio`` / ``downscale_ratio``: ``spacial_compression_*``, ``temporal_compression_decode``
-  and nodes that size latents from them; ``crop_input``: ``vae_encode_crop_pixels``;
-* ``latent_channels``, ``latent_dim``, ``upscale_index_formula`` / ``downscale_index_formula``:
-  read by video nodes to shape latents;
-* ``patcher``, ``device``, ``vae_dtype``, ``output_device``, ``size``: model management.
+read (ComfyUI 0.3.75): ``first_stage_model`` (``get_sd``: VAESave writes the official keys; ``model_size``), the
+ratios and index formulas (``spacial_compression_*``, ``temporal_compression_decode``, nodes that
+shape latents), ``crop_input`` (``vae_encode_crop_pixels``), ``latent_channels`` / ``latent_dim``,
+and ``patcher`` / ``device`` / ``vae_dtype`` / ``output_device`` / ``size`` (model management).
 
 ComfyUI's ``ModelPatcher`` records where it moved a model by assigning ``model.device``; our
 network is re-typed to ``ComfyWanVAE``, which accepts that assignment (its device is always

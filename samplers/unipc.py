@@ -34,20 +34,9 @@ class _Update:
 
 
 def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
-    """Gaussian elimination with partial pivoting for the ≤ 3×3 UniPC systems."""
-    n = len(rhs)
-    m = [row[:] + [rhs[r]] for r, row in enumerate(matrix)]
-    for c in range(n):
-        p = max(range(c, n), key=lambda r: abs(m[r][c]))
-        m[c], m[p] = m[p], m[c]
-        for r in range(c + 1, n):
-            f = m[r][c] / m[c][c]
-            for k in range(c, n + 1):
-                m[r][k] -= f * m[c][k]
-    out = [0.0] * n
-    for r in reversed(range(n)):
-        out[r] = (m[r][n] - sum(m[r][k] * out[k] for k in range(r + 1, n))) / m[r][r]
-    return out
+    """The ≤ 3×3 UniPC order-condition systems, solved in float64."""
+    a, b = torch.tensor(matrix, dtype=torch.float64), torch.tensor(rhs, dtype=torch.float64)
+    return torch.linalg.solve(a, b).tolist()
 
 
 def _phi_terms(h: float, order: int, variant: str) -> tuple[float, float, list[float]]:

@@ -70,3 +70,11 @@ def test_failed_start_is_reported_and_cleaned_up(tmp_path):
         server.start(timeout=30)
     assert "boom: missing dependency" in str(err.value)
     assert server.proc is None and server._log_file.closed
+
+
+def test_base_dir_is_absolute_so_a_relative_one_works(tmp_path, monkeypatch):
+    from spacetime_video.headless.host import prepare_base_dir
+    monkeypatch.chdir(tmp_path)
+    base = prepare_base_dir("relative/base")
+    assert base.is_absolute() and base == tmp_path / "relative" / "base"
+    assert (base / "custom_nodes" / "spacetime").is_symlink()

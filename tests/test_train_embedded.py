@@ -13,12 +13,12 @@ from spacetime_video.pipeline import generate_embedded as generate
 
 
 def _step(path) -> int:
-    return te._meta(path)["step"]
+    return te.read_metadata(path)["step"]
 
 
 def _meta(path) -> dict:
     """A checkpoint's metadata without its clock, which every checkpoint carries."""
-    meta = te._meta(path)
+    meta = te.read_metadata(path)
     assert meta.pop("seconds") >= 0
     return meta
 
@@ -44,17 +44,17 @@ def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
     assert _meta(run / "dit_cool.safetensors") == {"step": 3, "from_dit_step": 4, "lr": 1e-4, "sigma_shift": 3.0}
     assert not (run / "vae_adapt.safetensors").exists()     # `adapt` is not in the recipe
     with safe_open(str(run / "latents.safetensors"), "pt") as f:
-        assert f.get_slice("latents").get_shape() == [8, C.Z_DIM, C.LATENT_FRAMES, C.LATENT_SIZE, C.LATENT_SIZE]
+        assert f.get_slice("latents").get_shape() == [8, C.Z_DIM, (C.FRAMES - 1) // 4 + 1, C.SIZE // 4, C.SIZE // 4]
     # a resumed `all` counts the minutes each stage already spent: with every stage's limit
     # used up it takes no step, though each stage is now asked for more
     for name in files:
         f = run / f"{name}.safetensors"
-        te._save(f, load_file(str(f)), {**te._meta(f), "seconds": 300.0})
+        te.save_tensors(f, load_file(str(f)), {**te.read_metadata(f), "seconds": 300.0})
     monkeypatch.setattr(te, "RECIPE", recipe(more=5))
     te.main(["all", "--run", str(run), *threads])
     assert [_step(run / f"{name}.safetensors") for name in files] == [3, 4, 3]
     te.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
-    assert te._meta(out / C.DIT_FILE)["training"]["dit_cooldown"] == 3
+    assert te.read_metadata(out / C.DIT_FILE)["training"]["dit_cooldown"] == 3
     clip = generate("a red ball rolls left across a black background", steps=2, seed=0, model=load_embedded(out))
     assert clip.shape == (3, C.FRAMES, C.SIZE, C.SIZE) and torch.isfinite(clip).all()
 
@@ -69,16 +69,16 @@ def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
     # `decoder` continues the VAE's checkpoint on a clock of its own: the VAE's spent minutes
     # do not stop it, and it leaves them as they were
     vae_file = run / "vae_ckpt.safetensors"
-    te._save(vae_file, load_file(str(vae_file)), {**te._meta(vae_file), "seconds": 600.0})
+    te.save_tensors(vae_file, load_file(str(vae_file)), {**te.read_metadata(vae_file), "seconds": 600.0})
     te.main(["decoder", "--run", str(run), "--steps", "2", "--minutes", "1", "--frames", "5", "--batch", "1",
              *threads])
-    vae_meta = te._meta(vae_file)
+    vae_meta = te.read_metadata(vae_file)
     assert vae_meta["step"] == 2 and vae_meta["seconds"] == 600.0 and 0 <= vae_meta["decoder_seconds"] < 60
     te.main(["dit", "--run", str(run), "--steps", "3", "--batch", "2", *threads])
     key = "dit.blocks.0.ffn.0.weight"
     before = load_file(str(run / "dit_ckpt.safetensors"))
     before[key] += 0.5     # a mark no fresh initialisation has: the cool-down must start from it
-    te._save(run / "dit_ckpt.safetensors", before, te._meta(run / "dit_ckpt.safetensors"))
+    te.save_tensors(run / "dit_ckpt.safetensors", before, te.read_metadata(run / "dit_ckpt.safetensors"))
     cool = ["cooldown", "--run", str(run), "--batch", "2", "--every", "1", "--lr", "1e-3", *threads]
     te.main([*cool, "--steps", "2"])
     first = load_file(str(run / "dit_cool.safetensors"))
@@ -87,28 +87,28 @@ def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
     assert 0 < moved < 0.01                         # two small steps away from the DiT's weights
     torch.testing.assert_close(load_file(str(run / "dit_ckpt.safetensors"))[key], before[key])
     te.main([*cool, "--steps", "3"])                # resumes at step 2 and takes one more
-    assert te._meta(run / "dit_cool.safetensors")["step"] == 3
+    assert te.read_metadata(run / "dit_cool.safetensors")["step"] == 3
     # --minutes caps the stage's time summed over its runs: a stage whose checkpoint says its
     # minutes are spent takes no more steps, however many it was asked for
-    spent = te._meta(run / "dit_cool.safetensors")
-    te._save(run / "dit_cool.safetensors", load_file(str(run / "dit_cool.safetensors")), {**spent, "seconds": 60.0})
+    spent = te.read_metadata(run / "dit_cool.safetensors")
+    te.save_tensors(run / "dit_cool.safetensors", load_file(str(run / "dit_cool.safetensors")), {**spent, "seconds": 60.0})
     te.main([*cool, "--steps", "9", "--minutes", "1"])
-    assert te._meta(run / "dit_cool.safetensors")["step"] == 3
+    assert te.read_metadata(run / "dit_cool.safetensors")["step"] == 3
     te.main([*cool, "--steps", "4", "--minutes", "1.5"])   # half a minute left: one more step
-    assert te._meta(run / "dit_cool.safetensors")["step"] == 4
-    assert te._meta(run / "dit_cool.safetensors")["seconds"] > 60
+    assert te.read_metadata(run / "dit_cool.safetensors")["step"] == 4
+    assert te.read_metadata(run / "dit_cool.safetensors")["seconds"] > 60
     te.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
     shipped = load_file(str(out / C.DIT_FILE))
     torch.testing.assert_close(shipped["blocks.0.ffn.0.weight"],
                                load_file(str(run / "dit_cool.safetensors"))["ema_" + key])
-    assert te._meta(out / C.DIT_FILE)["training"]["dit_cooldown"] == 4
+    assert te.read_metadata(out / C.DIT_FILE)["training"]["dit_cooldown"] == 4
 
     # `adapt --dit-file` must run the decoder against that file's EMA DiT: the same seed with
     # the same weights gives the same decoder, with the other file's weights a different one.
     def adapted(dit_file: str, steps: int = 1) -> dict[str, torch.Tensor]:
         te.main(["adapt", "--run", str(run), "--steps", str(steps), "--batch", "1", "--every", "1",
                  "--dit-file", dit_file, *threads])
-        assert te._meta(run / "vae_adapt.safetensors")["dit_file"] == dit_file
+        assert te.read_metadata(run / "vae_adapt.safetensors")["dit_file"] == dit_file
         return load_file(str(run / "vae_adapt.safetensors"))
 
     def fresh() -> None:
@@ -127,7 +127,7 @@ def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
     fresh()
     adapted("dit_cool.safetensors", 1)
     resumed = adapted("dit_cool.safetensors", 2)
-    assert te._meta(run / "vae_adapt.safetensors")["step"] == 2
+    assert te.read_metadata(run / "vae_adapt.safetensors")["step"] == 2
     assert any(not torch.equal(resumed[k], two[k]) for k in two)
     torch.testing.assert_close(adapted("dit_ckpt.safetensors"), ckpt_a)
 

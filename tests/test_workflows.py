@@ -55,7 +55,7 @@ def test_generated_files_are_current():
     manifest = json.loads((WORKFLOWS / "models.json").read_text())["workflows"]
     assert all(n in manifest for n in expected if not n.endswith("_api.json"))
     caps = {n.removeprefix("embedded_") for n in expected if n.startswith("embedded_") and not n.endswith("_api.json")}
-    assert {c + ".json" for c in mw.TITLES} == caps  # every capability for the embedded model
+    assert {c + ".json" for c in mw.FAMILIES["embedded"]["caps"]} == caps  # every capability for the embedded model
 
 
 @pytest.mark.host
@@ -150,7 +150,7 @@ def tiny(host):
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("cap", list(mw.TITLES))
+@pytest.mark.parametrize("cap", mw.FAMILIES["embedded"]["caps"])
 def test_embedded_workflow_runs(host, tiny, cap):
     from spacetime_video.nodes.video_file import read_video
     graph = _with_tiny_loaders(json.loads((WORKFLOWS / f"embedded_{cap}_api.json").read_text()), tiny)

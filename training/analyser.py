@@ -17,9 +17,8 @@ No model: plain pixel statistics, so it can judge what the embedded model genera
    - the profile ratio: the largest column sum times the largest row sum, over the area:
      1 for an axis-aligned square, 4/pi = 1.27 for a circle (flat-topped profiles, so blur
      leaves their maxima alone); below the geometric mean 1.13 is a square, else a circle.
-   The box fill (coverage over the box of pixels with alpha >= 0.5: square 1, circle 0.79,
-   triangle 0.5) decided shape before; blur grows that box by a pixel and made soft squares
-   look like circles (MODEL_CARD.md). It is still reported as `fill`.
+   The box fill (coverage over the box of pixels with alpha >= 0.5) grows with blur, so it is
+   only reported, as `fill`.
 4. Motion: least-squares slopes of the coverage-weighted centroid and of log(area) over time.
 """
 from __future__ import annotations

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -37,10 +38,10 @@ from safetensors.torch import load_file, save_file
 
 from ..model.dit import WanDiT
 from ..model.embedded import config as C
+from ..model.embedded.loading import read_metadata
 from ..model.embedded.text_encoder import TinyTextEncoder
 from ..model.vae import WanVAE
 from . import world
-from .export import save_embedded, vae_with_stats
 from .train_dit import DiTTrainConfig, DiTTrainer, eval_loss, object_mask
 from .train_vae import VAETrainConfig, VAETrainer, heldout_psnr, latent_stats, psnr
 
@@ -56,6 +57,35 @@ RECIPE = {
     "dit": dict(steps=26000, minutes=68.0, batch=16, every=200),
     "cooldown": dict(steps=4000, minutes=11.0, batch=16, every=200, lr=2e-4, sigma_shift=3.0),
 }
+
+
+def vae_with_stats(vae: WanVAE, mean: list[float], std: list[float]) -> WanVAE:
+    """A copy of `vae` whose config carries the latent mean/std (normalize() uses them)."""
+    cfg = dataclasses.replace(vae.config, latents_mean=tuple(mean), latents_std=tuple(std))
+    out = WanVAE(cfg)
+    out.load_state_dict(vae.state_dict())
+    return out.eval()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Tensors and JSON metadata to a safetensors file, atomically (a temporary file, then a rename)."""
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+    tmp.replace(path)
+
+
+def _save(path: Path, module: torch.nn.Module, meta: dict) -> None:
+    save_tensors(path, {k: v.float() for k, v in module.state_dict().items()}, meta)
+
+
+def save_embedded(folder: Path, vae: WanVAE, dit: WanDiT, text: TinyTextEncoder, record: dict) -> None:
+    """Write vae / dit / text_encoder .safetensors into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _save(folder / C.VAE_FILE, vae, {"latents_mean": list(vae.config.latents_mean),
+                                     "latents_std": list(vae.config.latents_std), "training": record})
+    _save(folder / C.DIT_FILE, dit, {"training": record})
+    _save(folder / C.TEXT_FILE, text, {"words": list(text.tokenizer.words), "training": record})
 
 
 @contextlib.contextmanager
@@ -74,22 +104,9 @@ def _compiled(on: bool, *modules: torch.nn.Module):
                 del m.forward
 
 
-def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in meta.items()})
-    tmp.replace(path)
-
-
-def _meta(path: Path) -> dict:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-
-
 def _spent(ckpt: Path) -> float:
     """Wall-clock seconds the stage that wrote `ckpt` has trained so far, over all its runs."""
-    return float(_meta(ckpt).get("seconds", 0.0))
+    return float(read_metadata(ckpt).get("seconds", 0.0))
 
 
 def _since(t0: float) -> float:
@@ -105,7 +122,7 @@ def stage_vae(run: Path, steps: int, minutes: float, every: int, seed: int, fram
                                              lr=3e-4 if decoder_only else 1e-3))
     ckpt = run / "vae_ckpt.safetensors"
     clock = "decoder_seconds" if decoder_only else "seconds"   # `decoder` continues the VAE's file
-    prior = _meta(ckpt) if ckpt.exists() else {}
+    prior = read_metadata(ckpt) if ckpt.exists() else {}
     spent = float(prior.get(clock, 0.0))
     if ckpt.exists():
         vae.load_state_dict(load_file(str(ckpt)))
@@ -121,8 +138,8 @@ def stage_vae(run: Path, steps: int, minutes: float, every: int, seed: int, fram
                 log.info("vae step %d loss %.4f crop psnr %.2f (avg %.2f) %.1fs", trainer.step_no, loss, p, ema,
                          time.time() - t0)
             if trainer.step_no % every == 0:
-                _save(ckpt, vae.state_dict(), {**prior, "step": trainer.step_no, clock: _since(t0)})
-    _save(ckpt, vae.state_dict(), {**prior, "step": trainer.step_no, clock: _since(t0)})
+                save_tensors(ckpt, vae.state_dict(), {**prior, "step": trainer.step_no, clock: _since(t0)})
+    save_tensors(ckpt, vae.state_dict(), {**prior, "step": trainer.step_no, clock: _since(t0)})
     log.info("VAE stopped at step %d; held-out PSNR %.2f dB", trainer.step_no, heldout_psnr(vae, n=8))
 
 
@@ -144,7 +161,7 @@ def stage_latents(run: Path, clips: int, seed: int) -> None:
         masks.append(object_mask(video, vae.config.stride))
         n += len(seeds)
         if n % 64 == 0 or n >= clips:
-            _save(out, {"latents": torch.cat(zs), "object_mask": torch.cat(masks)},
+            save_tensors(out, {"latents": torch.cat(zs), "object_mask": torch.cat(masks)},
                   {"mean": mean, "std": std, "clips": n})
             log.info("encoded %d / %d clips (%.0fs)", n, clips, time.time() - t0)
 
@@ -169,7 +186,7 @@ def stage_dit(run: Path, steps: int, minutes: float, every: int, seed: int, batc
     trainer = _dit_trainer(run, DiTTrainConfig(steps=steps, seed=seed, batch=batch), dtype)
     ckpt = run / "dit_ckpt.safetensors"
     if ckpt.exists():
-        trainer.load(load_file(str(ckpt)), _meta(ckpt)["step"])
+        trainer.load(load_file(str(ckpt)), read_metadata(ckpt)["step"])
         trainer.gen.manual_seed(seed + trainer.step_no)
         log.info("resumed DiT at step %d", trainer.step_no)
     _train_dit(trainer, ckpt, {}, steps, minutes, every, compile, "dit", probe=trainer.latents[:32])
@@ -202,10 +219,10 @@ def _train_dit(trainer: DiTTrainer, ckpt: Path, meta: dict, steps: int, minutes:
             if trainer.step_no % 20 == 0:
                 log.info("%s step %d loss %.4f (avg %.4f) %.1fs", name, trainer.step_no, loss, avg, time.time() - t0)
             if trainer.step_no % every == 0:
-                _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta, "seconds": _since(t0)})
+                save_tensors(ckpt, trainer.state(), {"step": trainer.step_no, **meta, "seconds": _since(t0)})
                 if probe is not None:
                     log.info("probe loss (ema) %.4f", eval_loss(trainer.ema_dit, trainer.ema_text, probe, caps))
-    _save(ckpt, trainer.state(), {"step": trainer.step_no, **meta, "seconds": _since(t0)})
+    save_tensors(ckpt, trainer.state(), {"step": trainer.step_no, **meta, "seconds": _since(t0)})
 
 
 def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int, lr: float,
@@ -218,12 +235,12 @@ def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int,
     trainer = _dit_trainer(run, cfg, torch.bfloat16)
     out = run / "dit_cool.safetensors"
     if out.exists():
-        trainer.load(load_file(str(out)), _meta(out)["step"])
+        trainer.load(load_file(str(out)), read_metadata(out)["step"])
         log.info("resumed cool-down at step %d", trainer.step_no)
     else:
         trainer.load(load_file(str(run / "dit_ckpt.safetensors")), 0)
     trainer.gen.manual_seed(seed + trainer.step_no)
-    meta = {"from_dit_step": _meta(run / "dit_ckpt.safetensors")["step"], "lr": lr, "sigma_shift": sigma_shift}
+    meta = {"from_dit_step": read_metadata(run / "dit_ckpt.safetensors")["step"], "lr": lr, "sigma_shift": sigma_shift}
     _train_dit(trainer, out, meta, steps, minutes, every, compile, "cool-down")
     log.info("cool-down stopped at step %d", trainer.step_no)
 
@@ -236,12 +253,12 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     `dit_file`) stay fixed."""
     g = torch.Generator().manual_seed(seed)
     lat_file = load_file(str(run / "latents.safetensors"))["latents"]
-    m = _meta(run / "latents.safetensors")
+    m = read_metadata(run / "latents.safetensors")
     vae = WanVAE(C.VAE_CONFIG)
     out, step, spent = run / "vae_adapt.safetensors", 0, 0.0
-    if out.exists() and _meta(out).get("dit_file") == dit_file:   # resume (a fresh optimizer)
+    if out.exists() and read_metadata(out).get("dit_file") == dit_file:   # resume (a fresh optimizer)
         vae.load_state_dict(load_file(str(out)))
-        step, spent = _meta(out)["step"], _spent(out)
+        step, spent = read_metadata(out)["step"], _spent(out)
         g.manual_seed(seed + step)
         log.info("resumed decoder adapt at step %d (%.1f minutes spent)", step, spent / 60)
     else:                                # adapted against another DiT, or none yet: start over
@@ -284,26 +301,26 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
             log.info("adapt step %d loss %.4f psnr %.2f %.0fs", step, float(loss.detach()), psnr(y.detach(), target),
                      time.time() - t0)
         if step % every == 0:
-            _save(out, vae.state_dict(), {"step": step, "dit_file": dit_file, "seconds": _since(t0)})
-    _save(out, vae.state_dict(), {"step": step, "dit_file": dit_file, "seconds": _since(t0)})
+            save_tensors(out, vae.state_dict(), {"step": step, "dit_file": dit_file, "seconds": _since(t0)})
+    save_tensors(out, vae.state_dict(), {"step": step, "dit_file": dit_file, "seconds": _since(t0)})
 
 
 def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_ckpt.safetensors",
                  dit_file: str = "dit_ckpt.safetensors") -> None:
     vae = WanVAE(C.VAE_CONFIG)
     vae.load_state_dict(load_file(str(run / vae_file)))
-    m = _meta(run / "latents.safetensors")
+    m = read_metadata(run / "latents.safetensors")
     state = load_file(str(run / dit_file))
     dit, text = WanDiT(C.DIT_CONFIG), TinyTextEncoder(C.TEXT_CONFIG)
     pd, pt = ("dit.", "text.") if live else ("ema_dit.", "ema_text.")
     dit.load_state_dict({k[len(pd):]: v for k, v in state.items() if k.startswith(pd)})
     text.load_state_dict({k[len(pt):]: v for k, v in state.items() if k.startswith(pt)})
-    steps = {"vae": _meta(run / "vae_ckpt.safetensors")["step"], "dit": _meta(run / "dit_ckpt.safetensors")["step"],
-             "latent_clips": m["clips"]}
+    steps = {"vae": read_metadata(run / "vae_ckpt.safetensors")["step"],
+             "dit": read_metadata(run / "dit_ckpt.safetensors")["step"], "latent_clips": m["clips"]}
     if vae_file != "vae_ckpt.safetensors":
-        steps["decoder_adapt"] = _meta(run / vae_file)["step"]
+        steps["decoder_adapt"] = read_metadata(run / vae_file)["step"]
     if dit_file != "dit_ckpt.safetensors":
-        steps["dit_cooldown"] = _meta(run / dit_file)["step"]
+        steps["dit_cooldown"] = read_metadata(run / dit_file)["step"]
     save_embedded(to, vae_with_stats(vae, m["mean"], m["std"]), dit, text, steps)
     log.info("exported to %s (%s)", to, steps)
 

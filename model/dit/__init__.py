@@ -2,5 +2,3 @@
 from .config import DIT_PRESETS, DiTConfig, tiny_config
 from .loading import load_dit
 from .model import WanDiT
-
-__all__ = ["DIT_PRESETS", "DiTConfig", "WanDiT", "load_dit", "tiny_config"]

@@ -18,13 +18,11 @@ VAE_FILE, DIT_FILE, TEXT_FILE = "vae.safetensors", "dit.safetensors", "text_enco
 
 FRAMES = 17          # pixel frames the model was trained on (4k+1)
 SIZE = 64            # pixels per side
-LATENT_FRAMES = 5    # (FRAMES - 1) / 4 + 1
-LATENT_SIZE = 16     # SIZE / 4
 Z_DIM = 8
 
 # Wan 2.1 VAE layout with one level fewer than the real one (dim_mult 1,2,4; temporal
 # downsample in both downsampling levels), narrow. Four levels (stride 4x8x8) rounded shapes
-# off within the training budget; three keep them far better (MODEL_CARD.md).
+# off within the training budget; three keep them far better.
 VAE_CONFIG = VAEConfig(version="2.1", dim=16, z_dim=Z_DIM, dim_mult=(1, 2, 4), num_res_blocks=1,
                        temperal_downsample=(True, True))
 

@@ -4,7 +4,7 @@ Each file carries in its metadata what its module needs beyond the tensors (all 
 the VAE its latent statistics (``latents_mean``, ``latents_std``), the text encoder its frozen
 word list (``words``, so vocabulary edits cannot shift token ids under trained weights) and
 optionally its sizes (``spacetime_text_config``), every file the training record (``training``).
-The training code writes them with the same keys.
+``training.stages`` writes them with the same keys.
 """
 from __future__ import annotations
 

@@ -53,17 +53,3 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 def words_for(name: str) -> tuple[str, ...]:
     """Every way of saying a canonical name (the name itself first)."""
     return SYNONYMS.get(name, (name,))
-
-
-def canonical(word: str) -> str | None:
-    """The canonical name a single word or phrase stands for, if any."""
-    w = word.lower().strip()
-    for table in (COLOURS, BACKGROUNDS):
-        if w in table:
-            return w
-    if w in SHAPES or w in MOTIONS:
-        return w
-    for name, alts in SYNONYMS.items():
-        if w in alts:
-            return name
-    return None

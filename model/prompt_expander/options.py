@@ -45,16 +45,10 @@ def check_max_words(max_words: int) -> int:
 
 @dataclass(frozen=True)
 class LLMOptions:
-    """How to reach a language model: the backend and its settings, validated on creation.
-
-    backend: ``rules`` (offline, default) | ``openai`` (any OpenAI-compatible server at
-        ``base_url``) | ``hf`` (a local transformers model, fetched into ``models_dir``);
-        other spellings such as ``"openai-compatible"`` or ``"local HF"`` are accepted.
-    base_url, model: the server (e.g. ``http://localhost:11434/v1``) and model name (openai);
-        a repo id, alias or local folder for ``hf`` (default Qwen2.5-3B/-VL-3B-Instruct).
-    api_key_env: NAME of the environment variable holding the API key (never the key).
-    temperature, timeout (seconds), retries, max_tokens (None: from max_words): the call.
-    """
+    """How to reach a language model, validated on creation: ``backend`` ``rules`` (offline) |
+    ``openai`` (an OpenAI-compatible server at ``base_url``, serving ``model``) | ``hf`` (a local
+    transformers ``model``: repo id, alias or folder, fetched into ``models_dir``); ``api_key_env``
+    is the NAME of the environment variable holding the key; ``max_tokens`` None: from max_words."""
 
     backend: str = "rules"
     base_url: str | None = None

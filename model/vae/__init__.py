@@ -2,5 +2,3 @@
 from .config import VAE_PRESETS, VAEConfig
 from .loading import load_vae, vae_config_from_state_dict
 from .model import WanVAE
-
-__all__ = ["VAE_PRESETS", "VAEConfig", "WanVAE", "load_vae", "vae_config_from_state_dict"]

@@ -2,6 +2,3 @@
 catalog of known files."""
 from .files import PathOrStateDict, TensorReader, WeightsError, load_state_dict, read_safetensors_header
 from .precision import FP8_DTYPES, Linear, keeps_fp32
-
-__all__ = ["FP8_DTYPES", "Linear", "PathOrStateDict", "TensorReader", "WeightsError", "keeps_fp32",
-           "load_state_dict", "read_safetensors_header"]

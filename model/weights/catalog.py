@@ -1,14 +1,9 @@
-"""The catalog of known model files and their downloads into ComfyUI's model folders.
+"""The catalog of known model files (``catalog.json``: id -> Hugging Face repo and file, target
+ComfyUI folder, size and sha256 where verified; safetensors only) and their downloads.
 
-``catalog.json`` (beside this file): catalog id -> Hugging Face repo, file in the repo, target
-ComfyUI folder (``diffusion_models``, ``vae``, ``text_encoders``, ``clip_vision``), size and
-sha256 where verified (else null). Safetensors only.
-
-Downloads use ``huggingface_hub`` (imported lazily): a file already in the local hub cache is
-linked (or copied) without touching the network; otherwise it is fetched with the hub's
-progress bar and resume (``local_dir`` mode keeps an ``.incomplete`` file across
-interruptions) and moved into place. Offline, the error names the repo, the file and the
-destination.
+Downloads use ``huggingface_hub`` (imported lazily): a copy in the local hub cache is linked
+without network; otherwise the file is fetched with progress and resume and moved into place.
+Offline, the error names the repo, the file and the destination.
 """
 from __future__ import annotations
 
