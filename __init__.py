@@ -5,13 +5,13 @@ Importable two ways:
   * as a ComfyUI custom node folder, under any folder name: ComfyUI calls
     ``comfy_entrypoint`` and only then are the nodes (and ``comfy``) imported.
 
-The public Python API: ``load_vae``, ``load_dit``, ``generate``, ``generate_embedded``,
+The public Python API: ``load_vae``, ``load_dit``, ``generate``, ``generate_latent``, ``generate_embedded``,
 ``expand_prompt``, and the ``model`` and ``samplers`` packages (README, "Python API").
 """
 if __package__:  # pytest may import this file bare (no package) when collecting tests/
     from . import model, samplers
     from .model import expand_prompt, load_dit, load_vae
-    from .pipeline import Known, generate, generate_embedded
+    from .pipeline import Known, generate, generate_embedded, generate_latent
 
 __version__ = "0.1.0"
 
@@ -23,5 +23,5 @@ async def comfy_entrypoint():
     return extension()
 
 
-__all__ = ["model", "samplers", "load_vae", "load_dit", "generate", "generate_embedded", "Known",
+__all__ = ["model", "samplers", "load_vae", "load_dit", "generate", "generate_latent", "generate_embedded", "Known",
            "expand_prompt", "comfy_entrypoint", "__version__"]

@@ -44,7 +44,7 @@ class Known:
         if x.dim() != 4:
             raise ValueError(f"known frames of shape {tuple(x.shape)}: expected [n, H, W, 3] in 0..1 "
                              "or [3, n, H, W] in -1..1")
-        if x.shape[-1] == 3 and x.shape[0] != 3:
+        if x.shape[-1] == 3:                                   # IMAGE layout (also for 3 frames)
             return x
         return ((x.permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
 
@@ -110,8 +110,8 @@ def generate_latent(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: t
         for k in known:
             f = k.pixels()
             canvas.place(pixels, flags, f, canvas.start_frame(k.at, frames, f.shape[0]))
-        clean, kept = canvas.known_latents(_encode_pixels(vae), pixels, flags, st)
-        mask = (~kept).float().view(1, 1, -1, 1, 1).expand(latent_shape[:1] + (1,) + latent_shape[2:])
+        clean = canvas.known_latents(_encode_pixels(vae), pixels, flags)
+        mask = canvas.noise_mask(flags, latent_shape[3:], st)
     model = _canvas_denoiser(dit, clean, mask, noise, per_token)
     uncond = {"context": negative} if negative is not None else {"context": context}
     denoiser = cfg_denoiser(model, {"context": context}, uncond, guidance if negative is not None else 1.0)
@@ -129,6 +129,7 @@ def generate(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: torch.Te
         return vae.decode(z.to(vae.dtype))[0]
 
 
+@torch.no_grad()
 def generate_embedded(prompt: str, frames: int = C.FRAMES, steps: int = C.DEFAULT_STEPS,
                       guidance: float = C.DEFAULT_GUIDANCE, seed: int = 0, known: Sequence[Known] | None = None,
                       negative: str = "", shift: float = C.DEFAULT_SHIFT, solver: str = "unipc",

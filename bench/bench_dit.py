@@ -18,8 +18,8 @@ device and take the loaded tensors as their parameters (``assign=True``), so non
 copies while loading. Without ``--sequential`` all workers stay alive and their forwards are
 interleaved round-robin, so drift in the machine's load hits all alike.
 
-The random weights go into a temporary folder the run creates and removes (``--keep`` keeps
-it; ``--scratch DIR`` uses and keeps DIR, so a later run reuses the file).
+The random weights go into a temporary folder the run creates and removes (``--scratch DIR``
+uses and keeps DIR instead, so a later run reuses the file).
 
 Allocator modes. Each worker runs its whole life in one mode:
 - "default": glibc malloc as a host process runs it (no mallopt call; its mmap threshold
@@ -251,7 +251,6 @@ def main() -> None:
     ap.add_argument("--scratch", type=Path,
                     help="folder for the random weights file, kept afterwards and reused by later runs "
                          "(default: a temporary folder, removed at the end)")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary scratch folder and print its path")
     a = ap.parse_args()
     if a.model != MODEL:   # re-run with the model fixed for this process and its workers
         os.environ["SPACETIME_BENCH_MODEL"] = a.model
@@ -268,10 +267,8 @@ def main() -> None:
     try:
         measure(a)
     finally:
-        if a.scratch is None and not a.keep:
+        if a.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
-        else:
-            print(f"scratch folder kept: {scratch}")
 
 
 def measure(a: argparse.Namespace) -> None:

@@ -1,14 +1,10 @@
 """Benchmark (not a test): Wan 2.1 VAE decode, ours vs ComfyUI native vs diffusers.
 
-Real Wan 2.1 VAE dimensions (dim 96, z 16), random weights (the same for all three), one
-random latent per clip length. Each (implementation, frames) runs in its own subprocess so
-peak RSS is separable. Reported per run: decode wall time and process CPU time (on a shared
-machine wall time is noisy, CPU time less so); peak RSS of the process during the decode (the
-kernel's high-water mark, reset after set-up and a 1-frame warm-up); and the working memory =
-that peak minus the RSS just before the decode (weights, torch and imports excluded). The
-table gives each run's ratios to the references and, with several lengths for ours, how our
-peak grows with the clip length. Measured results with their date, machine and command:
-bench/RESULTS.md.
+Real Wan 2.1 VAE dimensions (dim 96, z 16), the same random weights for all three, one random
+latent per clip length; each (implementation, frames) in its own subprocess. Reported: decode
+wall and CPU time; peak RSS during the decode (the kernel's high-water mark, reset after set-up
+and a 1-frame warm-up) and the working memory above the RSS before it; ratios to the references
+and how our peak grows with clip length. Results with date, machine and command: bench/RESULTS.md.
 
 References: ComfyUI 0.3.75 ``comfy.ldm.wan.vae.WanVAE.decode`` (the module its VAE Decode
 node runs), diffusers ``AutoencoderKLWan.decode`` (tiling off). All under

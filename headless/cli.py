@@ -101,6 +101,17 @@ def prepare(args: argparse.Namespace, client: ComfyClient) -> dict:
     return graph
 
 
+def with_client(args: argparse.Namespace, go):
+    """``go(client)`` against ``--server``, or against a local host started for the call."""
+    if args.server:
+        return go(ComfyClient(args.server))
+    base = Path(args.base_dir).resolve() if getattr(args, "base_dir", None) else Path(
+        tempfile.mkdtemp(prefix="spacetime-host-"))
+    extra = model_paths_args(base, args) if hasattr(args, "models_dir") else ()
+    with ComfyHost(base, comfy_dir=args.comfyui, cpu=not getattr(args, "gpu", False), extra_args=extra) as host:
+        return go(host.client)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
 
@@ -108,13 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         graph = prepare(args, client)
         return run_graph(client, graph, out, args.timeout, progress=not args.no_progress)
 
-    if args.server:
-        files = go(ComfyClient(args.server))
-    else:
-        base = Path(args.base_dir).resolve() if args.base_dir else Path(tempfile.mkdtemp(prefix="spacetime-host-"))
-        extra = model_paths_args(Path(base), args)
-        with ComfyHost(base, comfy_dir=args.comfyui, cpu=not args.gpu, extra_args=extra) as host:
-            files = go(host.client)
+    files = with_client(args, go)
     for f in files:
         print(f)
     if not files:
@@ -149,11 +154,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     def go(client: ComfyClient) -> dict:
         return to_api(data, path, client.object_info() if is_ui_workflow(data) else None)
 
-    if args.server:
-        graph = go(ComfyClient(args.server))
-    else:
-        with ComfyHost(tempfile.mkdtemp(prefix="spacetime-host-"), comfy_dir=args.comfyui) as host:
-            graph = go(host.client)
+    graph = with_client(args, go)
     json.dump(graph, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return EXIT_OK

@@ -165,13 +165,13 @@ def fill_lead_in(pixels: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def known_latents(encode: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, known: torch.Tensor,
-                  stride_t: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """The latents to keep and which latent frames they are: ``encode`` (a VAE taking the pixel
+def known_latents(encode: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor,
+                  known: torch.Tensor) -> torch.Tensor:
+    """The latents to keep (where :func:`noise_mask` is 0): ``encode`` (a VAE taking the pixel
     canvas ``[T, H, W, 3]`` in 0..1, returning ``[1, C, T', h, w]``) of the canvas with its
-    lead-ins filled, and the per-latent-frame flags ``[T']``. The whole canvas is encoded at
-    once, so the causal VAE sees the frames in their true order."""
-    return encode(fill_lead_in(pixels, known)), latent_known(known, stride_t)
+    lead-ins filled. The whole canvas is encoded at once, so the causal VAE sees the frames in
+    their true order."""
+    return encode(fill_lead_in(pixels, known))
 
 
 def noise_mask(known: torch.Tensor, latent_hw: tuple[int, int], stride_t: int = 4) -> torch.Tensor:

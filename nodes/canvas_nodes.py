@@ -130,8 +130,7 @@ class SpacetimePlaceFrames(io.ComfyNode):
             canvas.place(pixels, known, frames.cpu(), at)
         # kept latents: unknown frames before a known run show its first frame (a still lead-in);
         # the Wan 2.1 I2V/FLF2V concat image: grey where unknown, as those models were trained
-        z, _ = canvas.known_latents(vae.encode, pixels, known, info["stride"][0])   # (1, C, T', H', W')
-        z = z.to(mm.intermediate_device())
+        z = canvas.known_latents(vae.encode, pixels, known).to(mm.intermediate_device())  # (1, C, T', H', W')
         z_grey = vae.encode(pixels).to(mm.intermediate_device()) if (~known).any() else z
         if tuple(z.shape[2:]) != tuple(latent["samples"].shape[2:]) or z.shape[1] != latent["samples"].shape[1]:
             raise node_error(cls, "vae", f"the VAE encodes the canvas to {tuple(z.shape)} but the canvas latent is "

@@ -27,8 +27,7 @@ import torch
 
 from ..model.vae import WanVAE
 
-# Working memory per output pixel and frame, from ComfyUI's figures for its 96-wide Wan 2.1 VAE
-# (scaled by the model width).
+# Working memory per pixel, ComfyUI's figures for its 96-wide Wan 2.1 VAE (scaled by the width).
 ENCODE_BYTES, DECODE_BYTES = 6000, 7000
 
 
@@ -45,7 +44,14 @@ class ComfyWanVAE(WanVAE):
 
 
 class SpacetimeVAE(comfy.sd.VAE):
-    """A ``comfy.sd.VAE`` whose network is our streaming ``WanVAE`` (see the module docstring)."""
+    """A ``comfy.sd.VAE`` whose network is our streaming ``WanVAE`` (see the module docstring).
+    The class attributes below are ComfyUI's values for its Wan VAE, for other packs' nodes
+    that read them."""
+
+    output_channels, not_video, disable_offload, extra_1d_channel = 3, False, False, None
+    working_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+    process_input = staticmethod(lambda image: image * 2.0 - 1.0)
+    process_output = staticmethod(lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0))
 
     def __init__(self, vae: WanVAE) -> None:  # noqa: super().__init__ is ComfyUI's detector: not called
         c = vae.config
@@ -68,11 +74,14 @@ class SpacetimeVAE(comfy.sd.VAE):
     def wan(self) -> WanVAE:
         return self.first_stage_model
 
-    def _load(self, shape: tuple[int, ...], per_pixel: int) -> None:
-        """Load the network for a clip of ``shape`` (..., H, W) in pixels."""
-        scale = self.wan.config.dim / 96
-        need = per_pixel * scale * shape[-2] * shape[-1] * mm.dtype_size(self.vae_dtype)
-        mm.load_models_gpu([self.patcher], memory_required=need)
+    def memory_used_encode(self, shape: tuple[int, ...], dtype: torch.dtype) -> float:
+        """Working memory to encode pixels of ``shape`` (..., H, W), as ComfyUI estimates it."""
+        return ENCODE_BYTES * self.wan.config.dim / 96 * shape[-2] * shape[-1] * mm.dtype_size(dtype)
+
+    def memory_used_decode(self, shape: tuple[int, ...], dtype: torch.dtype) -> float:
+        """Working memory to decode a latent of ``shape`` (..., h, w), as ComfyUI estimates it."""
+        _, sh, sw = self.wan.config.stride
+        return DECODE_BYTES * self.wan.config.dim / 96 * shape[-2] * shape[-1] * sh * sw * mm.dtype_size(dtype)
 
     # -- encode ---------------------------------------------------------------------------------
     def encode_frames(self, images: torch.Tensor, tile: tuple[int, int] | None = None,
@@ -83,7 +92,7 @@ class SpacetimeVAE(comfy.sd.VAE):
         x = images[..., :3]
         video = (x.movedim(-1, 0).unsqueeze(0) if x.ndim == 4 else x.movedim(-1, 1)) * 2 - 1  # (B, 3, T, H, W)
         self.wan.check_video(video)
-        self._load(video.shape, ENCODE_BYTES)
+        mm.load_models_gpu([self.patcher], memory_required=self.memory_used_encode(video.shape, self.vae_dtype))
         z = self.wan.encode(video.to(self.device, self.vae_dtype), tile=tile, tile_overlap=overlap)
         return z.to(self.output_device).float()
 
@@ -120,7 +129,7 @@ class SpacetimeVAE(comfy.sd.VAE):
             out[:, start:start + n] = ((piece.float() + 1) / 2).clamp(0, 1).movedim(1, -1).to(out.device)
             bar.update_absolute(start + n, frames)
 
-        self._load(out.shape[-4:-1], DECODE_BYTES * sh * sw)
+        mm.load_models_gpu([self.patcher], memory_required=self.memory_used_decode(samples_in.shape, self.vae_dtype))
         self.wan.decode(samples_in.to(self.device, self.vae_dtype), callback=on_piece, tile=tile, tile_overlap=overlap)
         return out
 

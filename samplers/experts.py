@@ -6,6 +6,10 @@ and ``boundary`` from the config (0.875 for T2V A14B, 0.900 for I2V A14B), the h
 expert and its guidance scale are used while ``t >= boundary·1000``, the low-noise expert after.
 Wan's configs give the scales as (low, high): T2V (3.0, 4.0), I2V (3.5, 3.5).
 Mixture-of-experts denoising by noise level: Balaji et al., "eDiff-I", arXiv:2211.01324.
+
+One rule, two ways to run it: per step (``two_expert_denoiser``, both experts in memory) or as
+two stages one after the other (``expert_stages`` + ``resume_noise``, one expert at a time, as
+the sampler node does).
 """
 from __future__ import annotations
 

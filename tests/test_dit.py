@@ -133,6 +133,12 @@ def test_scaled_fp8_file_round_trip(t2v, tmp_path, suffix):
     assert rel_err(out, load_dit(dequantised, config=cfg)(x, ts, ctx, clip)) < 1e-5
     # and within fp8 precision of the original fp32 weights (stated tolerance: 10 %)
     assert rel_err(out, load_dit(sd, config=cfg)(x, ts, ctx, clip)) < 0.1
+    # asking for fp8 storage keeps the file's own fp8 weights (and scales) as they are and
+    # stores the other Linear weights in the asked fp8
+    e5m2 = load_dit(path, dtype=torch.float8_e5m2)
+    assert e5m2.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn
+    assert torch.equal(e5m2.blocks[0].ffn[0].scale_weight, model.blocks[0].ffn[0].scale_weight)
+    assert e5m2.text_embedding[0].weight.dtype == torch.float8_e5m2
 
 
 def test_unknown_checkpoint_names_expected_and_found_keys():

@@ -111,3 +111,14 @@ def test_known_frame_modes() -> None:
         frame_mask("sideways", 5)
     m = random_frame_masks(64, 5, torch.Generator().manual_seed(0))
     assert m.shape == (64, 5) and bool((~m).any(1).all())
+
+
+def test_text_encoder_file_with_foreign_metadata_loads(tmp_path) -> None:
+    """Metadata values that are not JSON (e.g. {"format": "pt"}) are kept as text, not an error."""
+    from safetensors.torch import save_file
+    from spacetime_video.model.embedded import load_text_encoder
+    enc = TinyTextEncoder()
+    path = tmp_path / "text.safetensors"
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(path), metadata={"format": "pt"})
+    loaded = load_text_encoder(path)
+    assert torch.equal(loaded.encode(["a red ball"]), enc.eval().encode(["a red ball"]))

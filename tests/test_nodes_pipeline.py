@@ -171,3 +171,24 @@ def test_native_tiled_nodes_and_vae_save_work_on_our_vae(nodes):
     assert tiled.shape == whole.shape and not torch.equal(tiled, whole)
     assert (tiled - whole).abs().mean() < 0.15              # blended seams of a random tiny VAE
     assert nodes.vae.vae_geometry(ours) == ((4, 8, 8), 16)
+
+
+def test_vae_asks_model_management_for_what_comfyui_would(nodes, monkeypatch):
+    """The memory our VAE asks ComfyUI to free before a decode or encode is ComfyUI's own estimate
+    for its Wan VAE (scaled by the model width), computed on the latent for a decode and on the
+    pixels for an encode."""
+    import comfy.model_management as mm
+    import comfy.sd
+    sd = tiny_vae_sd()
+    native, ours = comfy.sd.VAE(sd=dict(sd)), ours_vae(nodes, sd)
+    scale = 4 / 96                                                    # our tiny VAE is 4 wide
+    z, video = (1, 16, 3, 4, 6), (1, 3, 9, 32, 48)
+    assert ours.memory_used_decode(z, torch.float32) == pytest.approx(native.memory_used_decode(z, torch.float32) * scale)
+    assert ours.memory_used_encode(video, torch.float32) == pytest.approx(
+        native.memory_used_encode(video, torch.float32) * scale)
+    asked = []
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, memory_required=0, **kw: asked.append(memory_required))
+    frames = ours.decode(torch.zeros(z))
+    ours.encode(frames[0])
+    assert asked == [pytest.approx(ours.memory_used_decode(z, ours.vae_dtype)),
+                     pytest.approx(ours.memory_used_encode((1, 3, 9, 32, 48), ours.vae_dtype))]

@@ -91,8 +91,17 @@ def test_clear_errors():
 def test_known_frames_in_either_layout():
     frames = torch.rand(2, 8, 8, 3)
     assert torch.equal(pipeline.Known(frames).pixels(), frames)
+    three = torch.rand(3, 8, 8, 3)                                             # a 3-frame IMAGE
+    assert torch.equal(pipeline.Known(three).pixels(), three)
     signed = frames.permute(3, 0, 1, 2) * 2 - 1                                # [3, n, H, W] in -1..1
     assert torch.allclose(pipeline.Known(signed).pixels(), frames, atol=1e-6)
     assert pipeline.Known(frames[0]).pixels().shape == (1, 8, 8, 3)
     with pytest.raises(ValueError, match=r"\[n, H, W, 3\]"):
         pipeline.Known(torch.rand(8, 8)).pixels()
+
+
+def test_generate_embedded_builds_no_autograd_graph():
+    model = pipeline.load_embedded()
+    with torch.enable_grad():
+        video = pipeline.generate_embedded("a red ball", steps=1, model=model)
+    assert not video.requires_grad and video.grad_fn is None

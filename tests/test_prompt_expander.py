@@ -326,8 +326,8 @@ def test_expanded_short_prompts_are_followed_better_by_the_embedded_model():
     18/22; colour + shape + motion 26 vs 28. (scripts/eval_expander.py --per-combo 8, 20
     steps, 88 prompts: colour 67% vs 81%, shape 32% vs 39%, motion 16% vs 24%.) An expander
     that changed nothing, or a model that ignored its text, would score the same both ways."""
-    from spacetime_video.training.expander_eval import evaluate
-    res = evaluate(per_combo=2, steps=10)
+    from spacetime_video.training.evaluate import evaluate_expander
+    res = evaluate_expander(per_combo=2, steps=10)
     n, raw, expanded = res["n"], res["accuracy"]["raw"], res["accuracy"]["expanded"]
     assert n == 22
     assert round(expanded["colour"] * n) >= round(raw["colour"] * n) + 2

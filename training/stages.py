@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from ..model.dit import WanDiT
 from ..model.embedded import config as C
-from ..model.embedded.loading import read_metadata
+from ..model.weights.files import json_metadata as read_metadata
 from ..model.embedded.text_encoder import TinyTextEncoder
 from ..model.vae import WanVAE
 from . import world

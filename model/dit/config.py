@@ -53,6 +53,11 @@ class DiTConfig:
         return self.dim // self.num_heads
 
     @property
+    def latent_channels(self) -> int:
+        """Channels of the VAE latent this model denoises (= out_dim)."""
+        return self.out_dim
+
+    @property
     def vae(self) -> str:
         """VAE family the model expects: "2.1" (16 ch), "2.2" (48 ch), or "custom"."""
         return VAE_BY_CHANNELS.get(self.out_dim, "custom")

@@ -1,9 +1,5 @@
-"""The embedded tiny model that ships with the pack: its configs, vocabulary, text encoder and
-weights (inference only; training lives in ``spacetime_video.training``).
-
-``load_embedded()`` gives the trained VAE, DiT and text encoder from ``weights/``; generate
-with ``spacetime_video.pipeline.generate_embedded``.
-"""
+"""The embedded tiny model that ships with the pack (inference only): configs, vocabulary, text
+encoder, weights. ``load_embedded()`` gives its parts; ``pipeline.generate_embedded`` generates."""
 from __future__ import annotations
 
 from dataclasses import dataclass

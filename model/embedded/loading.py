@@ -9,7 +9,6 @@ optionally its sizes (``spacetime_text_config``), every file the training record
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from ..dit import WanDiT
 from ..vae import WanVAE
-from ..weights.files import WeightsError, load_state_dict, safetensors_metadata
+from ..weights.files import WeightsError, json_metadata, load_state_dict
 from . import config as C
 from .text_encoder import TextEncoderConfig, TinyTextEncoder
 
@@ -30,18 +29,20 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise WeightsError(f"embedded model file missing: {path}; train it with "
                            "scripts/train_embedded.py or restore it from git")
-    return {k: json.loads(v) for k, v in safetensors_metadata(path).items()}
+    return json_metadata(path)
 
 
-def load_text_encoder(path: str | os.PathLike) -> TinyTextEncoder:
-    """A ``TinyTextEncoder`` from safetensors; sizes from the file's metadata or its shapes, the
-    word list from its metadata (else the current vocabulary)."""
+def load_text_encoder(path: str | os.PathLike, config: TextEncoderConfig | None = None) -> TinyTextEncoder:
+    """A ``TinyTextEncoder`` from safetensors; sizes from ``config``, else the file's metadata or
+    its shapes; the word list from its metadata (else the current vocabulary)."""
     meta = read_metadata(path)
     sd = load_state_dict(path)
     if "token_emb.weight" not in sd or "proj.weight" not in sd:
         raise WeightsError(f"{Path(path).name}: not a Spacetime tiny text encoder "
                            "(expected token_emb.weight and proj.weight)")
-    if TEXT_CONFIG_KEY in meta:
+    if config is not None:
+        cfg = config
+    elif TEXT_CONFIG_KEY in meta:
         cfg = TextEncoderConfig(**meta[TEXT_CONFIG_KEY])
     else:
         vocab, dim = sd["token_emb.weight"].shape
@@ -64,5 +65,5 @@ def load_parts(folder: str | os.PathLike, device: str | torch.device = "cpu"
     vae.load_state_dict(load_state_dict(folder / C.VAE_FILE))
     dit = WanDiT(C.DIT_CONFIG)
     dit.load_state_dict(load_state_dict(folder / C.DIT_FILE))
-    text = load_text_encoder(folder / C.TEXT_FILE)
+    text = load_text_encoder(folder / C.TEXT_FILE, C.TEXT_CONFIG)
     return vae.to(device).eval(), dit.to(device).eval(), text.to(device).eval(), vmeta.get("training", {})

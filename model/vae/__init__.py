@@ -1,4 +1,4 @@
 """The Wan video VAE (2.1 and 2.2): config, layers, causal cache, spatial tiles, loading."""
-from .config import VAE_PRESETS, VAEConfig
-from .loading import load_vae, vae_config_from_state_dict
-from .model import WanVAE
+from .config import VAE_PRESETS, VAEConfig  # noqa: F401
+from .loading import load_vae, vae_config_from_state_dict  # noqa: F401
+from .model import WanVAE  # noqa: F401

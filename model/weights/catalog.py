@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from .files import WeightsError, read_safetensors_header
+
 log = logging.getLogger("spacetime.models")
 
 CATALOG_PATH = Path(__file__).resolve().with_name("catalog.json")
@@ -106,11 +108,10 @@ def verify(entry: ModelEntry, path: Path) -> None:
         if h.hexdigest() != entry.sha256.lower():
             raise ModelError(f"{path}: sha256 {h.hexdigest()} != catalog {entry.sha256}: delete it "
                              "and download again")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    n = int.from_bytes(head, "little") if len(head) == 8 else -1
-    if not 0 < n < 100_000_000 or path.stat().st_size < 8 + n:
-        raise ModelError(f"{path} is not a safetensors file (bad header): delete it and download again")
+    try:
+        read_safetensors_header(path)
+    except WeightsError as e:
+        raise ModelError(f"{path}: {e}: delete it and download again") from None
 
 
 def download(entry: ModelEntry, models_dir: str | os.PathLike, force: bool = False) -> Path:

@@ -79,6 +79,16 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     return dict(read_safetensors_header(path).get("__metadata__") or {})
 
 
+def json_metadata(path: str | os.PathLike) -> dict:
+    """The ``__metadata__`` with each value decoded from JSON where it is JSON (else kept as text)."""
+    def decode(value: str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return {k: decode(v) for k, v in safetensors_metadata(path).items()}
+
+
 ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
              "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
              "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
@@ -105,7 +115,8 @@ class TensorReader:
         for f in files:
             header = read_safetensors_header(f)
             self.metadata.update(header.pop("__metadata__", None) or {})
-            start = 8 + int.from_bytes(f.open("rb").read(8), "little")
+            with open(f, "rb") as fh:
+                start = 8 + int.from_bytes(fh.read(8), "little")
             self.entries.update({k: (f, start, v) for k, v in header.items()})
         self.shapes = {k: tuple(v["shape"]) for k, (_, _, v) in self.entries.items()}
         self.dtypes = {k: ST_DTYPES.get(v["dtype"]) for k, (_, _, v) in self.entries.items()}

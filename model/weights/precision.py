@@ -59,8 +59,8 @@ def storage_dtype(name: str, src: torch.dtype, dtype: torch.dtype | None, comput
     if keeps_fp32(name):
         return torch.float32
     big = linear and name.endswith(".weight")
-    if dtype in FP8_DTYPES:
-        return dtype if big else compute
+    if dtype in FP8_DTYPES:  # a file's own fp8 weights stay as they are (with their scales)
+        return (src if src in FP8_DTYPES else dtype) if big else compute
     if src in FP8_DTYPES and big and dtype is None:
         return src  # stays fp8; widened per layer at run time by Linear
     return dtype or compute
