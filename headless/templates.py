@@ -31,10 +31,10 @@ NODE_SPECS: dict[str, tuple[list, list, list]] = {
     "CLIPVisionEncode": ([("clip_vision", "CLIP_VISION"), ("image", "IMAGE")], ["crop"],
                          [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")]),
     "LoadImage": ([], ["image", "$upload"], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
-    "SpacetimeLoadVideo": ([], ["video", "start_frame", "frame_count", "stride", "width", "height"],
+    "SpacetimeLoadVideo": ([], ["video", "start_frame", "frame_count", "stride", "width", "height", "allow_large"],
                            [("images", "IMAGE"), ("fps", "FLOAT"), ("frame_count", "INT"), ("video", "VIDEO")]),
-    "SpacetimeCanvas": ([("vae", "VAE"), ("model", "MODEL")], ["width", "height", "length", "invalid_size"],
-                        [("LATENT", "LATENT")]),
+    "SpacetimeCanvas": ([("vae", "VAE"), ("model", "MODEL")], ["width", "height", "length", "invalid_size",
+                                                               "allow_large"], [("LATENT", "LATENT")]),
     "SpacetimePlaceFrames": ([("latent", "LATENT"), ("vae", "VAE"), ("images", "IMAGE"),
                               ("clip_vision_output", "CLIP_VISION_OUTPUT")],
                              ["position", "frame", "use", "count"], [("latent", "LATENT"), ("placed_frames", "IMAGE")]),
@@ -54,7 +54,7 @@ NODE_SPECS: dict[str, tuple[list, list, list]] = {
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
 }
 # values of widgets not set by a workflow (the frontend needs every widget's value)
-WIDGET_DEFAULTS = {"$control": "fixed", "$upload": "image", "weight_dtype": "default", "compute_dtype": "auto",
+WIDGET_DEFAULTS = {"allow_large": False, "$control": "fixed", "$upload": "image", "weight_dtype": "default", "compute_dtype": "auto",
                    "attention": "auto", "low_noise_dit_name": "none", "dtype": "auto", "device": "default",
                    "invalid_size": "snap", "frame": 0, "use": "all", "count": 1, "tile": 0, "boundary": WAN22_BOUNDARY["t2v"],
                    "low_noise_cfg": 3.0, "denoise": 1.0, "solver": "unipc", "start_frame": 0, "frame_count": 0,

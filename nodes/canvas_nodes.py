@@ -9,6 +9,7 @@ keep, so native samplers re-impose the known latents too), ``concat_latent_image
 from __future__ import annotations
 
 import logging
+import math
 
 import comfy.model_management as mm
 import torch
@@ -18,12 +19,13 @@ from ..model import canvas
 from .comfy_model import spacetime_dit
 from .comfy_vae import vae_geometry
 from .errors import blamed_on, node_error
+from .validation import SpacetimeNode, allow_large_input, check_fits
 
 log = logging.getLogger("spacetime.nodes")
 MODES = ["snap", "error"]
 
 
-class SpacetimeCanvas(io.ComfyNode):
+class SpacetimeCanvas(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -39,20 +41,13 @@ class SpacetimeCanvas(io.ComfyNode):
                 io.Int.Input("length", default=81, min=1, max=1025, step=4, tooltip="frames, 4k+1"),
                 io.Combo.Input("invalid_size", options=MODES, default="snap"),
                 io.Model.Input("model", optional=True, tooltip="for the token count and memory estimate"),
+                allow_large_input(),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def validate_inputs(cls, width, height, length) -> bool | str:
-        # the valid sizes depend on the VAE and the model, which only execute() sees
-        if not (16 <= width <= 8192 and 16 <= height <= 8192 and 1 <= length <= 1025):
-            return (f"SpacetimeCanvas: width/height must be in 16..8192 and length in 1..1025 "
-                    f"(got {width}x{height}, {length} frames)")
-        return True
-
-    @classmethod
-    def execute(cls, vae, width, height, length, invalid_size, model=None) -> io.NodeOutput:
+    def execute(cls, vae, width, height, length, invalid_size, model=None, allow_large=False) -> io.NodeOutput:
         stride, channels = vae_geometry(vae)
         dit = spacetime_dit(model) if model is not None else None
         patch = tuple(dit.config.patch_size) if dit is not None else (1, 2, 2)
@@ -69,6 +64,7 @@ class SpacetimeCanvas(io.ComfyNode):
                              f"(Wan {'2.2' if dit.config.out_dim == 48 else '2.1'})")
         lines = notes + [f"{size.width}x{size.height}, {size.length} frames -> latent {size.latent_shape}, "
                          f"{size.tokens} tokens"]
+        check_fits(cls, "width/height/length", 4 * math.prod(size.latent_shape), "the latent", allow_large)
         if dit is not None:
             c = dit.config
             wbytes = dit.blocks[0].ffn[0].weight.element_size()
@@ -76,16 +72,17 @@ class SpacetimeCanvas(io.ComfyNode):
                                               torch.finfo(dit.compute_dtype).bits // 8)
             lines.append(f"estimated peak memory ~{peak / 2**30:.1f} GiB")
             total = mm.get_total_memory(mm.get_torch_device())
-            if peak > total:
-                lines.append(f"WARNING: more than this device's {total / 2**30:.0f} GiB; ComfyUI will offload "
-                             "weights (slow) - lower the size or length, or store the DiT in fp8")
-                log.warning("SpacetimeCanvas: %s", lines[-1])
+            if peak > total and not allow_large:
+                raise node_error(cls, "width/height/length", f"one DiT step needs about {peak / 2**30:.1f} GiB, "
+                                 f"more than this device's {total / 2**30:.0f} GiB: lower the size or length, store "
+                                 "the DiT in fp8, or set allow_large (ComfyUI then offloads weights: slow)")
         samples = torch.zeros((1, *size.latent_shape), device=mm.intermediate_device())
-        info = {"width": size.width, "height": size.height, "length": size.length, "stride": stride}
+        info = {"width": size.width, "height": size.height, "length": size.length, "stride": stride,
+                "allow_large": bool(allow_large)}
         return io.NodeOutput({"samples": samples, "spacetime": info}, ui=ui.PreviewText("\n".join(lines)))
 
 
-class SpacetimePlaceFrames(io.ComfyNode):
+class SpacetimePlaceFrames(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -122,6 +119,8 @@ class SpacetimePlaceFrames(io.ComfyNode):
         with blamed_on(cls, "images"):
             frames = images if use == "all" else canvas.clip_end(images, count, use)
         at = canvas.start_frame(frame if position == "frame" else position, length, frames.shape[0])
+        check_fits(cls, "latent", 2 * 4 * 3 * length * height * width, "the pixel canvas (lower the Canvas size)",
+                   info.get("allow_large", False))
         if "pixels" in info:
             pixels, known = info["pixels"].clone(), info["known"].clone()
         else:

@@ -8,9 +8,10 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..samplers import SOLVERS, SPACINGS, flow_sigmas
+from .validation import SpacetimeNode
 
 
-class SpacetimeScheduler(io.ComfyNode):
+class SpacetimeScheduler(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -37,7 +38,7 @@ class SpacetimeScheduler(io.ComfyNode):
         return io.NodeOutput(flow_sigmas(steps, shift, spacing, denoise=denoise))
 
 
-class SpacetimeSolver(io.ComfyNode):
+class SpacetimeSolver(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

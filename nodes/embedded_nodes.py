@@ -14,7 +14,8 @@ from ..model.weights import WeightsError
 from .comfy_model import latent_format_for, wrap_dit
 from .comfy_vae import wrap_vae
 from .errors import blamed_on, node_error
-from .loaders import check_file, model_file
+from .loaders import model_file
+from .validation import SpacetimeNode
 
 TextEncoder = io.Custom("SPACETIME_TEXT_ENCODER")
 
@@ -25,7 +26,7 @@ def _conditioning(encoder: TinyTextEncoder, text: str) -> list:
     return [[ctx, {}]]
 
 
-class SpacetimeEmbeddedLoader(io.ComfyNode):
+class SpacetimeEmbeddedLoader(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -49,7 +50,9 @@ class SpacetimeEmbeddedLoader(io.ComfyNode):
         return io.NodeOutput(model, wrap_vae(m.vae), m.text_encoder)
 
 
-class SpacetimeTextEncoderLoader(io.ComfyNode):
+class SpacetimeTextEncoderLoader(SpacetimeNode):
+    FOLDERS = {"text_encoder_name": "text_encoders"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -63,10 +66,6 @@ class SpacetimeTextEncoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text_encoder_name) -> bool | str:
-        return check_file("SpacetimeTextEncoderLoader", "text_encoder_name", "text_encoders", text_encoder_name)
-
-    @classmethod
     def execute(cls, text_encoder_name) -> io.NodeOutput:
         path = model_file("text_encoders", text_encoder_name)
         if path is None:
@@ -75,7 +74,7 @@ class SpacetimeTextEncoderLoader(io.ComfyNode):
             return io.NodeOutput(load_text_encoder(path))
 
 
-class SpacetimeTextEncode(io.ComfyNode):
+class SpacetimeTextEncode(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

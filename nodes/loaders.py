@@ -15,25 +15,18 @@ from ..model.vae import load_vae
 from .comfy_model import wrap_dit
 from .comfy_vae import wrap_vae
 from .errors import blamed_on, node_error
+from .validation import NONE, SpacetimeNode
 from .files import file_inside
 
 DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 COMPUTE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-NONE = "none"
 
 
 def model_file(folder: str, name: str) -> str | None:
     """The path of ``name`` inside one of ComfyUI's ``folder`` model directories, or None when
     it is missing or points outside them (nothing is opened)."""
     return file_inside(folder_paths.get_folder_paths(folder), name)
-
-
-def check_file(node: str, input_name: str, folder: str, name: str) -> bool | str:
-    if name == NONE or model_file(folder, name) is not None:
-        return True
-    return (f"{node}: input '{input_name}' = {name!r} is not a file in ComfyUI's models/{folder} "
-            f"folder; put the .safetensors file there and refresh")
 
 
 def pick_compute_dtype(name: str) -> torch.dtype:
@@ -43,7 +36,9 @@ def pick_compute_dtype(name: str) -> torch.dtype:
     return torch.bfloat16 if mm.should_use_bf16(device) else torch.float16 if mm.should_use_fp16(device) else torch.float32
 
 
-class SpacetimeDiTLoader(io.ComfyNode):
+class SpacetimeDiTLoader(SpacetimeNode):
+    FOLDERS = {"dit_name": "diffusion_models", "low_noise_dit_name": "diffusion_models"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         files = folder_paths.get_filename_list("diffusion_models")
@@ -69,13 +64,6 @@ class SpacetimeDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dit_name, low_noise_dit_name=NONE) -> bool | str:
-        ok = check_file("SpacetimeDiTLoader", "dit_name", "diffusion_models", dit_name)
-        if ok is True:
-            ok = check_file("SpacetimeDiTLoader", "low_noise_dit_name", "diffusion_models", low_noise_dit_name)
-        return ok
-
-    @classmethod
     def _load(cls, input_name: str, name: str, weight_dtype, cdt, attention, shift):
         path = model_file("diffusion_models", name)
         if path is None:
@@ -95,7 +83,9 @@ class SpacetimeDiTLoader(io.ComfyNode):
         return io.NodeOutput(high, low)
 
 
-class SpacetimeVAELoader(io.ComfyNode):
+class SpacetimeVAELoader(SpacetimeNode):
+    FOLDERS = {"vae_name": "vae"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -110,10 +100,6 @@ class SpacetimeVAELoader(io.ComfyNode):
             ],
             outputs=[io.Vae.Output()],
         )
-
-    @classmethod
-    def validate_inputs(cls, vae_name) -> bool | str:
-        return check_file("SpacetimeVAELoader", "vae_name", "vae", vae_name)
 
     @classmethod
     def execute(cls, vae_name, dtype) -> io.NodeOutput:

@@ -22,6 +22,7 @@ from comfy_api.latest import io
 
 from .. import samplers
 from .errors import blamed_on, node_error
+from .validation import SpacetimeNode
 
 log = logging.getLogger("spacetime.nodes")
 
@@ -76,7 +77,7 @@ class SpacetimeGuider(comfy.samplers.CFGGuider):
                                                 seed=seed)
 
 
-class SpacetimeSampler(io.ComfyNode):
+class SpacetimeSampler(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from .comfy_vae import SpacetimeVAE
 from .errors import blamed_on
+from .validation import SpacetimeNode
 
 
 def _tile_input() -> io.Int.Input:
@@ -20,7 +21,7 @@ def _tile(tile: int) -> tuple[int, int] | None:
     return (tile, tile) if tile > 0 else None
 
 
-class SpacetimeVAEEncode(io.ComfyNode):
+class SpacetimeVAEEncode(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -44,7 +45,7 @@ class SpacetimeVAEEncode(io.ComfyNode):
             return io.NodeOutput({"samples": vae.encode_frames(images, _tile(tile))})
 
 
-class SpacetimeVAEDecode(io.ComfyNode):
+class SpacetimeVAEDecode(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

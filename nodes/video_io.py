@@ -3,6 +3,7 @@
 ComfyUI's VIDEO type, so they interoperate with CreateVideo / SaveVideo / LoadVideo."""
 from __future__ import annotations
 
+import itertools
 import os
 from fractions import Fraction
 
@@ -11,7 +12,8 @@ from comfy_api.latest import InputImpl, Types, io, ui
 
 from .errors import blamed_on, node_error
 from .files import file_inside
-from .video_file import FORMATS, READABLE, read_video, write_video
+from .video_file import FORMATS, READABLE, UnreadableVideo, VideoWriteError, read_video, write_new_video
+from .validation import SpacetimeNode, allow_large_input, check_fits
 
 
 def _summary(prompt: dict | None) -> dict:
@@ -26,7 +28,24 @@ def _summary(prompt: dict | None) -> dict:
     return {"seeds": seeds, "prompts": texts}
 
 
-class SpacetimeSaveVideo(io.ComfyNode):
+def _prefix_problem(prefix: str, out_dir: str) -> str | None:
+    """Why ``filename_prefix`` may not be used (None: fine): it must name a file inside the
+    output folder (no absolute path, no ``..`` that leads out; folders linked in by whoever runs
+    the server are theirs to choose, as in ComfyUI)."""
+    if os.path.isabs(prefix) or os.path.splitdrive(prefix)[0]:
+        return (f"{prefix!r} is an absolute path; give a name inside ComfyUI's output folder, "
+                "e.g. 'spacetime/video'")
+    name = os.path.basename(os.path.normpath(prefix))
+    if name in ("", ".", ".."):
+        return f"{prefix!r} has no file name; give one such as 'spacetime/video'"
+    root = os.path.abspath(out_dir)
+    folder = os.path.normpath(os.path.join(root, os.path.dirname(os.path.normpath(prefix))))
+    if os.path.commonpath([root, folder]) != root:
+        return f"{prefix!r} leads outside ComfyUI's output folder; give a name inside it, e.g. 'spacetime/video'"
+    return None
+
+
+class SpacetimeSaveVideo(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -58,9 +77,16 @@ class SpacetimeSaveVideo(io.ComfyNode):
             parts = video.get_components()
             images, fps = parts.images, float(parts.frame_rate)
         out_dir = folder_paths.get_output_directory()
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, out_dir, images.shape[2], images.shape[1])
-        filename = f"{name}_{counter:05}_.{format}"
+        problem = _prefix_problem(filename_prefix, out_dir)
+        if problem:
+            raise node_error(cls, "filename_prefix", problem)
+        try:
+            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+                filename_prefix, out_dir, images.shape[2], images.shape[1])
+        except Exception as e:  # noqa: BLE001 - ComfyUI refuses paths out with a plain Exception
+            raise node_error(cls, "filename_prefix", f"{filename_prefix!r} cannot be used in ComfyUI's output "
+                             f"folder ({(str(e).strip().splitlines() or [type(e).__name__])[0]}); give a name inside it, e.g. "
+                             "'spacetime/video'") from None
         metadata = {}
         if cls.hidden.prompt is not None:
             metadata["prompt"] = cls.hidden.prompt
@@ -69,8 +95,16 @@ class SpacetimeSaveVideo(io.ComfyNode):
             metadata.update(cls.hidden.extra_pnginfo)
         if caption:
             metadata["caption"] = caption
-        write_video(os.path.join(folder, filename), images, fps, metadata)
-        saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
+        # ComfyUI's counter is the highest taken + 1; should that name exist by now (another
+        # save, or a file made by hand), the next free one is taken: an output is never replaced
+        names = (f"{name}_{c:05}_.{format}" for c in itertools.count(counter))
+        try:
+            with blamed_on(cls, "images"):
+                path = write_new_video(folder, names, images, fps, metadata)
+        except VideoWriteError as e:
+            raise node_error(cls, "filename_prefix", f"{e}. Free some disk space or choose another "
+                             "folder, then run it again") from None
+        saved = ui.SavedResult(path.name, subfolder, io.FolderType.output)
         return io.NodeOutput(ui=ui.PreviewVideo([saved]))
 
 
@@ -90,7 +124,9 @@ def resolve_input_file(name: str) -> str | None:
     return file_inside([folder_paths.get_input_directory()], name)
 
 
-class SpacetimeLoadVideo(io.ComfyNode):
+class SpacetimeLoadVideo(SpacetimeNode):
+    FOLDERS = {"video": "input"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -106,6 +142,7 @@ class SpacetimeLoadVideo(io.ComfyNode):
                 io.Int.Input("stride", default=1, min=1, max=100, tooltip="keep every n-th frame"),
                 io.Int.Input("width", default=0, min=0, max=16384, step=8, tooltip="0 = keep"),
                 io.Int.Input("height", default=0, min=0, max=16384, step=8, tooltip="0 = keep"),
+                allow_large_input(),
             ],
             outputs=[io.Image.Output("images"), io.Float.Output("fps"),
                      io.Int.Output("frames", display_name="frame_count"),
@@ -113,19 +150,13 @@ class SpacetimeLoadVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, video) -> bool | str:
-        if resolve_input_file(video) is None:
-            return (f"SpacetimeLoadVideo: input 'video' = {video!r} is not a file inside ComfyUI's "
-                    "input folder; upload it there and pick it from the list")
-        return True
-
-    @classmethod
     def fingerprint_inputs(cls, video, **_) -> float:
         path = resolve_input_file(video)
         return os.path.getmtime(path) if path else 0.0
 
     @classmethod
-    def execute(cls, video, start_frame, frame_count, stride, width, height) -> io.NodeOutput:
+    def execute(cls, video, start_frame, frame_count, stride, width, height,
+                allow_large=False) -> io.NodeOutput:
         path = resolve_input_file(video)
         if path is None:
             raise node_error(cls, "video", f"{video!r} is not a file inside ComfyUI's input folder")
@@ -134,8 +165,15 @@ class SpacetimeLoadVideo(io.ComfyNode):
             if not (width and height):
                 raise node_error(cls, "width/height", "set both (or both 0 to keep the size)")
             size = (width, height)
+
+        def fits(need: int) -> None:  # before decoding: frames kept x height x width x 3 x 4 bytes
+            check_fits(cls, "width/height/frame_count", need, "the decoded clip", allow_large)
+
         with blamed_on(cls, "start_frame"):
-            frames, fps = read_video(path, start_frame, frame_count, stride, size)
+            try:
+                frames, fps = read_video(path, start_frame, frame_count, stride, size, check=fits)
+            except UnreadableVideo as e:
+                raise node_error(cls, "video", str(e)) from None
         clip = InputImpl.VideoFromComponents(
             Types.VideoComponents(images=frames, frame_rate=Fraction(fps).limit_denominator(1000)))
         return io.NodeOutput(frames, fps, frames.shape[0], clip)

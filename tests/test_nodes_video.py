@@ -116,3 +116,26 @@ def test_video_type_interop_with_native_nodes(host):
     (item,) = saved_files(h)
     frames, _ = video_file.read_video(host.base_dir / "output" / item["subfolder"] / item["filename"])
     assert frames.shape == (3, 16, 32, 3)
+
+
+@pytest.mark.host
+def test_bad_requests_are_node_errors_and_the_server_keeps_working(host):
+    """A prefix out of the output folder and a file that is not a video: each an execution
+    error naming the node and the input; nothing is written; the next prompt runs."""
+    frames = {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 2, "color": 0}}
+    for prefix in ("../escaped", str(host.base_dir.parent / "escaped")):
+        h = run(host, {"1": frames, "2": {"class_type": "SpacetimeSaveVideo", "inputs": {
+            "images": ["1", 0], "fps": 8.0, "filename_prefix": prefix, "format": "mp4"}}})
+        msg = error_message(h)
+        assert msg and msg.startswith("SpacetimeSaveVideo") and "input 'filename_prefix'" in msg, msg
+    assert not list(host.base_dir.glob("escaped*")) and not list(host.base_dir.parent.glob("escaped*"))
+    (host.base_dir / "input" / "junk.mp4").write_bytes(b"not a video at all" * 64)
+    h = run(host, {"1": {"class_type": "SpacetimeLoadVideo", "inputs": {"video": "junk.mp4", "start_frame": 0,
+                         "frame_count": 0, "stride": 1, "width": 0, "height": 0}},
+                   "2": {"class_type": "SpacetimeSaveVideo", "inputs": {"video": ["1", 3], "fps": 8.0,
+                         "filename_prefix": "tests/junk", "format": "mp4"}}})
+    msg = error_message(h)
+    assert msg and "SpacetimeLoadVideo: input 'video': junk.mp4 is not a video" in msg, msg
+    h = run(host, {"1": frames, "2": {"class_type": "SpacetimeSaveVideo", "inputs": {
+        "images": ["1", 0], "fps": 8.0, "filename_prefix": "tests/after", "format": "mp4"}}})
+    assert error_message(h) is None and saved_files(h)[0]["filename"] == "after_00001_.mp4"
