@@ -4,6 +4,11 @@ ComfyUI folder, size and sha256 where verified; safetensors only) and their down
 Downloads use ``huggingface_hub`` (imported lazily): a copy in the local hub cache is linked
 without network; otherwise the file is fetched with progress and resume and moved into place.
 Offline, the error names the repo, the file and the destination.
+
+The network download runs in a child process (``sys.executable`` running a few lines that call
+``hf_hub_download``), polled every ``POLL_S`` seconds: a caller's ``should_stop`` (a server's
+cancel button) or ``deadline`` ends it by killing the child, within about ``POLL_S``. What was
+fetched so far stays in the staging folder, and the next download resumes from there.
 """
 from __future__ import annotations
 
@@ -11,10 +16,14 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .files import WeightsError, read_safetensors_header
 
@@ -22,10 +31,19 @@ log = logging.getLogger("spacetime.models")
 
 CATALOG_PATH = Path(__file__).resolve().with_name("catalog.json")
 DOWNLOAD_SUBDIR = ".spacetime-download"  # inside the target folder: same filesystem, atomic move
+POLL_S = 0.1  # how often a running download looks at should_stop and the deadline
 
 
 class ModelError(RuntimeError):
     """A catalog, manifest or download problem; the message says what to do."""
+
+
+class DownloadStopped(ModelError):
+    """``should_stop`` said stop: the download was ended; it resumes when run again."""
+
+
+class DownloadTimedOut(ModelError):
+    """The deadline passed before the download finished; it resumes when run again."""
 
 
 @dataclass(frozen=True)
@@ -114,13 +132,81 @@ def verify(entry: ModelEntry, path: Path) -> None:
         raise ModelError(f"{path}: {e}: delete it and download again") from None
 
 
-def download(entry: ModelEntry, models_dir: str | os.PathLike, force: bool = False) -> Path:
+# The child process: only huggingface_hub is imported there (not this package, whose import
+# name depends on how ComfyUI loaded it); the outcome goes to a JSON file, stdout and stderr
+# (the progress bars) are the parent's.
+_CHILD = """
+import json, sys
+repo, filename, local_dir, result = sys.argv[1:5]
+try:
+    from huggingface_hub import hf_hub_download
+    out = {"path": hf_hub_download(repo, filename, local_dir=local_dir)}
+except BaseException as e:
+    out = {"error": type(e).__name__, "message": str(e)}
+with open(result, "w") as f:
+    json.dump(out, f)
+"""
+
+
+def _download_command(repo: str, filename: str, local_dir: Path, result: Path) -> list[str]:
+    """The command that downloads ``filename`` of ``repo`` into ``local_dir`` and writes the
+    outcome to ``result`` (``{"path": ...}`` or ``{"error": ..., "message": ...}``)."""
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # no current folder on sys.path
+    return [sys.executable, *safe_path, "-c", _CHILD, repo, filename, str(local_dir), str(result)]
+
+
+def _run_download(entry: ModelEntry, staging: Path, where: str,
+                  should_stop: Callable[[], bool] | None, deadline: float | None) -> Path:
+    """Download in a child process that is killed on ``should_stop()`` or at ``deadline``."""
+    staging.mkdir(parents=True, exist_ok=True)
+    result = staging / f".result-{secrets.token_hex(6)}.json"
+    started = time.monotonic()
+    proc = subprocess.Popen(_download_command(entry.repo, entry.path, staging, result),
+                            stdin=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            if should_stop is not None and should_stop():
+                log.info("%s: download stopped; the partial file in %s resumes next time", entry.id, staging)
+                raise DownloadStopped(f"stopped the download of {where}; run again to resume it")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DownloadTimedOut(f"cannot download {where}: not finished by the deadline "
+                                       f"({time.monotonic() - started:.0f} s after it started). The "
+                                       "partial download is kept: run again to resume it")
+            try:
+                proc.wait(timeout=POLL_S)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            outcome = json.loads(result.read_text())
+        except (OSError, ValueError):
+            raise ModelError(f"cannot download {where}: the download process ended (exit code "
+                             f"{proc.returncode}) without a result. Run again: partial downloads "
+                             "resume") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        result.unlink(missing_ok=True)
+    if "error" in outcome:
+        raise ModelError(f"cannot download {where}: {outcome['error']}: {outcome['message']}. Check the "
+                         "network (or run again: partial downloads resume)")
+    return Path(outcome["path"])
+
+
+def download(entry: ModelEntry, models_dir: str | os.PathLike, force: bool = False, *,
+             should_stop: Callable[[], bool] | None = None, deadline: float | None = None) -> Path:
     """Make ``models_dir/<folder>/<filename>`` exist; returns its path."""
-    return download_to(entry, entry.destination(models_dir), force)
+    return download_to(entry, entry.destination(models_dir), force, should_stop=should_stop, deadline=deadline)
 
 
-def download_to(entry: ModelEntry, dest: Path, force: bool = False) -> Path:
-    """Make ``dest`` hold the catalog file (from the hub cache, else the network)."""
+def download_to(entry: ModelEntry, dest: Path, force: bool = False, *,
+                should_stop: Callable[[], bool] | None = None, deadline: float | None = None) -> Path:
+    """Make ``dest`` hold the catalog file (from the hub cache, else the network).
+
+    ``should_stop()`` is asked every ``POLL_S`` seconds while the network download runs; when
+    it says True the download is ended and ``DownloadStopped`` raised. ``deadline`` (a
+    ``time.monotonic()`` value) ends it likewise with ``DownloadTimedOut``. Either way the
+    partial download is kept and the next call resumes it."""
     dest = Path(dest)
     if dest.is_file() and not force:
         log.info("%s: already present at %s", entry.id, dest)
@@ -148,11 +234,7 @@ def download_to(entry: ModelEntry, dest: Path, force: bool = False) -> Path:
                 f"there by hand.")
         staging = dest.parent / DOWNLOAD_SUBDIR
         log.info("%s: downloading %s/%s", entry.id, entry.repo, entry.path)
-        try:
-            got = Path(hf_hub_download(entry.repo, entry.path, local_dir=staging))
-        except Exception as e:  # noqa: BLE001 - network, auth, missing file: all end here
-            raise ModelError(f"cannot download {where}: {type(e).__name__}: {e}. Check the "
-                             "network (or run again: partial downloads resume)") from e
+        got = _run_download(entry, staging, where, should_stop, deadline)
         os.replace(got, dest)
     verify(entry, dest)
     return dest
