@@ -7,6 +7,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..model.prompt_expander import FAMILIES, LANGUAGES, ON_ERROR, TASKS, LLMOptions, expand_prompt
+from .validation import SpacetimeNode
 
 # Shown in the backend menu; expand_prompt accepts these spellings (model/prompt_expander/options.py).
 BACKEND_CHOICES = ["rules", "openai-compatible", "local HF"]
@@ -21,7 +22,7 @@ def llm_models_dir() -> str:
     return paths[0] if paths else default
 
 
-class SpacetimePromptExpander(io.ComfyNode):
+class SpacetimePromptExpander(SpacetimeNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -73,10 +74,20 @@ class SpacetimePromptExpander(io.ComfyNode):
     @classmethod
     def execute(cls, prompt, task, model_family, language, seed, max_words, backend, base_url, model,
                 api_key_env, on_error, temperature=0.7, images=None) -> io.NodeOutput:
+        import comfy.model_management
+
+        from ..model.prompt_expander import Interrupted
+
         llm = LLMOptions(backend=backend, base_url=base_url or None, model=model or None, api_key_env=api_key_env,
                          temperature=temperature, models_dir=llm_models_dir())
-        expanded = expand_prompt(prompt, task=task, seed=seed, model_family=model_family, language=language,
-                                 max_words=max_words, images=images, llm=llm, on_error=on_error)
+        try:
+            # The Cancel button (POST /interrupt) sets ComfyUI's flag; the expander polls it while it
+            # waits on a server or a local model writes, and stops within about 0.1 s.
+            expanded = expand_prompt(prompt, task=task, seed=seed, model_family=model_family, language=language,
+                                     max_words=max_words, images=images, llm=llm, on_error=on_error,
+                                     should_stop=comfy.model_management.processing_interrupted)
+        except Interrupted:
+            raise comfy.model_management.InterruptProcessingException() from None
         return io.NodeOutput(expanded, prompt, ui={"text": [expanded]})
 
 

@@ -254,7 +254,7 @@ def _tiny_qwen_vl(folder):
 @pytest.mark.slow
 def test_hf_local_vision_model_sees_the_image(tmp_path, caplog):
     pytest.importorskip("transformers")
-    folder = _tiny_qwen_vl(tmp_path / "tiny-qwen-vl")
+    folder = _tiny_qwen_vl(tmp_path / "LLM" / "tiny-qwen-vl")
     kw = dict(backend="hf", model=str(folder), on_error="raise", cache=False, max_tokens=16, temperature=1.0,
               task="i2v")
     g = torch.Generator().manual_seed(0)
@@ -263,7 +263,7 @@ def test_hf_local_vision_model_sees_the_image(tmp_path, caplog):
     assert a == st.model.expand_prompt("a red fox", images=dark, **kw)
     assert a != st.model.expand_prompt("a red fox", images=bright, **kw)  # the pixels reach the model
     # A text-only model given images warns and ignores them.
-    text_model = _tiny_qwen(tmp_path / "tiny-qwen")
+    text_model = _tiny_qwen(tmp_path / "LLM" / "tiny-qwen")
     with caplog.at_level(logging.WARNING, logger="spacetime.prompt_expander"):
         st.model.expand_prompt("a red fox", images=dark, **{**kw, "model": str(text_model)})
     assert "text-only model: the images are ignored" in caplog.text
@@ -273,7 +273,7 @@ def test_hf_local_vision_model_sees_the_image(tmp_path, caplog):
 def test_hf_local_runs_seeded_and_offloads(tmp_path):
     pytest.importorskip("transformers")
     from spacetime_video.model.prompt_expander.backends import hf_local
-    folder = _tiny_qwen(tmp_path / "tiny-qwen")
+    folder = _tiny_qwen(tmp_path / "LLM" / "tiny-qwen")
     assert not list(folder.glob("*.bin"))
     kw = dict(backend="hf", model=str(folder), on_error="raise", cache=False, max_tokens=12, max_words=50)
     # (AutoTokenizer loads this tokenizer as Qwen2's class, which keeps the word markers "\u2581")
@@ -291,6 +291,24 @@ def test_hf_local_runs_seeded_and_offloads(tmp_path):
     assert lm.model is None and not any(str(folder.resolve()) in k for k in hf_local._LOADED)
 
 
+@pytest.mark.slow
+def test_hf_local_stops_between_tokens_when_asked(tmp_path):
+    pytest.importorskip("transformers")
+    from spacetime_video.model.prompt_expander.backends import hf_local
+    folder = _tiny_qwen(tmp_path / "LLM" / "tiny-qwen")
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return len(polls) > 3  # after the loading checks, during generation
+    with pytest.raises(pe.Interrupted, match="while tiny-qwen was writing"):
+        st.model.expand_prompt("a red fox", backend="hf", model="tiny-qwen", on_error="fallback", cache=False,
+                               max_tokens=200, should_stop=should_stop)
+    assert 4 <= len(polls) < 20  # stopped within a token or two, not after 200
+    (lm,) = [v for k, v in hf_local._LOADED.items() if str(folder.resolve()) in k]
+    assert next(lm.model.parameters()).device.type == "cpu"  # still offloaded
+
+
 def test_hf_offline_download_error_names_repo_and_destination(tmp_path, monkeypatch):
     pytest.importorskip("huggingface_hub")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -303,8 +321,8 @@ def test_hf_offline_download_error_names_repo_and_destination(tmp_path, monkeypa
 
 
 def test_hf_without_transformers_warns_once_and_falls_back(tmp_path, monkeypatch, caplog):
-    folder = tmp_path / "model"
-    folder.mkdir()
+    folder = tmp_path / "LLM" / "model"  # inside the models folder (SPACETIME_LLM_DIR)
+    folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError

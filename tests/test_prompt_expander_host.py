@@ -22,6 +22,9 @@ pytestmark = pytest.mark.host
 # The node caches LLM answers on disk; keep the host's cache out of the user's home. Test modules
 # are imported before the session's host starts, so the server inherits this.
 os.environ.setdefault("SPACETIME_PROMPT_CACHE", tempfile.mkdtemp(prefix="spacetime-prompts-"))
+# A variable a workflow must not be able to use as an API key (no _API_KEY suffix).
+PRIVATE_VALUE = "private-value-the-workflow-must-not-see-0417"
+os.environ["SPACETIME_TEST_PRIVATE_VAR"] = PRIVATE_VALUE
 
 BASE_INPUTS = {"task": "t2v", "model_family": "wan2.1", "language": "en", "seed": 3, "max_words": 100,
                "backend": "rules", "base_url": "", "model": "", "api_key_env": "", "on_error": "raise"}
@@ -106,3 +109,44 @@ def test_unreachable_server_falls_back_or_fails_loudly(host):
     assert entry["status"]["status_str"] == "error"
     errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "could not connect" in errors[0][1]["exception_message"]
+
+
+def test_disallowed_key_variable_fails_the_node_even_with_fallback(host, llm_server):
+    entry = run(host, graph("a snowy owl", backend="openai-compatible", base_url=llm_server, model="echo",
+                            api_key_env="SPACETIME_TEST_PRIVATE_VAR", on_error="fallback", seed=23))
+    assert entry["status"]["status_str"] == "error"
+    errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    message = errors[0][1]["exception_message"]
+    assert "not an allowed API key variable" in message and PRIVATE_VALUE not in message
+
+
+def test_interrupt_ends_a_hung_llm_call_quickly(host):
+    """The expander waits on a server that accepted the connection and never answers; ComfyUI's
+    /interrupt (the Cancel button) must bring the queue back to idle within a second."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(4)
+    hung.settimeout(60)
+    url = f"http://127.0.0.1:{hung.getsockname()[1]}/v1"
+    try:
+        status, body = host.client.queue(graph("a quiet lake", backend="openai-compatible", base_url=url, model="m",
+                                               on_error="fallback", seed=29))
+        assert status == 200, body
+        conn, _ = hung.accept()  # the node is now waiting for an answer that never comes
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        host.client.interrupt()
+        while time.monotonic() - t0 < 30:
+            queue = host.client.get_json("/queue")
+            if not queue["queue_running"] and not queue["queue_pending"]:
+                break
+            time.sleep(0.01)
+        latency = time.monotonic() - t0
+        conn.close()
+    finally:
+        hung.close()
+    entry = host.client.history(body["prompt_id"])
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    print(f"interrupt -> idle: {latency:.3f}s")
+    assert latency <= 1.0, f"back to idle {latency:.3f}s after POST /interrupt (target <= 1 s)"
+    assert "execution_interrupted" in kinds, kinds

@@ -13,6 +13,8 @@ name each test sends, so tests never share mutable state:
   long         200 with 300 words
   embedded     200 with a sloppy toy-world caption
   auth-echo    401 whose body echoes the Authorization header back
+  auth-answer  200 whose answer echoes the Authorization header back (a server that leaks it)
+  auth-junk    200 with a body that is not JSON and echoes the Authorization header
   new-api      400 unless the length limit is sent as max_completion_tokens (newer hosted models)
 any other name: 404 "model not found", as Ollama and OpenAI answer.
 """
@@ -100,9 +102,13 @@ class FakeOpenAI(BaseHTTPRequestHandler):
                 return self._send(400, b'{"error": {"message": "Unsupported parameter: \'max_tokens\'. '
                                        b'Use \'max_completion_tokens\' instead."}}')
             return self._answer(f"limit {body['max_completion_tokens']}")
+        auth = self.headers.get("Authorization", "")
         if model == "auth-echo":
-            auth = self.headers.get("Authorization", "")
             return self._send(401, json.dumps({"error": {"message": f"invalid key in header {auth}"}}).encode())
+        if model == "auth-answer":
+            return self._answer(f"A red fox in snow; the header was {auth}. Key again: {auth[7:]}.")
+        if model == "auth-junk":
+            return self._send(200, f"<html>no json here, your header: {auth}".encode(), "text/html")
         self._send(404, json.dumps({"error": {"message": f"model '{model}' not found"}}).encode())
 
 
@@ -122,6 +128,8 @@ def fresh(tmp_path, monkeypatch):
     pe.clear_memory_cache()
     monkeypatch.setenv("SPACETIME_PROMPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("SPACETIME_API_KEY_VARS", raising=False)
+    monkeypatch.delenv("SPACETIME_API_KEY_HOSTS", raising=False)
 
 
 def call(server, model, **kw):
@@ -242,16 +250,16 @@ def test_images_arrive_as_data_urls(server):
 
 
 def test_api_key_is_sent_but_never_leaked(server, tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("MY_LLM_KEY", SECRET)
+    monkeypatch.setenv("MY_LLM_API_KEY", SECRET)
     folder = tmp_path / "keycache"
     with caplog.at_level(logging.DEBUG):
-        call(server, "echo", api_key_env="MY_LLM_KEY", cache=folder)
+        call(server, "echo", api_key_env="MY_LLM_API_KEY", cache=folder)
         assert FakeOpenAI.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
         with pytest.raises(pe.RequestRejected) as err:
-            call(server, "auth-echo", api_key_env="MY_LLM_KEY", cache=folder)
+            call(server, "auth-echo", api_key_env="MY_LLM_API_KEY", cache=folder)
         assert FakeOpenAI.requests[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"
         assert "HTTP 401" in str(err.value) and "invalid key in header Bearer ***" in str(err.value)
-        out = call(server, "auth-echo", api_key_env="MY_LLM_KEY", cache=folder, on_error="fallback")
+        out = call(server, "auth-echo", api_key_env="MY_LLM_API_KEY", cache=folder, on_error="fallback")
     assert SECRET not in str(err.value) and SECRET not in repr(err.value) and SECRET not in out
     assert SECRET not in caplog.text and "HTTP 401" in caplog.text
     files = list(folder.glob("*.json"))

@@ -50,8 +50,15 @@ class BackendUnavailable(PromptExpanderError):
     """An optional backend cannot run here (a package or the model files are missing)."""
 
 
+class Interrupted(Exception):
+    """The caller asked to stop (``should_stop`` returned True) while the expander waited.
+
+    Deliberately not a ``PromptExpanderError``: ``on_error="fallback"`` never turns a user's
+    interrupt into a rule-based caption."""
+
+
 def redact(text: str, secret: str | None) -> str:
     """``text`` with every occurrence of ``secret`` replaced by ``***``."""
-    if secret:
+    if secret and text:
         text = text.replace(secret, "***")
     return text

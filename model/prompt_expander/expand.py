@@ -4,12 +4,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 from . import rules
 from .cache import cache_key, open_cache
-from .errors import BackendUnavailable, PromptExpanderError
+from .errors import BackendUnavailable, PromptExpanderError, redact
 from .images import data_url, frames_from, pick_frames, to_image_bytes
+from .keys import read_api_key
 from .options import FAMILIES, LANGUAGES, ON_ERROR, TASKS, LLMOptions, check_choice, check_max_words
 from .system_prompts import system_prompt
 
@@ -17,6 +18,8 @@ log = logging.getLogger("spacetime.prompt_expander")
 
 CACHE_VERSION = 1  # bump when post-processing changes, so old cached answers are not reused
 _WARNED: set[str] = set()
+
+__all__ = ["expand_prompt", "limit_words", "read_api_key", "check_text"]
 
 
 def _warn_once(kind: str, message: str) -> None:
@@ -27,26 +30,17 @@ def _warn_once(kind: str, message: str) -> None:
         log.info(message)
 
 
-def _looks_secret(name: str) -> bool:
-    return len(name) >= 24 and bool(re.search(r"\d", name)) and bool(re.search(r"[a-z]", name))
-
-
-def read_api_key(api_key_env: str | None) -> str | None:
-    """The key in the environment variable *named* ``api_key_env`` (None if unnamed or unset).
-
-    The name, not the key, is what workflows store; a value that looks like a key is refused
-    without being echoed."""
-    name = (api_key_env or "").strip()
-    if not name:
-        return None
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name) or _looks_secret(name):
-        raise ValueError("api_key_env must be the NAME of an environment variable that holds the key "
-                         "(e.g. OPENAI_API_KEY), not the key itself (the value given is not shown). Set the "
-                         "variable before starting ComfyUI and put its name here.")
-    key = os.environ.get(name) or None
-    if key is None:
-        log.info("environment variable %s is not set: calling the server without an API key", name)
-    return key
+def check_text(name: str, value: str) -> str:
+    """``value`` if it is text that can be encoded and sent: no NUL character, no lone surrogate."""
+    if "\x00" in value:
+        raise ValueError(f"{name} contains a NUL character (\\x00) at position {value.index(chr(0))}; "
+                         "remove it (it often comes from a bad copy and paste or a binary file)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} holds a lone surrogate ({value[e.start]!r}, at position {e.start}), which is not "
+                         "valid Unicode text; send the text as UTF-8 (half of an emoji was probably cut off)") from None
+    return value
 
 
 def limit_words(text: str, max_words: int) -> str:
@@ -67,7 +61,8 @@ def limit_words(text: str, max_words: int) -> str:
 
 def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, *, model_family: str = "wan2.1",
                   language: str = "en", max_words: int = 100, images: Any = None, llm: LLMOptions | None = None,
-                  on_error: str = "fallback", cache: bool | str | os.PathLike = True, **llm_settings: Any) -> str:
+                  on_error: str = "fallback", cache: bool | str | os.PathLike = True,
+                  should_stop: Callable[[], bool] | None = None, **llm_settings: Any) -> str:
     """Rewrite a short prompt into a detailed caption for a video model.
 
     Args:
@@ -84,6 +79,8 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, *, model_family
             base_url="http://localhost:11434/v1", model="qwen2.5:7b"``; they override ``llm``'s.
         on_error: ``fallback`` (log a warning, return the rule-based caption) or ``raise``.
         cache: ``True`` (memory + ``~/.cache/spacetime_video/prompts``), ``False``, or a folder.
+        should_stop: polled (every 0.05 s while waiting on the server, and between retries; by the
+            local model between tokens); when it returns True the call raises ``Interrupted``.
 
     Returns:
         The expanded caption. Same inputs and seed give the same text (LLM answers are cached).
@@ -91,9 +88,11 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, *, model_family
     Raises:
         ValueError: an input is invalid (the message names the valid values).
         PromptExpanderError: the LLM backend failed and ``on_error="raise"``.
+        Interrupted: ``should_stop()`` turned True (never replaced by the fallback).
     """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
+    check_text("prompt", prompt)
     task = check_choice("task", task, TASKS)
     model_family = check_choice("model_family", model_family, FAMILIES)
     language = check_choice("language", language, LANGUAGES)
@@ -102,6 +101,9 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, *, model_family
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a non-negative integer")
     opts = LLMOptions.from_settings(llm, **llm_settings) if llm_settings or llm is None else llm
+    for name in ("base_url", "model", "api_key_env"):
+        if isinstance(getattr(opts, name), str):
+            check_text(name, getattr(opts, name))
     frames = pick_frames(frames_from(images), task)
     if not prompt.strip() and not frames:
         raise ValueError("prompt is empty: write a short idea (e.g. 'a red fox running through snow') "
@@ -148,11 +150,14 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, *, model_family
             answer = chat(ChatRequest(base_url=opts.base_url, model=opts.model, system=system, user=user,
                                       images=[data_url(m, d) for m, d in encoded], seed=seed,
                                       temperature=float(opts.temperature), max_tokens=max_tokens,
-                                      timeout=float(opts.timeout), retries=opts.retries, api_key=api_key))
+                                      timeout=float(opts.timeout), retries=opts.retries,
+                                      deadline=float(opts.deadline), api_key=api_key,
+                                      api_key_env=opts.api_key_env), should_stop=should_stop)
         else:
             from .backends import hf_local
             answer = hf_local.generate(system, user, encoded, seed=seed, temperature=float(opts.temperature),
-                                       max_new_tokens=max_tokens, model=opts.model, models_dir=opts.models_dir)
+                                       max_new_tokens=max_tokens, model=opts.model, models_dir=opts.models_dir,
+                                       should_stop=should_stop)
     except PromptExpanderError as e:
         if on_error == "raise":
             raise
@@ -164,6 +169,7 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, *, model_family
                         backend, e)
         return with_rules()  # not cached: the next call tries the backend again
 
+    answer = redact(answer, api_key)  # (the backend redacted already; a caption is never the place for a key)
     text = with_rules(hint=answer) if model_family == "embedded" else limit_words(answer, max_words)
     if store is not None:
         store.put(key, text)

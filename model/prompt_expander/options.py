@@ -3,6 +3,7 @@ checks that name the valid values on bad input."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -43,12 +44,22 @@ def check_max_words(max_words: int) -> int:
     return max_words
 
 
+def _positive_seconds(value: object) -> bool:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool) and math.isfinite(seconds) and seconds > 0
+
+
 @dataclass(frozen=True)
 class LLMOptions:
     """How to reach a language model, validated on creation: ``backend`` ``rules`` (offline) |
     ``openai`` (an OpenAI-compatible server at ``base_url``, serving ``model``) | ``hf`` (a local
     transformers ``model``: repo id, alias or folder, fetched into ``models_dir``); ``api_key_env``
-    is the NAME of the environment variable holding the key; ``max_tokens`` None: from max_words."""
+    is the NAME of the environment variable holding the key; ``max_tokens`` None: from max_words.
+    ``timeout`` bounds one HTTP attempt, ``deadline`` the whole call (every attempt and the waits
+    between retries), both in seconds."""
 
     backend: str = "rules"
     base_url: str | None = None
@@ -57,6 +68,7 @@ class LLMOptions:
     temperature: float = 0.7
     timeout: float = 60.0
     retries: int = 2
+    deadline: float = 180.0
     max_tokens: int | None = None
     models_dir: str | os.PathLike | None = None
 
@@ -64,9 +76,12 @@ class LLMOptions:
         object.__setattr__(self, "backend", check_backend(self.backend))
         if not 0.0 <= float(self.temperature) <= 2.0:
             raise ValueError(f"temperature={self.temperature!r} must be between 0 and 2 (0 = greedy)")
-        if float(self.timeout) <= 0 or not isinstance(self.retries, int) or self.retries < 0:
+        if not _positive_seconds(self.timeout) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"timeout must be > 0 seconds and retries a non-negative integer "
                              f"(got timeout={self.timeout!r}, retries={self.retries!r})")
+        if not _positive_seconds(self.deadline):
+            raise ValueError(f"deadline={self.deadline!r} must be a number of seconds > 0: the longest the "
+                             "whole call may take, every attempt and retry wait together (default 180)")
 
     @classmethod
     def from_settings(cls, base: "LLMOptions | None" = None, **settings: object) -> "LLMOptions":

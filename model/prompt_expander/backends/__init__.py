@@ -1,2 +1,2 @@
-"""LLM backends of the prompt expander: an OpenAI-compatible HTTP client (standard library)
+"""LLM backends of the prompt expander: an OpenAI-compatible HTTP client (``requests``)
 and a local transformers model (optional, imported lazily)."""

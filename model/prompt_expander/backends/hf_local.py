@@ -8,6 +8,12 @@ node passes ComfyUI's ``models/LLM`` -- loaded on the GPU when there is one, run
 moved back to CPU RAM (``offload="cpu"``, the default, quick to reuse) or dropped entirely
 (``offload="free"``). ``transformers`` and ``huggingface_hub`` are imported lazily, so the pack
 works without them; a missing one raises ``BackendUnavailable`` naming what to install.
+
+``model`` may come from a shared workflow, so ``models_dir`` is the only root models load from: a
+folder name is looked up inside it (real paths: no ``..``, absolute paths or symlinks leading
+out), and a repo id ``owner/name`` is downloaded into ``models_dir/name``, which remembers the
+repo it came from (``REPO_MARKER``) so another owner's repo of the same name is not mistaken
+for it. Remote code is never run (``trust_remote_code`` stays off).
 """
 from __future__ import annotations
 
@@ -18,11 +24,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+import re
+from typing import Any, Callable
 
 import torch
 
-from ..errors import BackendUnavailable, EmptyAnswer
+from ..errors import BackendUnavailable, EmptyAnswer, Interrupted
 from .openai_compat import clean_answer
 
 log = logging.getLogger("spacetime.prompt_expander")
@@ -39,6 +46,8 @@ DEFAULT_TEXT_MODEL = "Qwen/Qwen2.5-3B-Instruct"
 DEFAULT_VISION_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 # Only these files are fetched: never pickled weights (*.bin, *.pt, *.pth).
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+REPO_MARKER = ".spacetime_repo"  # in a downloaded folder: the repo id it was fetched from
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
 
 def default_models_dir() -> Path:
@@ -47,25 +56,65 @@ def default_models_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "spacetime_video" / "LLM"
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
 def resolve(model: str | None, models_dir: str | os.PathLike | None, vision: bool) -> tuple[str | None, Path]:
-    """``(hub repo id or None, local folder)`` for a model name, alias, repo id or local folder."""
-    name = (model or "").strip() or (DEFAULT_VISION_MODEL if vision else DEFAULT_TEXT_MODEL)
-    name = MODEL_ALIASES.get(name, name)
-    if Path(name).expanduser().is_dir():
-        return None, Path(name).expanduser()
-    if name.count("/") != 1 or name.startswith(("/", ".")):
-        raise ValueError(f"model={model!r} is neither a local model folder nor a Hugging Face repo id "
+    """``(hub repo id or None, local folder)`` for a model name, alias, repo id or folder.
+
+    A folder is a name inside ``models_dir`` (or a path that really lies inside it); a repo id
+    downloads into ``models_dir/<name>``. Anything leading out of ``models_dir`` is refused."""
+    root = (Path(models_dir) if models_dir else default_models_dir()).expanduser().resolve()
+    given = (model or "").strip()
+    name = MODEL_ALIASES.get(given, given) or (DEFAULT_VISION_MODEL if vision else DEFAULT_TEXT_MODEL)
+    if "\x00" in name:
+        raise ValueError(f"model={model!r} contains a NUL character")
+    path = Path(name).expanduser()
+    if ".." in path.parts or ".." in name.replace("\\", "/").split("/"):
+        raise ValueError(f"model={model!r} may not contain '..': give a folder name inside the models folder "
+                         f"{root} or a Hugging Face repo id like {DEFAULT_TEXT_MODEL!r}")
+    candidate = path if path.is_absolute() else root / path
+    if candidate.is_dir() or path.is_absolute():
+        real = candidate.resolve()
+        if real == root:
+            raise ValueError(f"model={model!r} names the models folder {root} itself; give the name of one model's "
+                             "folder inside it, or a Hugging Face repo id")
+        if not _inside(real, root):
+            raise ValueError(f"model={model!r} is outside the models folder {root} (after following links: {real}); "
+                             "local models load only from inside it: move or copy the model folder there, or "
+                             "(library use) pass models_dir= its parent")
+        if not real.is_dir():
+            raise ValueError(f"model={model!r}: {real} is not a model folder")
+        return None, real
+    if not _REPO_ID.fullmatch(name):
+        raise ValueError(f"model={model!r} is neither a model folder inside {root} nor a Hugging Face repo id "
                          f"like {DEFAULT_TEXT_MODEL!r} (or one of {', '.join(MODEL_ALIASES)})")
-    folder = Path(models_dir) if models_dir else default_models_dir()
-    return name, folder / name.split("/")[1]
+    folder = root / name.split("/")[1]
+    if folder.is_symlink() and not _inside(folder.resolve(), root):
+        raise ValueError(f"{folder} links outside the models folder {root}; remove the link or use the rules/"
+                         "openai backend")
+    return name, folder
 
 
 def _complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
+def _downloaded_from(folder: Path) -> str | None:
+    try:
+        return (folder / REPO_MARKER).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 def ensure_downloaded(repo_id: str | None, folder: Path) -> Path:
     """The model folder, downloading ``repo_id`` into it first if it is not there yet."""
+    origin = _downloaded_from(folder) if repo_id else None
+    if origin is not None and origin != repo_id and _complete(folder):
+        raise BackendUnavailable(
+            f"{folder} holds {origin}, not {repo_id}: both would download into the same folder. Use {origin!r}, "
+            f"or fetch {repo_id} into another folder inside the models folder and give that folder's name")
     if _complete(folder):
         return folder
     if repo_id is None:
@@ -87,6 +136,10 @@ def ensure_downloaded(repo_id: str | None, folder: Path) -> Path:
     if not _complete(folder):
         raise BackendUnavailable(f"{repo_id} was downloaded into {folder} but has no safetensors weights; "
                                  "pick a model published in safetensors")
+    try:
+        (folder / REPO_MARKER).write_text(repo_id + "\n", encoding="utf-8")
+    except OSError as e:
+        log.warning("could not record the origin of %s (%s)", folder, e)
     return folder
 
 
@@ -172,13 +225,32 @@ def offload(lm: LocalModel, how: str = "cpu") -> None:
         torch.cuda.empty_cache()
 
 
+class _StopWhen:
+    """A transformers stopping criterion that ends generation when ``should_stop()`` is true."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+        self.stopped = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        self.stopped = self.stopped or bool(self.should_stop())
+        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+
+
+def _check_stop(should_stop: Callable[[], bool] | None, what: str) -> None:
+    if should_stop is not None and should_stop():
+        raise Interrupted(f"the prompt expander was interrupted {what}")
+
+
 def generate(system: str, user: str, images: list[tuple[str, bytes]] | None = None, seed: int = 0,
              temperature: float = 0.7, max_new_tokens: int = 512, model: str | None = None,
              models_dir: str | os.PathLike | None = None, device: str | None = None,
-             offload_to: str = "cpu") -> str:
-    """Rewrite ``user`` with a local chat model; seeded sampling (greedy when temperature is 0)."""
+             offload_to: str = "cpu", should_stop: Callable[[], bool] | None = None) -> str:
+    """Rewrite ``user`` with a local chat model; seeded sampling (greedy when temperature is 0).
+    ``should_stop`` is checked before loading and after each new token (``Interrupted``)."""
     images = images or []
     repo_id, folder = resolve(model, models_dir, vision=bool(images))
+    _check_stop(should_stop, "before loading the local model")
     folder = ensure_downloaded(repo_id, folder)
     vision = is_vision_model(folder)
     if images and not vision:
@@ -186,7 +258,9 @@ def generate(system: str, user: str, images: list[tuple[str, bytes]] | None = No
                     folder.name, DEFAULT_VISION_MODEL)
         images = []
     lm = load(folder, vision=vision)
+    _check_stop(should_stop, "after loading the local model")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    stop = _StopWhen(should_stop) if should_stop is not None else None
     try:
         lm.model.to(device)
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in _inputs(lm, system, user, images).items()}
@@ -194,12 +268,16 @@ def generate(system: str, user: str, images: list[tuple[str, bytes]] | None = No
         # A private RNG stream: the seed decides the sampling, and the caller's RNG state is untouched.
         with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []), torch.no_grad():
             torch.manual_seed(seed)
+            if stop is not None:
+                sampling["stopping_criteria"] = _transformers().StoppingCriteriaList([stop])
             out = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)  # (1, prompt + new)
         new_tokens = out[0, inputs["input_ids"].shape[1]:]
         decoder = lm.tokenizer
         text = clean_answer(decoder.decode(new_tokens, skip_special_tokens=True))
     finally:
         offload(lm, offload_to)
+    if stop is not None and stop.stopped:
+        raise Interrupted(f"the prompt expander was interrupted while {folder.name} was writing")
     if not text:
         raise EmptyAnswer(f"the local model {folder.name} produced no text; try another model or seed")
     return text
