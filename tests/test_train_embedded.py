@@ -144,3 +144,37 @@ def test_compiled_runs_the_same_module_and_puts_it_back() -> None:
     assert "forward" not in vars(m)
     with te._compiled(False, m):
         assert "forward" not in vars(m)
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_the_previous_one_whole(tmp_path) -> None:
+    """In a child limited to 64 kB per file (RLIMIT_FSIZE): saving a bigger checkpoint fails,
+    the earlier checkpoint under the same name is unchanged and no temporary file is left."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ckpt = tmp_path / "ckpt.safetensors"
+    te.save_tensors(ckpt, {"w": torch.arange(4.0)}, {"step": 1})
+    before = ckpt.read_bytes()
+    code = textwrap.dedent(f"""
+        import importlib.util, resource, sys
+        from pathlib import Path
+        spec = importlib.util.spec_from_file_location('spacetime_video', {str(root / '__init__.py')!r},
+                                                      submodule_search_locations=[{str(root)!r}])
+        m = importlib.util.module_from_spec(spec); sys.modules['spacetime_video'] = m; spec.loader.exec_module(m)
+        import torch
+        from spacetime_video.training import stages
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+        try:
+            stages.save_tensors(Path({str(ckpt)!r}), {{'w': torch.zeros(100_000)}}, {{'step': 2}})
+            print('SAVED')
+        except OSError as e:
+            print('ERROR', e)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ERROR") and "Nothing was written" in r.stdout and "too large" in r.stdout, r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors"]
+    assert ckpt.read_bytes() == before and _step(ckpt) == 1

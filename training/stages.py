@@ -70,9 +70,16 @@ def vae_with_stats(vae: WanVAE, mean: list[float], std: list[float]) -> WanVAE:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Tensors and JSON metadata to a safetensors file, atomically (a temporary file, then a rename)."""
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in meta.items()})
-    tmp.replace(path)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in meta.items()})
+        tmp.replace(path)
+    except BaseException as e:  # a full disk, a size limit, Ctrl-C: the previous checkpoint stays as it was
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and not isinstance(e, OSError):  # safetensors reports I/O as its own type
+            raise OSError(f"could not write {path}: {e}. Nothing was written; a previous file of that name is "
+                          "unchanged. Free disk space or raise the file-size limit, then resume.") from e
+        raise
 
 
 def _save(path: Path, module: torch.nn.Module, meta: dict) -> None:
