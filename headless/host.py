@@ -124,11 +124,14 @@ class ComfyHost:
     """A ComfyUI server process on 127.0.0.1, started with ``--cpu`` unless told otherwise.
 
     Use as a context manager; the process (and its children) are always stopped on exit.
+    ``env`` adds to (or overrides) the server's environment, which is this process's with
+    ``HF_HUB_OFFLINE=1``.
     """
 
     def __init__(self, base_dir: str | os.PathLike, comfy_dir: str | os.PathLike | None = None,
                  port: int | None = None, python: str = sys.executable, cpu: bool = True,
-                 extra_args: tuple[str, ...] = (), pack_link: str = "spacetime"):
+                 extra_args: tuple[str, ...] = (), pack_link: str = "spacetime",
+                 env: dict[str, str] | None = None):
         self.comfy_dir = find_comfyui(comfy_dir)
         self.base_dir = prepare_base_dir(base_dir, link_name=pack_link)
         self.pack_link = pack_link
@@ -136,6 +139,7 @@ class ComfyHost:
         self.python = python
         self.cpu = cpu
         self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.log_path = self.base_dir / "comfyui.log"
         self.started_in: float | None = None
@@ -156,7 +160,7 @@ class ComfyHost:
                "--front-end-root", str(frontend), *self.extra_args]
         if self.cpu:
             cmd.append("--cpu")
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.env}
         t0 = time.monotonic()
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=self._log_file,
