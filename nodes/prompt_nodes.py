@@ -50,11 +50,14 @@ class SpacetimePromptExpander(SpacetimeNode):
                                         "(Ollama :11434, llama.cpp :8080, LM Studio :1234, vLLM :8000)"),
                 io.String.Input("model", default="",
                                 tooltip="openai-compatible: the server's model name (e.g. qwen2.5:7b). "
-                                        "local HF: a repo id or folder; empty = Qwen2.5-3B-Instruct "
-                                        "(Qwen2.5-VL-3B with images), downloaded into models/LLM"),
+                                        "local HF: a repo id or a folder inside models/LLM; empty = "
+                                        "Qwen2.5-3B-Instruct (Qwen2.5-VL-3B with images), downloaded "
+                                        "into models/LLM"),
                 io.String.Input("api_key_env", default="OPENAI_API_KEY",
                                 tooltip="the NAME of the environment variable that holds the API key "
-                                        "(never the key itself: workflows are shared); empty = no key"),
+                                        "(never the key itself: workflows are shared); empty = no key. "
+                                        "Only names ending in _API_KEY or listed in SPACETIME_API_KEY_VARS; "
+                                        "the key goes only to localhost or SPACETIME_API_KEY_HOSTS"),
                 io.Combo.Input("on_error", options=list(ON_ERROR), default="fallback",
                                tooltip="fallback: warn and use the offline rules; raise: stop the workflow"),
                 io.Float.Input("temperature", default=0.7, min=0.0, max=2.0, step=0.05, optional=True),
