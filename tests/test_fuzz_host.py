@@ -115,6 +115,8 @@ def clear(node_type: str, name: str, status: int, body, history: dict | None) ->
             return f"400 without the node: {text[:300]}"
         if name not in text:
             return f"400 without the input: {text[:300]}"
+        if any(bare in text for bare in BARE):
+            return f"400 carrying a bare exception: {text[:300]}"
         return None
     if status != 200:
         return f"HTTP {status}: {str(body)[:300]}"
