@@ -87,6 +87,8 @@ class SpacetimeModelDownload(SpacetimeNode):
             raise node_error(cls, "model", f"{e} (the limit is {TIMEOUT_ENV}={limit:g} seconds)") from None
         except M.ModelError as e:
             raise node_error(cls, "model", str(e)) from None
+        except OSError as e:  # e.g. a models folder that cannot be created or written
+            raise node_error(cls, "model", f"cannot write the file of {model!r} into ComfyUI's models folder: {e}") from None
         return io.NodeOutput(entry.filename, entry.folder)
 
 

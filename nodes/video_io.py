@@ -92,7 +92,10 @@ class SpacetimeSaveVideo(SpacetimeNode):
             metadata["prompt"] = cls.hidden.prompt
             metadata["spacetime"] = _summary(cls.hidden.prompt)
         if cls.hidden.extra_pnginfo:
-            metadata.update(cls.hidden.extra_pnginfo)
+            # extra_pnginfo comes straight from the request: keep only what the web UI sends, a dict
+            extra = cls.hidden.extra_pnginfo
+            if isinstance(extra, dict):
+                metadata.update({k: v for k, v in extra.items() if isinstance(k, str)})
         if caption:
             metadata["caption"] = caption
         # ComfyUI's counter is the highest taken + 1; should that name exist by now (another

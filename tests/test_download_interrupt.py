@@ -142,3 +142,41 @@ def test_node_deadline_is_a_node_error(node, tmp_path, monkeypatch):
                                                  r"deadline.*SPACETIME_DOWNLOAD_TIMEOUT=0.3"):
         node.execute("wan2.1-vae")
     assert gone(tmp_path / "pid")
+
+
+def test_a_damaged_download_is_removed_and_nothing_is_put_in_place(online, tmp_path, monkeypatch):
+    code = ("import json, sys, pathlib\nrepo, name, local, result = sys.argv[1:5]\n"
+            "out = pathlib.Path(local) / name\nout.parent.mkdir(parents=True, exist_ok=True)\n"
+            "out.write_bytes(b'<html>rate limited</html>')\njson.dump({'path': str(out)}, open(result, 'w'))\n")
+    child(monkeypatch, code)
+    with pytest.raises(M.ModelError, match="damaged.*removed.*run again") as err:
+        M.download_to(online, tmp_path / "vae" / online.filename)
+    assert "not a safetensors file" in str(err.value)
+    folder = tmp_path / "vae"
+    assert not (folder / online.filename).exists()
+    assert not [p for p in (folder / M.DOWNLOAD_SUBDIR).rglob("*") if p.is_file()]
+
+
+def test_a_full_disk_while_copying_from_the_hub_cache_leaves_nothing(online, tmp_path, monkeypatch):
+    """The hub cache on another disk (no hard link): the copy fails half-way with ENOSPC."""
+    import errno
+    import huggingface_hub
+
+    cached = tmp_path / "cache.safetensors"
+    cached.write_bytes(tiny_safetensors())
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(cached))
+
+    def no_link(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def half_copy(src, dst):
+        with open(dst, "wb") as f:
+            f.write(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(M.os, "link", no_link)
+    monkeypatch.setattr(M.shutil, "copyfile", half_copy)
+    folder = tmp_path / "vae"
+    with pytest.raises(M.ModelError, match="No space left on device. Nothing was put there"):
+        M.download_to(online, folder / online.filename)
+    assert list(folder.iterdir()) == []  # neither the file nor a temporary one

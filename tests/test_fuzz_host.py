@@ -113,7 +113,12 @@ def clear(node_type: str, name: str, status: int, body, history: dict | None) ->
         text = json.dumps(errors) + json.dumps(body.get("error") or {})
         if node_type not in text and not any(e.get("class_type") == node_type for e in errors.values()):
             return f"400 without the node: {text[:300]}"
-        if name not in text:
+        # ComfyUI files a custom validator's message under every input of the node, so the input
+        # must be named in the message itself; ComfyUI's own checks name it in extra_info
+        named = [e for node in errors.values() for e in node.get("errors", [])
+                 if (f"input '{name}'" in e.get("details", "") if e.get("type") == "custom_validation_failed"
+                     else (e.get("extra_info") or {}).get("input_name") == name)]
+        if not named:
             return f"400 without the input: {text[:300]}"
         if any(bare in text for bare in BARE):
             return f"400 carrying a bare exception: {text[:300]}"

@@ -134,6 +134,18 @@ def test_save_on_a_full_disk_is_a_node_error_and_leaves_nothing(vio, tmp_path, m
     assert list((tmp_path / "output" / "spacetime").iterdir()) == []
 
 
+def test_save_takes_only_a_dict_of_extra_pnginfo(vio, tmp_path):
+    """extra_pnginfo comes straight from the request body: text or a list is left out of the
+    metadata (it used to be a bare ValueError / TypeError); the web UI's dict goes in."""
+    from comfy_api.latest import io
+    for extra in ("abc", [1, 2], {1: "x"}, {"workflow": {"marker": "kept-1234"}}):
+        node = vio.SpacetimeSaveVideo.PREPARE_CLASS_CLONE({io.Hidden.extra_pnginfo: extra})
+        node.execute(fps=8.0, filename_prefix="extra/v", format="mp4", images=_ramp())
+    files = sorted((tmp_path / "output" / "extra").iterdir())
+    assert len(files) == 4
+    assert b"kept-1234" in files[-1].read_bytes() and not any(b"kept-1234" in f.read_bytes() for f in files[:3])
+
+
 def load(vio, video, **kw):
     args = dict(video=video, start_frame=0, frame_count=0, stride=1, width=0, height=0) | kw
     return vio.SpacetimeLoadVideo.PREPARE_CLASS_CLONE({}).execute(**args)

@@ -101,35 +101,61 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _place(src: Path, dest: Path) -> None:
-    """Put a cached file at ``dest``: a hard link when possible (no extra space), else a copy."""
+def _install(entry: ModelEntry, src: Path, dest: Path, move: bool) -> None:
+    """Put ``src`` at ``dest`` only once it is whole and verified: a file of the download folder
+    is moved (``move``); a hub-cache file is hard-linked (no extra space) or copied next to
+    ``dest`` first. A failure (a full disk, a bad file) leaves no partial or bad file at ``dest``."""
     src = Path(src).resolve()  # the hub's snapshot entry is a symlink to a blob
-    tmp = dest.with_name(dest.name + ".spacetime-tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = src if move else dest.with_name(dest.name + ".spacetime-tmp")
+    problem = None
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+        if not move:
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+        problem = file_problem(entry, tmp)
+        if problem is None:
+            os.replace(tmp, dest)
+    except OSError as e:
+        if not move:
+            tmp.unlink(missing_ok=True)
+        raise ModelError(f"cannot write {dest}: {e.strerror or e}. Nothing was put there; free some disk "
+                         "space (or choose another models folder) and run again") from None
+    if problem is not None:
+        tmp.unlink(missing_ok=True)
+        if move:  # a damaged download: removed, so the next run fetches it again
+            raise ModelError(f"the download of {entry.repo}/{entry.path} is damaged ({problem}); it was "
+                             f"removed and nothing was put at {dest}: run again to download it again")
+        raise ModelError(f"the Hugging Face cache copy {src} of {entry.repo}/{entry.path} is damaged "
+                         f"({problem}): delete it and run again")
 
 
-def verify(entry: ModelEntry, path: Path) -> None:
-    """Size and sha256 where the catalog has them, else the safetensors header is readable."""
+def file_problem(entry: ModelEntry, path: Path) -> str | None:
+    """Why ``path`` is not the catalog's file (None when it is): size and sha256 where the
+    catalog has them, else whether its safetensors header reads."""
     if entry.size is not None and path.stat().st_size != entry.size:
-        raise ModelError(f"{path} has {path.stat().st_size} bytes, the catalog says {entry.size} "
-                         f"for {entry.repo}/{entry.path}: delete it and download again")
+        return f"it has {path.stat().st_size} bytes, the catalog says {entry.size} for {entry.repo}/{entry.path}"
     if entry.sha256:
         h = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 h.update(chunk)
         if h.hexdigest() != entry.sha256.lower():
-            raise ModelError(f"{path}: sha256 {h.hexdigest()} != catalog {entry.sha256}: delete it "
-                             "and download again")
+            return f"its sha256 is {h.hexdigest()}, the catalog says {entry.sha256}"
     try:
         read_safetensors_header(path)
     except WeightsError as e:
-        raise ModelError(f"{path}: {e}: delete it and download again") from None
+        return str(e)
+    return None
+
+
+def verify(entry: ModelEntry, path: Path) -> None:
+    """``ModelError`` unless ``path`` is the catalog's file (see ``file_problem``)."""
+    problem = file_problem(entry, path)
+    if problem:
+        raise ModelError(f"{path}: {problem}: delete it and download again")
 
 
 # The child process: only huggingface_hub is imported there (not this package, whose import
@@ -222,7 +248,7 @@ def download_to(entry: ModelEntry, dest: Path, force: bool = False, *,
         cached = None
     if cached is not None:
         log.info("%s: using the hub cache copy %s", entry.id, cached)
-        _place(cached, dest)
+        _install(entry, cached, dest, move=False)
     else:
         where = (f"the file {entry.path} of the Hugging Face repo {entry.repo} "
                  f"(https://huggingface.co/{entry.repo}/resolve/main/{entry.path}) "
@@ -235,6 +261,5 @@ def download_to(entry: ModelEntry, dest: Path, force: bool = False, *,
         staging = dest.parent / DOWNLOAD_SUBDIR
         log.info("%s: downloading %s/%s", entry.id, entry.repo, entry.path)
         got = _run_download(entry, staging, where, should_stop, deadline)
-        os.replace(got, dest)
-    verify(entry, dest)
+        _install(entry, got, dest, move=True)
     return dest
