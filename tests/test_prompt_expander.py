@@ -309,6 +309,15 @@ def test_hf_local_stops_between_tokens_when_asked(tmp_path):
     assert next(lm.model.parameters()).device.type == "cpu"  # still offloaded
 
 
+@pytest.mark.slow
+def test_hf_local_deadline_ends_the_writing(tmp_path):
+    pytest.importorskip("transformers")
+    _tiny_qwen(tmp_path / "LLM" / "tiny-qwen")
+    with pytest.raises(pe.ServerTimeout, match=r"tiny-qwen did not finish within the deadline of 0\.01s"):
+        st.model.expand_prompt("a red fox", backend="hf", model="tiny-qwen", on_error="raise", cache=False,
+                               max_tokens=200, deadline=0.01)  # loading alone takes longer: stopped at the first token
+
+
 def test_hf_offline_download_error_names_repo_and_destination(tmp_path, monkeypatch):
     pytest.importorskip("huggingface_hub")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

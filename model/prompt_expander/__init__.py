@@ -8,8 +8,9 @@ variables and sent only to hosts the server's owner allowed (``keys.py``), local
 only from inside ``models_dir``, and ``should_stop`` interrupts a call that waits.
 """
 from .cache import clear_memory_cache, default_cache_dir
-from .errors import (BackendUnavailable, EmptyAnswer, Interrupted, MalformedResponse, ModelNotFound,
-                     PromptExpanderError, RequestRejected, ServerError, ServerTimeout, ServerUnreachable)
+from .errors import (BackendUnavailable, DownloadTimedOut, EmptyAnswer, Interrupted, MalformedResponse,
+                     ModelNotFound, PromptExpanderError, RequestRejected, ServerError, ServerTimeout,
+                     ServerUnreachable)
 from .expand import expand_prompt
 from .options import BACKENDS, FAMILIES, LANGUAGES, ON_ERROR, TASKS, LLMOptions
 from .scene import Scene, embedded_caption, parse_scene, scene_caption
@@ -19,5 +20,5 @@ __all__ = [
     "expand_prompt", "LLMOptions", "system_prompt", "embedded_caption", "parse_scene", "scene_caption", "Scene",
     "TASKS", "FAMILIES", "LANGUAGES", "BACKENDS", "ON_ERROR", "clear_memory_cache", "default_cache_dir",
     "PromptExpanderError", "ServerUnreachable", "ServerTimeout", "ServerError", "ModelNotFound",
-    "RequestRejected", "MalformedResponse", "EmptyAnswer", "BackendUnavailable", "Interrupted",
+    "RequestRejected", "MalformedResponse", "EmptyAnswer", "BackendUnavailable", "Interrupted", "DownloadTimedOut",
 ]

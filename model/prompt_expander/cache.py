@@ -73,18 +73,28 @@ class PromptCache:
         return text if isinstance(text, str) else None
 
     def put(self, key: str, text: str) -> None:
+        """Remember ``text``; a failed file write is logged and skipped (the expansion goes on) and
+        leaves no temporary file."""
         self._remember(key, text)
         if self.folder is None:
             return
+        tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             # Write-then-rename so a concurrent reader never sees half a file.
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({"key": key, "text": text}, f, ensure_ascii=False)
             os.replace(tmp, self.folder / f"{key}.json")
-        except OSError as e:
+            tmp = None
+        except (OSError, ValueError) as e:  # disk full, file-size limit, text UTF-8 cannot hold: not cached
             log.warning("could not write the prompt cache in %s (%s); continuing without it", self.folder, e)
+        finally:
+            if tmp is not None:  # whatever stopped the write, no half-written file stays behind
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
 
     @staticmethod
     def _remember(key: str, text: str) -> None:

@@ -79,8 +79,9 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, *, model_family
             base_url="http://localhost:11434/v1", model="qwen2.5:7b"``; they override ``llm``'s.
         on_error: ``fallback`` (log a warning, return the rule-based caption) or ``raise``.
         cache: ``True`` (memory + ``~/.cache/spacetime_video/prompts``), ``False``, or a folder.
-        should_stop: polled (every 0.05 s while waiting on the server, and between retries; by the
-            local model between tokens); when it returns True the call raises ``Interrupted``.
+        should_stop: polled (every 0.05 s while waiting on the server, and between retries; every
+            0.1 s of a local model's download, and between its tokens); when it returns True the
+            call raises ``Interrupted``.
 
     Returns:
         The expanded caption. Same inputs and seed give the same text (LLM answers are cached).
@@ -157,7 +158,7 @@ def expand_prompt(prompt: str, task: str = "t2v", seed: int = 0, *, model_family
             from .backends import hf_local
             answer = hf_local.generate(system, user, encoded, seed=seed, temperature=float(opts.temperature),
                                        max_new_tokens=max_tokens, model=opts.model, models_dir=opts.models_dir,
-                                       should_stop=should_stop)
+                                       should_stop=should_stop, deadline=float(opts.deadline))
     except PromptExpanderError as e:
         if on_error == "raise":
             raise

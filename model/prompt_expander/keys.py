@@ -6,9 +6,13 @@ come from a stranger; the environment belongs to whoever runs the server. Two ru
 * ``api_key_env`` may only name a variable the owner allowed: those listed (comma-separated) in
   ``SPACETIME_API_KEY_VARS`` when it is set, otherwise names ending in ``_API_KEY``. So a
   workflow cannot have ``AWS_SECRET_ACCESS_KEY`` or ``HOME`` sent to a server of its choosing.
-* A key is only sent to loopback (``localhost``, ``127.0.0.1``, ``::1``) and to the hosts listed
-  (comma-separated ``host`` or ``host:port``) in ``SPACETIME_API_KEY_HOSTS``. A call elsewhere
-  that would carry a key is refused before connecting; without a key it goes ahead.
+* A key is only sent to loopback -- exactly ``localhost``, ``127.0.0.1`` or ``::1``, over http or
+  https -- and to the hosts listed (comma-separated) in ``SPACETIME_API_KEY_HOSTS``, over https
+  unless the owner wrote http: ``host`` allows https on any port, ``host:port`` https on that
+  port, ``http://host`` / ``http://host:port`` plain http too (a LAN server without TLS: the key
+  then crosses the network readable). Hosts are compared as written, so ``localhost.`` (a DNS
+  name) is not loopback, and ``api.example.com.`` needs its own entry. A call elsewhere that
+  would carry a key is refused before connecting; without a key it goes ahead.
 
 Refusals are ``ValueError``s (a setting is wrong, not the server), so ``on_error="fallback"``
 does not hide them; no message shows a variable's value.
@@ -75,7 +79,8 @@ def read_api_key(api_key_env: str | None) -> str | None:
 
 
 def url_host_port(url: str) -> tuple[str, int]:
-    """``(host, port)`` of an http(s) URL, host lower-cased without brackets or a trailing dot.
+    """``(host, port)`` of an http(s) URL, host lower-cased without brackets (a trailing dot is kept:
+    ``localhost.`` is a DNS name, not loopback).
 
     Refuses what different URL parsers may read differently (user info, backslashes, spaces),
     so the host checked here is the host the request goes to."""
@@ -95,41 +100,61 @@ def url_host_port(url: str) -> tuple[str, int]:
         host = port = None
     if not host:
         raise ValueError(f"base_url={url!r} has no valid host[:port]; e.g. http://localhost:11434/v1")
-    return host.rstrip(".").lower(), port or DEFAULT_PORTS[parts.scheme]
+    return host.lower(), port or DEFAULT_PORTS[parts.scheme]
 
 
-def _entry_host_port(entry: str) -> tuple[str, int | None]:
-    """``host`` / ``host:port`` / ``[v6]`` / ``[v6]:port`` / bare ``v6`` of SPACETIME_API_KEY_HOSTS."""
+def _entry(entry: str) -> tuple[str, int | None, bool]:
+    """``(host, port or None, plain http allowed)`` of one SPACETIME_API_KEY_HOSTS entry: ``host``,
+    ``host:port``, ``[v6]``, ``[v6]:port`` or a bare ``v6``, optionally after ``https://`` or
+    ``http://`` (plain http allowed too; a path after the host is ignored). A malformed port or
+    scheme gives port -1, which matches nothing."""
     entry = entry.strip().lower()
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", entry)
+    scheme, sep, rest = entry.partition("://")
+    if not sep:
+        scheme, rest = "https", entry
+    if scheme not in DEFAULT_PORTS:
+        return "", -1, False
+    rest = rest.split("/", 1)[0]
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d*))?", rest)
     if m:
-        return m.group(1), int(m.group(2)) if m.group(2) else None
-    if entry.count(":") == 1:
-        host, port = entry.split(":")
-        return host.rstrip("."), int(port) if port.isdigit() else -1
-    return entry.rstrip("."), None
+        host, port = m.group(1), m.group(2)
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    else:
+        host, port = rest, None
+    if port is None:
+        return host, None, scheme == "http"
+    return host, int(port) if port.isdigit() and int(port) <= 65535 else -1, scheme == "http"
 
 
 def key_host_allowed(url: str) -> bool:
-    """Whether a key may be sent to the host of ``url``: loopback, or listed in SPACETIME_API_KEY_HOSTS."""
+    """Whether a key may be sent to ``url``: loopback, or a host (and scheme) SPACETIME_API_KEY_HOSTS allows."""
     host, port = url_host_port(url)
     if host in LOOPBACK_HOSTS:
         return True
+    scheme = urllib.parse.urlsplit(url).scheme
     for entry in _listed(HOSTS_ENV) or []:
-        allowed_host, allowed_port = _entry_host_port(entry)
-        if allowed_host == host and allowed_port in (None, port):
+        allowed_host, allowed_port, plain = _entry(entry)
+        if allowed_host == host and allowed_port in (None, port) and (scheme == "https" or plain):
             return True
     return False
 
 
 def check_key_host(url: str, api_key: str | None, api_key_env: str | None) -> None:
-    """Refuse, before connecting, to send ``api_key`` to a host the owner did not allow."""
+    """Refuse, before connecting, to send ``api_key`` to a host (or over plain http) the owner did not allow."""
     if not api_key or key_host_allowed(url):
         return
     host, port = url_host_port(url)
     shown = f"[{host}]" if ":" in host else host
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme == "https":
+        entry, note = shown, f" ({shown}:{port} for this port only)"
+    else:
+        entry, note = f"http://{shown}:{port}", (f" (http:// because the URL is plain http: the key then crosses "
+                                                 f"the network unencrypted; a plain {shown} entry allows https only)")
     raise ValueError(
-        f"refusing to send the API key from {api_key_env or 'the environment'} to {shown}:{port}: keys go only to "
-        f"loopback ({', '.join(LOOPBACK_HOSTS)}) and to the hosts in {HOSTS_ENV}. If you trust this server, "
-        f"whoever runs ComfyUI can set {HOSTS_ENV}={shown} (comma-separated host or host:port entries) before "
-        "starting it; otherwise leave api_key_env empty to call without a key.")
+        f"refusing to send the API key from {api_key_env or 'the environment'} to {scheme}://{shown}:{port}: keys go "
+        f"only to loopback ({', '.join(LOOPBACK_HOSTS)}) and to the hosts in {HOSTS_ENV}, over https unless the "
+        f"entry says http://. If you trust this server, whoever runs ComfyUI can add {entry} to {HOSTS_ENV} "
+        f"(comma-separated entries, e.g. {HOSTS_ENV}={entry}){note} before starting it; otherwise leave "
+        "api_key_env empty to call without a key.")

@@ -59,7 +59,8 @@ class LLMOptions:
     transformers ``model``: repo id, alias or folder, fetched into ``models_dir``); ``api_key_env``
     is the NAME of the environment variable holding the key; ``max_tokens`` None: from max_words.
     ``timeout`` bounds one HTTP attempt, ``deadline`` the whole call (every attempt and the waits
-    between retries), both in seconds."""
+    between retries; for ``hf``: loading and writing, while a first download has its own limit,
+    ``SPACETIME_DOWNLOAD_TIMEOUT``), both in seconds."""
 
     backend: str = "rules"
     base_url: str | None = None

@@ -9,6 +9,14 @@ moved back to CPU RAM (``offload="cpu"``, the default, quick to reuse) or droppe
 (``offload="free"``). ``transformers`` and ``huggingface_hub`` are imported lazily, so the pack
 works without them; a missing one raises ``BackendUnavailable`` naming what to install.
 
+Every wait is bounded and interruptible: the download runs in a child process (``sys.executable``
+running a few lines of ``huggingface_hub``) polled every ``POLL_S`` seconds and killed when
+``should_stop()`` says so (``Interrupted``) or at ``SPACETIME_DOWNLOAD_TIMEOUT`` (``DownloadTimedOut``);
+either way what was fetched stays and the next call resumes it. A repo whose weights exceed the
+available RAM is not downloaded, a folder whose weights do not fit is not loaded (``MemAvailable``
+of ``/proc/meminfo``; skipped where unreadable), and only one model stays loaded at a time. While
+the model writes, ``should_stop`` and the call's deadline are checked after each token.
+
 ``model`` may come from a shared workflow, so ``models_dir`` is the only root models load from: a
 folder name is looked up inside it (real paths: no ``..``, absolute paths or symlinks leading
 out), and a repo id ``owner/name`` is downloaded into ``models_dir/name``, which remembers the
@@ -18,10 +26,16 @@ for it. Remote code is never run (``trust_remote_code`` stays off).
 from __future__ import annotations
 
 import gc
+import importlib.util
 import io
 import json
 import logging
+import math
 import os
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 import re
@@ -29,7 +43,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import BackendUnavailable, EmptyAnswer, Interrupted
+from ..errors import BackendUnavailable, DownloadTimedOut, EmptyAnswer, Interrupted, ServerTimeout
 from .openai_compat import clean_answer
 
 log = logging.getLogger("spacetime.prompt_expander")
@@ -48,6 +62,11 @@ DEFAULT_VISION_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 REPO_MARKER = ".spacetime_repo"  # in a downloaded folder: the repo id it was fetched from
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+POLL_S = 0.1  # how often a running download looks at should_stop and its deadline
+DOWNLOAD_TIMEOUT_ENV = "SPACETIME_DOWNLOAD_TIMEOUT"  # seconds one download may take (as for catalog models)
+DEFAULT_DOWNLOAD_TIMEOUT_S = 6 * 3600.0
+MEMINFO = "/proc/meminfo"
+GiB = 2**30
 
 
 def default_models_dir() -> Path:
@@ -108,8 +127,109 @@ def _downloaded_from(folder: Path) -> str | None:
         return None
 
 
-def ensure_downloaded(repo_id: str | None, folder: Path) -> Path:
-    """The model folder, downloading ``repo_id`` into it first if it is not there yet."""
+def download_timeout() -> float:
+    """Seconds one model download may take: ``SPACETIME_DOWNLOAD_TIMEOUT`` (default 6 hours; 0 or
+    less: no limit, ``math.inf``)."""
+    raw = os.environ.get(DOWNLOAD_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_DOWNLOAD_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"{DOWNLOAD_TIMEOUT_ENV}={raw!r} is not a number of seconds (0: no limit)") from None
+    return value if math.isfinite(value) and value > 0 else math.inf
+
+
+def mem_available() -> int | None:
+    """Bytes of RAM available without swapping (``MemAvailable`` of ``/proc/meminfo``), None if unknown."""
+    try:
+        with open(MEMINFO, encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == "MemAvailable":
+                    return int(value.split()[0]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# The child process: only huggingface_hub is imported there (not this package, whose import name
+# depends on how ComfyUI loaded it). It first refuses a repo whose safetensors outweigh the RAM
+# the parent saw available (when the hub lists sizes); the outcome goes to a JSON file, stdout
+# and stderr (the progress bars) are the parent's.
+_CHILD = """
+import json, sys
+repo, local_dir, patterns, limit, result = sys.argv[1:6]
+try:
+    import huggingface_hub as hub
+    out = None
+    if int(limit):
+        try:
+            files = hub.HfApi().model_info(repo, files_metadata=True).siblings or []
+        except Exception:
+            files = []  # offline, gated, unknown repo: snapshot_download below says why
+        size = sum(f.size or 0 for f in files if f.rfilename.endswith(".safetensors"))
+        if size > int(limit):
+            out = {"too_big": size}
+    if out is None:
+        out = {"path": hub.snapshot_download(repo_id=repo, local_dir=local_dir, allow_patterns=json.loads(patterns))}
+except BaseException as e:
+    out = {"error": type(e).__name__, "message": str(e)}
+with open(result, "w") as f:
+    json.dump(out, f)
+"""
+
+
+def _download_command(repo_id: str, folder: Path, result: Path, max_bytes: int | None) -> list[str]:
+    """The command that downloads ``repo_id`` (``ALLOW_PATTERNS`` only) into ``folder`` and writes the
+    outcome to ``result``: ``{"path"}``, ``{"too_big": bytes}`` or ``{"error", "message"}``."""
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # no current folder on sys.path
+    return [sys.executable, *safe_path, "-c", _CHILD, repo_id, str(folder), json.dumps(ALLOW_PATTERNS),
+            str(max_bytes or 0), str(result)]
+
+
+def _run_download(repo_id: str, folder: Path, max_bytes: int | None, should_stop: Callable[[], bool] | None,
+                  timeout: float) -> dict:
+    """Run the download child until it ends, ``should_stop()`` says stop or ``timeout`` seconds pass
+    (then it is killed: ``Interrupted`` / ``DownloadTimedOut``); its outcome."""
+    fd, name = tempfile.mkstemp(prefix="spacetime-llm-download-", suffix=".json")
+    os.close(fd)
+    result = Path(name)
+    started = time.monotonic()
+    proc = subprocess.Popen(_download_command(repo_id, folder, result, max_bytes), stdin=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            if should_stop is not None and should_stop():
+                log.info("download of %s stopped; what is in %s resumes next time", repo_id, folder)
+                raise Interrupted(f"the prompt expander was interrupted while downloading {repo_id}; the partial "
+                                  f"download in {folder} resumes next time")
+            if time.monotonic() - started >= timeout:
+                raise DownloadTimedOut(
+                    f"the download of {repo_id} into {folder} did not finish within {timeout:g}s "
+                    f"({DOWNLOAD_TIMEOUT_ENV}); what was fetched is kept and the download resumes when run again. "
+                    f"Run again, raise {DOWNLOAD_TIMEOUT_ENV}, or fetch it where the network is faster: "
+                    f"`huggingface-cli download {repo_id} --local-dir {folder}`")
+            try:
+                proc.wait(timeout=POLL_S)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            return json.loads(result.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"error": "ChildProcessError",
+                    "message": f"the download process ended (exit code {proc.returncode}) without a result"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        result.unlink(missing_ok=True)
+
+
+def ensure_downloaded(repo_id: str | None, folder: Path, should_stop: Callable[[], bool] | None = None,
+                      timeout: float | None = None) -> Path:
+    """The model folder, downloading ``repo_id`` into it first if it is not there yet.
+
+    The download is a child process, ended on ``should_stop()`` (``Interrupted``) or after
+    ``timeout`` seconds (None: ``download_timeout()``; ``math.inf``: no limit) with
+    ``DownloadTimedOut``; a repo whose safetensors exceed the available RAM is refused first."""
     origin = _downloaded_from(folder) if repo_id else None
     if origin is not None and origin != repo_id and _complete(folder):
         raise BackendUnavailable(
@@ -119,20 +239,24 @@ def ensure_downloaded(repo_id: str | None, folder: Path) -> Path:
         return folder
     if repo_id is None:
         raise BackendUnavailable(f"{folder} holds no model: it needs config.json and *.safetensors weights")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise BackendUnavailable("the local model backend needs huggingface_hub: pip install huggingface_hub") from None
+    if importlib.util.find_spec("huggingface_hub") is None:
+        raise BackendUnavailable("the local model backend needs huggingface_hub: pip install huggingface_hub")
+    timeout = download_timeout() if timeout is None else timeout
+    available = mem_available()
     log.info("downloading %s into %s (safetensors only)", repo_id, folder)
-    try:
-        snapshot_download(repo_id=repo_id, local_dir=str(folder), allow_patterns=ALLOW_PATTERNS)
-    except Exception as e:  # offline, unknown repo, gated repo, disk full: all end the same way for the user
+    outcome = _run_download(repo_id, folder, available, should_stop, timeout)
+    if "too_big" in outcome:
+        raise BackendUnavailable(
+            f"{repo_id} has {outcome['too_big'] / GiB:.1f} GiB of weights but only {(available or 0) / GiB:.1f} GiB "
+            f"of RAM is available to load them, so it was not downloaded. Pick a smaller model (e.g. "
+            f"{DEFAULT_TEXT_MODEL!r}), free memory, or use the 'rules' or 'openai' backend")
+    if "error" in outcome:  # offline, unknown repo, gated repo, disk full: all end the same way for the user
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise BackendUnavailable(
-            f"could not download {repo_id} into {folder}: {type(e).__name__}: {str(e)[:200]}"
+            f"could not download {repo_id} into {folder}: {outcome['error']}: {str(outcome.get('message'))[:200]}"
             + (" (HF_HUB_OFFLINE is set)" if offline else "")
             + f". Fetch it where there is internet: `huggingface-cli download {repo_id} --local-dir {folder}`"
-            " (or copy the folder there), or use the 'rules' or 'openai' backend.") from None
+            " (or copy the folder there), or use the 'rules' or 'openai' backend.")
     if not _complete(folder):
         raise BackendUnavailable(f"{repo_id} was downloaded into {folder} but has no safetensors weights; "
                                  "pick a model published in safetensors")
@@ -162,7 +286,7 @@ class LocalModel:
     vision: bool
 
 
-_LOADED: dict[str, LocalModel] = {}
+_LOADED: dict[str, LocalModel] = {}  # at most one: loading another model drops the previous one
 
 
 def _transformers():
@@ -174,13 +298,54 @@ def _transformers():
     return transformers
 
 
+def _unload_all() -> None:
+    """Forget the loaded model(s), so that their memory goes back before another one loads."""
+    if not _LOADED:
+        return
+    for lm in _LOADED.values():
+        log.info("unloading the local model %s", lm.folder.name)
+    _LOADED.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def needed_bytes(folder: Path, dtype: torch.dtype) -> int:
+    """RAM the weights in ``folder`` take once loaded as ``dtype``: the size of its ``*.safetensors``,
+    doubled when a 16-bit checkpoint (as its config says) is loaded as float32."""
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    stored = str(config.get("torch_dtype") or config.get("dtype") or "") if isinstance(config, dict) else ""
+    return size * 2 if dtype == torch.float32 and stored in ("bfloat16", "float16") else size
+
+
+def check_memory(folder: Path, dtype: torch.dtype) -> None:
+    """Refuse (``BackendUnavailable``) a model whose weights do not fit in the available RAM."""
+    available = mem_available()
+    if available is None:
+        return
+    need = needed_bytes(folder, dtype)
+    if need > available:
+        raise BackendUnavailable(
+            f"the local model {folder.name} needs about {need / GiB:.1f} GiB of RAM to load "
+            f"({str(dtype).replace('torch.', '')}) but only {available / GiB:.1f} GiB is available, so it was "
+            f"not loaded. Free memory (close programs, unload other models), pick a smaller model (e.g. "
+            f"{DEFAULT_TEXT_MODEL!r}), or use the 'rules' or 'openai' backend")
+
+
 def load(folder: Path, vision: bool, dtype: torch.dtype | None = None) -> LocalModel:
-    """Load (or reuse) the model in ``folder``; it stays on the CPU until ``generate`` runs it."""
+    """Load (or reuse) the model in ``folder``; it stays on the CPU until ``generate`` runs it. Only
+    one model stays loaded: another one's is dropped first, and a model the RAM cannot hold is refused."""
     key = f"{folder.resolve()}|{vision}"
     if key in _LOADED:
         return _LOADED[key]
-    tf = _transformers()
     dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    _unload_all()
+    check_memory(folder, dtype)
+    tf = _transformers()
     log.info("loading %s (%s, %s)", folder, "vision" if vision else "text", dtype)
     if vision:
         tokenizer = tf.AutoProcessor.from_pretrained(str(folder))
@@ -226,15 +391,20 @@ def offload(lm: LocalModel, how: str = "cpu") -> None:
 
 
 class _StopWhen:
-    """A transformers stopping criterion that ends generation when ``should_stop()`` is true."""
+    """A transformers stopping criterion that ends generation when ``should_stop()`` is true
+    (``stopped``) or the monotonic clock reaches ``end`` (``late``)."""
 
-    def __init__(self, should_stop: Callable[[], bool]) -> None:
+    def __init__(self, should_stop: Callable[[], bool] | None, end: float = math.inf) -> None:
         self.should_stop = should_stop
-        self.stopped = False
+        self.end = end
+        self.stopped = self.late = False
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        self.stopped = self.stopped or bool(self.should_stop())
-        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+        if not (self.stopped or self.late):
+            self.stopped = self.should_stop is not None and bool(self.should_stop())
+            self.late = time.monotonic() >= self.end
+        done = self.stopped or self.late
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 def _check_stop(should_stop: Callable[[], bool] | None, what: str) -> None:
@@ -245,13 +415,18 @@ def _check_stop(should_stop: Callable[[], bool] | None, what: str) -> None:
 def generate(system: str, user: str, images: list[tuple[str, bytes]] | None = None, seed: int = 0,
              temperature: float = 0.7, max_new_tokens: int = 512, model: str | None = None,
              models_dir: str | os.PathLike | None = None, device: str | None = None,
-             offload_to: str = "cpu", should_stop: Callable[[], bool] | None = None) -> str:
+             offload_to: str = "cpu", should_stop: Callable[[], bool] | None = None,
+             deadline: float | None = None, download_timeout_s: float | None = None) -> str:
     """Rewrite ``user`` with a local chat model; seeded sampling (greedy when temperature is 0).
-    ``should_stop`` is checked before loading and after each new token (``Interrupted``)."""
+
+    ``should_stop`` is checked before loading, every ``POLL_S`` seconds of a download and after each
+    new token (``Interrupted``). ``deadline`` (seconds) bounds loading and writing (``ServerTimeout``),
+    ``download_timeout_s`` a first download (see ``ensure_downloaded``)."""
     images = images or []
     repo_id, folder = resolve(model, models_dir, vision=bool(images))
     _check_stop(should_stop, "before loading the local model")
-    folder = ensure_downloaded(repo_id, folder)
+    folder = ensure_downloaded(repo_id, folder, should_stop, download_timeout_s)
+    end = time.monotonic() + deadline if deadline else math.inf
     vision = is_vision_model(folder)
     if images and not vision:
         log.warning("%s is a text-only model: the images are ignored (use a vision model such as %s)",
@@ -260,7 +435,7 @@ def generate(system: str, user: str, images: list[tuple[str, bytes]] | None = No
     lm = load(folder, vision=vision)
     _check_stop(should_stop, "after loading the local model")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    stop = _StopWhen(should_stop) if should_stop is not None else None
+    stop = _StopWhen(should_stop, end)
     try:
         lm.model.to(device)
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in _inputs(lm, system, user, images).items()}
@@ -268,16 +443,20 @@ def generate(system: str, user: str, images: list[tuple[str, bytes]] | None = No
         # A private RNG stream: the seed decides the sampling, and the caller's RNG state is untouched.
         with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []), torch.no_grad():
             torch.manual_seed(seed)
-            if stop is not None:
-                sampling["stopping_criteria"] = _transformers().StoppingCriteriaList([stop])
+            sampling["stopping_criteria"] = _transformers().StoppingCriteriaList([stop])
             out = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)  # (1, prompt + new)
         new_tokens = out[0, inputs["input_ids"].shape[1]:]
         decoder = lm.tokenizer
         text = clean_answer(decoder.decode(new_tokens, skip_special_tokens=True))
     finally:
         offload(lm, offload_to)
-    if stop is not None and stop.stopped:
+    if stop.stopped:
         raise Interrupted(f"the prompt expander was interrupted while {folder.name} was writing")
+    if stop.late:
+        err = ServerTimeout(f"the local model {folder.name} did not finish within the deadline of {deadline:g}s "
+                            "(loading and writing together); raise deadline, lower max_tokens or use a smaller model")
+        err.retryable = False
+        raise err
     if not text:
         raise EmptyAnswer(f"the local model {folder.name} produced no text; try another model or seed")
     return text

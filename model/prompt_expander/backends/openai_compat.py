@@ -14,7 +14,8 @@ Safety, since a shared workflow chooses ``base_url`` and the model:
   allowed, and is dropped when a redirect leaves the host or port (``requests`` strips it; our
   session also never fills it in again from ``~/.netrc``).
 * Anything the server sends back -- answers included -- is redacted before it reaches a
-  caption, an exception or a log line.
+  caption, an exception or a log line: JSON-escaped forms of the key too, and a snippet is
+  redacted before it is cut, then loses a cut-off start of the key (``redact_snippet``).
 * Each attempt is bounded (``timeout``: connect and read, and the whole attempt), the call as a
   whole too (``deadline``: every attempt and retry wait); answers over ``MAX_ANSWER_BYTES``
   are refused.
@@ -39,7 +40,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..errors import (EmptyAnswer, Interrupted, MalformedResponse, ModelNotFound, PromptExpanderError,
-                      RequestRejected, ServerError, ServerTimeout, ServerUnreachable, redact)
+                      RequestRejected, ServerError, ServerTimeout, ServerUnreachable, redact, redact_snippet)
 from ..keys import check_key_host, url_host_port
 
 log = logging.getLogger("spacetime.prompt_expander")
@@ -107,19 +108,20 @@ class ChatRequest:
         }
 
 
-def _server_message(raw: bytes) -> str:
-    """The human part of an error body: ``error.message`` of OpenAI-style JSON, else the text."""
+def _server_message(raw: bytes, key: str | None) -> str:
+    """The human part of an error body, ``key`` redacted: ``error.message`` of OpenAI-style JSON,
+    else the start of the text."""
     text = raw.decode("utf-8", errors="replace")
     try:
         data = json.loads(text)
         err = data.get("error") if isinstance(data, dict) else None
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:500]
+            return redact_snippet(str(err["message"]), key, 500)
         if isinstance(err, str):
-            return err[:500]
+            return redact_snippet(err, key, 500)
     except ValueError:
         pass
-    return text.strip()[:300]
+    return redact_snippet(text.strip(), key, 300)
 
 
 # --- the connections of one call, so that a stop can shut them from the waiting thread -------
@@ -286,7 +288,7 @@ def _reason(e: BaseException, key: str | None) -> str:
     """A short reason for a ``requests`` error ("[Errno 111] Connection refused"), redacted."""
     text = str(e)
     m = re.search(r"\[Errno -?\d+\][^'\")]*", text)
-    return redact((m.group(0) if m else text).strip()[:300], key)
+    return redact_snippet((m.group(0) if m else text).strip(), key, 300)
 
 
 def _exchange(req: ChatRequest, url: str, where: str, clock: _Clock) -> tuple[int, bytes]:
@@ -350,7 +352,7 @@ def _post_once(req: ChatRequest, url: str, clock: _Clock) -> str:
         status, raw = _exchange(req, url, where, clock)
         if 200 <= status < 300:
             return parse_answer(raw, where, req.api_key)
-        detail = redact(_server_message(raw), req.api_key)
+        detail = _server_message(raw, req.api_key)
         if status == 404:
             raise ModelNotFound(
                 f"{where} answered 404 ({detail or 'not found'}): the model name is unknown to the server "
@@ -374,13 +376,13 @@ def parse_answer(raw: bytes, where: str = "the server", api_key: str | None = No
         choice = data["choices"][0]
         message = choice["message"]
     except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError):
-        snippet = redact(raw[:200].decode("utf-8", errors="replace"), api_key)
+        snippet = redact_snippet(raw.decode("utf-8", errors="replace"), api_key, 200)
         raise MalformedResponse(f"{where} did not send an OpenAI chat completion (expected JSON with "
                                 f"choices[0].message.content); it began with: {snippet!r}") from None
     if not isinstance(message, dict):
         raise MalformedResponse(f"{where}: choices[0].message is not an object")
     if message.get("refusal"):
-        raise EmptyAnswer(f"{where} refused: {redact(str(message['refusal']), api_key)[:300]}")
+        raise EmptyAnswer(f"{where} refused: {redact_snippet(str(message['refusal']), api_key, 300)}")
     content = message.get("content")
     if isinstance(content, list):  # content parts
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
