@@ -57,7 +57,7 @@ class SpacetimePromptExpander(SpacetimeNode):
                                 tooltip="the NAME of the environment variable that holds the API key "
                                         "(never the key itself: workflows are shared); empty = no key. "
                                         "Only names ending in _API_KEY or listed in SPACETIME_API_KEY_VARS; "
-                                        "the key goes only to localhost or SPACETIME_API_KEY_HOSTS"),
+                                        "the key goes only to localhost or the https hosts in SPACETIME_API_KEY_HOSTS"),
                 io.Combo.Input("on_error", options=list(ON_ERROR), default="fallback",
                                tooltip="fallback: warn and use the offline rules; raise: stop the workflow"),
                 io.Float.Input("temperature", default=0.7, min=0.0, max=2.0, step=0.05, optional=True),
