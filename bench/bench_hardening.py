@@ -174,19 +174,27 @@ def wait_done(client, prompt_id: str, timeout: float = 300.0) -> dict:
     raise TimeoutError(f"job {prompt_id} not finished after {timeout} s")
 
 
-def names_node_and_input(text: str, node_type: str, name: str) -> bool:
-    return (node_type in text or "Spacetime" in text) and name in text
+def names_node_and_input(status: str, text: str, node_type: str, name: str) -> bool:
+    """A refusal (HTTP 400 body) or a node error that names the node and the input itself."""
+    if status == "refused":
+        body = json.loads(text)
+        # ComfyUI files a custom validator's message under every input: it must name the input itself
+        return any(node.get("class_type") == node_type and any(
+            f"input '{name}'" in e.get("details", "") if e.get("type") == "custom_validation_failed"
+            else (e.get("extra_info") or {}).get("input_name") == name for e in node.get("errors", []))
+            for node in (body.get("node_errors") or {}).values())
+    return any(m.startswith(node_type) and name in m for m in text.split("\n"))
 
 
 def run_job(client, graph: dict) -> tuple[str, str]:
-    """('refused', error text) for a 400, else (status_str, error text) from the history."""
+    """('refused', the 400 body) for a refusal, else (status_str, the error messages one per line)."""
     status, body = client.queue(graph)
     if status != 200 or body.get("node_errors"):
         return "refused", json.dumps(body, ensure_ascii=False)
     entry = wait_done(client, body["prompt_id"])
-    errors = [json.dumps(data, ensure_ascii=False) for kind, data in entry["status"].get("messages", [])
-              if kind == "execution_error"]
-    return entry["status"]["status_str"], " ".join(errors)
+    errors = [str(data.get("exception_message", "")).strip().replace("\n", " ")
+              for kind, data in entry["status"].get("messages", []) if kind == "execution_error"]
+    return entry["status"]["status_str"], "\n".join(errors)
 
 
 def wait_idle(client, timeout: float = 30.0) -> float:
@@ -263,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     change(graph)
                     status, text = run_job(client, graph)
                     outcomes.append((label, status))
-                    if status == "success" or not names_node_and_input(text, node_type, name):
+                    if status == "success" or not names_node_and_input(status, text, node_type, name):
                         unclear.append(f"job {i + 1} ({label}): {status}: {text[:300]}")
                 rss.append(server.memory_info().rss)
             jobs_s = time.monotonic() - t_start

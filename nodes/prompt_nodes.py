@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import os
+import re
 
 import folder_paths
 from comfy_api.latest import io
 
 from ..model.prompt_expander import FAMILIES, LANGUAGES, ON_ERROR, TASKS, LLMOptions, expand_prompt
+from .errors import node_error
 from .validation import SpacetimeNode
 
 # Shown in the backend menu; expand_prompt accepts these spellings (model/prompt_expander/options.py).
 BACKEND_CHOICES = ["rules", "openai-compatible", "local HF"]
+INPUTS = ("prompt", "task", "model_family", "language", "seed", "max_words", "backend", "base_url", "model",
+          "api_key_env", "on_error", "temperature", "images")
 
 
 def llm_models_dir() -> str:
@@ -20,6 +24,15 @@ def llm_models_dir() -> str:
         folder_paths.add_model_folder_path("LLM", default)
     paths = folder_paths.get_folder_paths("LLM")
     return paths[0] if paths else default
+
+
+def _input_named(message: str, backend: str) -> str:
+    """The input a refusal of the expander is about: its messages start with the setting's name
+    (``base_url='...': ...``, ``prompt contains ...``)."""
+    first = re.match(r"[a-z_]+", message)
+    if first and first.group(0) in INPUTS:
+        return first.group(0)
+    return "base_url" if backend == "openai-compatible" else "prompt"
 
 
 class SpacetimePromptExpander(SpacetimeNode):
@@ -79,7 +92,7 @@ class SpacetimePromptExpander(SpacetimeNode):
                 api_key_env, on_error, temperature=0.7, images=None) -> io.NodeOutput:
         import comfy.model_management
 
-        from ..model.prompt_expander import Interrupted
+        from ..model.prompt_expander import Interrupted, PromptExpanderError
 
         llm = LLMOptions(backend=backend, base_url=base_url or None, model=model or None, api_key_env=api_key_env,
                          temperature=temperature, models_dir=llm_models_dir())
@@ -91,6 +104,10 @@ class SpacetimePromptExpander(SpacetimeNode):
                                      should_stop=comfy.model_management.processing_interrupted)
         except Interrupted:
             raise comfy.model_management.InterruptProcessingException() from None
+        except ValueError as e:  # a setting refused: the library's message starts with the input's name
+            raise node_error(cls, _input_named(str(e), backend), str(e)) from None
+        except PromptExpanderError as e:  # on_error="raise": the server or the local model failed
+            raise node_error(cls, "base_url" if backend == "openai-compatible" else "model", str(e)) from None
         return io.NodeOutput(expanded, prompt, ui={"text": [expanded]})
 
 

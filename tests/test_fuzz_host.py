@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import socket
 import time
 
 import pytest
@@ -28,6 +29,14 @@ def tiny(host):
     return names
 
 
+def closed_port() -> int:
+    """A loopback port nobody listens on: the expander's server is unreachable, so it falls back
+    to its rules, but every setting it reads (base_url, api_key_env, ...) is checked."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def base_graphs(t: dict) -> list[dict]:
     """Valid graphs that together hold every node of the pack on a path to an output."""
     loaders = {
@@ -41,8 +50,8 @@ def base_graphs(t: dict) -> list[dict]:
               "height": 32, "length": 5, "invalid_size": "snap", "allow_large": False}},
         "23": {"class_type": "SpacetimePromptExpander", "inputs": {
             "prompt": "red ball left", "task": "t2v", "model_family": "embedded", "language": "en", "seed": 0,
-            "max_words": 40, "backend": "rules", "base_url": "http://localhost:11434/v1", "model": "",
-            "api_key_env": "OPENAI_API_KEY", "on_error": "fallback", "temperature": 0.7}},
+            "max_words": 40, "backend": "openai-compatible", "base_url": f"http://127.0.0.1:{closed_port()}/v1",
+            "model": "m", "api_key_env": "OPENAI_API_KEY", "on_error": "fallback", "temperature": 0.7}},
     }
     main = {**copy.deepcopy(loaders),
             "21": {"class_type": "SpacetimeLoadVideo", "inputs": {"video": CLIP_A, "start_frame": 0, "frame_count": 5,

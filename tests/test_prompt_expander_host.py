@@ -108,7 +108,8 @@ def test_unreachable_server_falls_back_or_fails_loudly(host):
                             on_error="raise", seed=6))
     assert entry["status"]["status_str"] == "error"
     errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
-    assert errors and "could not connect" in errors[0][1]["exception_message"]
+    message = errors[0][1]["exception_message"]
+    assert message.startswith("SpacetimePromptExpander: input 'base_url'") and "could not connect" in message
 
 
 def test_disallowed_key_variable_fails_the_node_even_with_fallback(host, llm_server):
@@ -117,6 +118,7 @@ def test_disallowed_key_variable_fails_the_node_even_with_fallback(host, llm_ser
     assert entry["status"]["status_str"] == "error"
     errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
     message = errors[0][1]["exception_message"]
+    assert message.startswith("SpacetimePromptExpander: input 'api_key_env'"), message
     assert "not an allowed API key variable" in message and PRIVATE_VALUE not in message
 
 

@@ -153,7 +153,8 @@ def check_key_host(url: str, api_key: str | None, api_key_env: str | None) -> No
         entry, note = f"http://{shown}:{port}", (f" (http:// because the URL is plain http: the key then crosses "
                                                  f"the network unencrypted; a plain {shown} entry allows https only)")
     raise ValueError(
-        f"refusing to send the API key from {api_key_env or 'the environment'} to {scheme}://{shown}:{port}: keys go "
+        f"base_url={url!r}: refusing to send the API key from {api_key_env or 'the environment'} to "
+        f"{scheme}://{shown}:{port}: keys go "
         f"only to loopback ({', '.join(LOOPBACK_HOSTS)}) and to the hosts in {HOSTS_ENV}, over https unless the "
         f"entry says http://. If you trust this server, whoever runs ComfyUI can add {entry} to {HOSTS_ENV} "
         f"(comma-separated entries, e.g. {HOSTS_ENV}={entry}){note} before starting it; otherwise leave "
