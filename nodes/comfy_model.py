@@ -23,12 +23,15 @@ import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
+import comfy.patcher_extension
 import comfy.supported_models
 import torch
 import torch.nn.functional as F
 
 from ..model import canvas
 from ..model.dit import WanDiT
+from ..model.dit.attention import AttentionFn
+from ..model.dit.model import WanBlock
 from ..model.weights import Linear
 
 log = logging.getLogger("spacetime.nodes")
@@ -72,17 +75,73 @@ def make_castable(dit: WanDiT) -> None:
 
 class ComfyWanDiT(WanDiT):
     """Our WanDiT with ComfyUI's diffusion-model call, ``diffusion_model(x, t, context=,
-    clip_fea=, control=, transformer_options=, **conds)``; returns the velocity. An instance is
-    re-typed, not wrapped, so its parameters keep the official Wan names under
-    ``diffusion_model.`` exactly as ComfyUI's own WanModel: native LoRA loaders find them."""
+    clip_fea=, time_dim_concat=, transformer_options=, **conds)``; returns the velocity. An
+    instance is re-typed, not wrapped, so its parameters keep the official Wan names under
+    ``diffusion_model.`` exactly as ComfyUI's own WanModel: native LoRA loaders find them.
+
+    It honours ``transformer_options`` where ComfyUI's WanModel does: the ``DIFFUSION_MODEL``
+    wrappers (native EasyCache and other step caches wrap the call), block replacements
+    (``patches_replace["dit"][("double_block", i)]``) and ``optimized_attention_override``.
+    """
+
+    _options: dict | None = None   # transformer_options of the call in progress
 
     @property
     def dtype(self) -> torch.dtype:  # BaseModel casts inputs to this
         return self.compute_dtype
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | None = None,
-                clip_fea: torch.Tensor | None = None, **_: object) -> torch.Tensor:
-        return WanDiT.forward(self, x, timestep, context, clip_fea=clip_fea)
+                clip_fea: torch.Tensor | None = None, time_dim_concat: torch.Tensor | None = None,
+                transformer_options: dict | None = None, **kwargs: object) -> torch.Tensor:
+        options = {} if transformer_options is None else transformer_options
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                            options)
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
+            x, timestep, context, clip_fea, time_dim_concat, options, **kwargs)
+
+    def _forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | None,
+                 clip_fea: torch.Tensor | None = None, time_dim_concat: torch.Tensor | None = None,
+                 transformer_options: dict | None = None, **_: object) -> torch.Tensor:
+        frames = x.shape[2]
+        if time_dim_concat is not None:  # extra frames the model sees after the latent (cropped off again)
+            x = torch.cat([x, time_dim_concat.to(x)], dim=2)
+        self._options = transformer_options or {}
+        try:
+            return WanDiT.forward(self, x, timestep, context, clip_fea=clip_fea)[:, :, :frames]
+        finally:
+            self._options = None
+
+    def attention_fn(self, device: torch.device) -> AttentionFn:
+        attn = WanDiT.attention_fn(self, device)
+        options = self._options or {}
+        if "optimized_attention_override" not in options:
+            return attn
+        import comfy.ldm.modules.attention as comfy_attention
+
+        def through_comfy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            # ComfyUI's attention call (which hands it to the override): q, k, v (B, H, L, d) with
+            # skip_reshape, scaled inside; ours arrives pre-scaled
+            return comfy_attention.optimized_attention(q * q.shape[-1] ** 0.5, k, v, heads=q.shape[1],
+                                                       skip_reshape=True, transformer_options=options)
+        return through_comfy
+
+    def run_blocks(self, tokens: torch.Tensor, e0: torch.Tensor, ctx: torch.Tensor, ctx_img: torch.Tensor | None,
+                   rope: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
+        options = self._options or {}
+        replace = options.get("patches_replace", {}).get("dit", {})
+        if not replace:
+            return WanDiT.run_blocks(self, tokens, e0, ctx, ctx_img, rope, attn)
+        for i, block in enumerate(self.blocks):
+            patch = replace.get(("double_block", i))
+            if patch is None:
+                tokens = block(tokens, e0, ctx, ctx_img, rope, attn)
+                continue
+
+            def original(args: dict, block: WanBlock = block) -> dict:
+                return {"img": block(args["img"], args["vec"], args["txt"], ctx_img, args["pe"], attn)}
+            tokens = patch({"img": tokens, "txt": ctx, "vec": e0, "pe": rope, "transformer_options": options},
+                           {"original_block": original})["img"]
+        return tokens
 
 
 class SpacetimeWan21(comfy.model_base.WAN21):

@@ -304,7 +304,7 @@ class WanDiT(nn.Module):
         c, cdt = self.config, self.compute_dtype
         grid = grid_of(x.shape, c.patch_size, c.in_dim)
         b = x.shape[0]
-        _, attn = pick_attention(self.attention, x.device)
+        attn = self.attention_fn(x.device)
         if x.device.type == "cpu":
             tune_cpu_allocator()
         w = self.patch_embedding
@@ -313,7 +313,18 @@ class WanDiT(nn.Module):
         ctx = self.embed_text(context, b)                    # (B, text_len, D)
         ctx_img = self.embed_image(clip_fea, b)              # (B, 257|514, D) or None
         rope = rope_table(grid, c.head_dim, c.rope_theta, x.device)
-        for block in self.blocks:
-            tokens = block(tokens, e0, ctx, ctx_img, rope, attn)
+        tokens = self.run_blocks(tokens, e0, ctx, ctx_img, rope, attn)
         out = self.head(tokens, e, cdt)                      # (B, L, out_dim * prod(patch))
         return unpatchify(out, grid, c.patch_size, c.out_dim).to(x.dtype)
+
+    # -- points a host may take over (the ComfyUI MODEL: block patches, attention overrides) ----
+    def attention_fn(self, device: torch.device) -> AttentionFn:
+        """The attention kernel of this call (``attention`` picked for ``device``)."""
+        return pick_attention(self.attention, device)[1]
+
+    def run_blocks(self, tokens: torch.Tensor, e0: torch.Tensor, ctx: torch.Tensor, ctx_img: torch.Tensor | None,
+                   rope: Rope, attn: AttentionFn) -> torch.Tensor:
+        """The transformer blocks in order over the (B, L, D) residual stream."""
+        for block in self.blocks:
+            tokens = block(tokens, e0, ctx, ctx_img, rope, attn)
+        return tokens

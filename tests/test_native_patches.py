@@ -1,0 +1,157 @@
+"""ComfyUI's model-level features act on our MODEL exactly as on ComfyUI's own Wan MODEL: the same
+random weights are loaded both ways, the same native node is applied to each, and each sample
+matches, with the same number of DiT evaluations. Covered: EasyCache and LazyCache (step
+caches), block replacement patches, attention overrides, Wan context windows and the
+torch.compile wrapper."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dit_helpers import random_state_dict
+
+
+@pytest.fixture(scope="module")
+def pair(comfy):
+    """(native MODEL, our MODEL) on identical random weights that ComfyUI's loader detects."""
+    import comfy.sd
+    from spacetime_video.model.dit import load_dit
+    from spacetime_video.model.dit.config import tiny_config
+    from spacetime_video.nodes import comfy_model
+
+    # ComfyUI reads the head count as dim // 128
+    cfg = tiny_config(dim=256, num_heads=2, text_dim=4096, text_len=512, freq_dim=256, ffn_dim=256)
+    sd = random_state_dict(cfg, 11)
+    native = comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in sd.items()},
+                                                      model_options={"dtype": torch.float32})
+    ours = comfy_model.wrap_dit(load_dit(sd, config=cfg), shift=8.0)  # native WAN21's default shift
+    return native, ours
+
+
+def count_evaluations(model) -> list[int]:
+    """A counter of the inner forward calls (the ones step caches skip) of ``model``'s DiT."""
+    inner = model.model.diffusion_model
+    calls, real = [0], inner._forward
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+    inner._forward = counting
+    return calls
+
+
+def stop_counting(model) -> None:
+    model.model.diffusion_model.__dict__.pop("_forward", None)
+
+
+def sample(model, steps=12, frames=3, cfg=3.0, seed=0) -> tuple[torch.Tensor, int]:
+    """A native sampler run (SamplerCustom's path) and the number of DiT evaluations it took."""
+    import comfy.sample
+    import comfy.samplers
+    from spacetime_video import samplers
+
+    g = torch.Generator().manual_seed(seed)
+    pos = [[torch.nn.functional.pad(torch.randn(1, 9, 4096, generator=g), (0, 0, 0, 503)), {}]]
+    neg = [[torch.nn.functional.pad(torch.randn(1, 5, 4096, generator=g), (0, 0, 0, 507)), {}]]
+    noise = torch.randn(1, 16, frames, 4, 4, generator=g)
+    calls = count_evaluations(model)
+    try:
+        out = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(samplers.SOLVERS["euler"]),
+                                         samplers.flow_sigmas(steps, 8.0), pos, neg, torch.zeros_like(noise),
+                                         seed=seed)
+    finally:
+        stop_counting(model)
+    return out, calls[0]
+
+
+def both(pair, patch):
+    """Sample the native and our MODEL, each with ``patch(model) -> model`` applied to a clone."""
+    return [sample(patch(m.clone())) for m in pair]
+
+
+def close(a, b, tol=1e-4) -> bool:
+    return bool(torch.allclose(a, b, atol=tol, rtol=tol))
+
+
+def test_without_patches_the_two_models_agree(pair):
+    (a, na), (b, nb) = both(pair, lambda m: m)
+    assert na == nb == 12                        # 12 steps, cond and uncond batched in one call
+    assert close(a, b), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("node", ["EasyCacheNode", "LazyCacheNode"])
+def test_native_step_caches_skip_the_same_evaluations(pair, node):
+    from comfy_extras import nodes_easycache
+
+    cls = getattr(nodes_easycache, node)
+
+    def patch(m):
+        return cls.execute(m, reuse_threshold=1.0, start_percent=0.15, end_percent=0.95, verbose=False).result[0]
+    (a, na), (b, nb) = both(pair, patch)
+    (plain, n_plain), _ = both(pair, lambda m: m)
+    assert nb < n_plain, f"{node} skipped nothing on our MODEL ({nb} of {n_plain} evaluations)"
+    assert na == nb, f"{node}: native made {na} evaluations, ours {nb}"
+    assert close(a, b), (a - b).abs().max()
+    assert not close(b, plain)                   # the cache changed the result: it acted
+
+
+def test_block_replacement_patches_act_the_same(pair):
+    seen = []
+
+    def halve_block_update(args, extra):
+        seen.append(args["img"].shape)
+        out = extra["original_block"](args)
+        return {"img": args["img"] + 0.5 * (out["img"] - args["img"])}
+
+    def patch(m):
+        m.set_model_patch_replace(halve_block_update, "dit", "double_block", 0)
+        return m
+    (a, _), (b, _) = both(pair, patch)
+    (plain, _), _ = both(pair, lambda m: m)
+    assert seen and len(seen) % 2 == 0           # called by both models
+    assert close(a, b), (a - b).abs().max()
+    assert not close(b, plain)
+
+
+def test_attention_overrides_act_the_same(pair):
+    counts = []
+
+    def override(func, *args, **kwargs):
+        counts.append(kwargs.get("heads"))
+        return func(*args, **kwargs) * 0.9       # visibly different from the plain kernel
+
+    def patch(m):
+        m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
+        return m
+    (a, _), (b, _) = both(pair, patch)
+    (plain, _), _ = both(pair, lambda m: m)
+    assert counts and set(counts) == {2}
+    assert close(a, b), (a - b).abs().max()
+    assert not close(b, plain)
+
+
+def test_wan_context_windows_act_the_same(pair):
+    from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
+
+    def patch(m):
+        return WanContextWindowsManualNode.execute(m, context_length=9, context_overlap=5,
+                                                   context_schedule="standard_static", context_stride=1,
+                                                   closed_loop=False, fuse_method="pyramid").result[0]
+    out = [sample(patch(m.clone()), frames=5) for m in pair]
+    (a, na), (b, nb) = out
+    plain, n_plain = sample(pair[1].clone(), frames=5)
+    assert na == nb > n_plain                    # several windows per step
+    assert close(a, b), (a - b).abs().max()
+
+
+def test_torch_compile_wrapper_runs_our_model(pair):
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    torch._dynamo.reset()
+
+    def patch(m):
+        set_torch_compile_wrapper(m, backend="eager")
+        return m
+    ours = pair[1]
+    (compiled, n), (plain, n_plain) = sample(patch(ours.clone()), steps=3), sample(ours.clone(), steps=3)
+    assert n == n_plain and close(compiled, plain, 1e-5)
