@@ -80,6 +80,14 @@ def write_tiny_models(base: Path) -> dict[str, str]:
     save_file({k: v.contiguous() for k, v in TinyTextEncoder(tcfg).state_dict().items()},
               str(base / "models" / "text_encoders" / names["text"]),
               metadata={"spacetime_text_config": json.dumps(tcfg.__dict__)})
+    # a rank-2 LoRA (lightx2v / ComfyUI key names) on the tiny T2V DiT's first attention
+    (base / "models" / "loras").mkdir(parents=True, exist_ok=True)
+    names["lora"] = "tiny_lora.safetensors"
+    dim = tiny_config().dim
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_up.weight": 0.1 * torch.randn(dim, 2),
+               "diffusion_model.blocks.0.self_attn.q.lora_down.weight": 0.1 * torch.randn(2, dim),
+               "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(2.0)},
+              str(base / "models" / "loras" / names["lora"]))
     return names
 
 

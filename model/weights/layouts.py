@@ -173,3 +173,43 @@ def dit_official_names(keys: Iterable[str]) -> dict[str, str]:
         names = {new: names[old] for new, old in renamed.items()}
     return {k: v for k, v in names.items() if not DIT_IGNORED.fullmatch(k)}
 
+
+
+# LoRA files name a module, then one tensor of the adapter (``<module>.lora_A.weight``, ``.alpha``).
+LORA_DIFFUSERS_PREFIX = "transformer."
+_DIT_DIFFUSERS_COMPILED = [(re.compile(p), r) for p, r in DIT_DIFFUSERS_RULES]
+
+
+def _official_module(module: str) -> str | None:
+    """The official name of a module (or parameter) given in diffusers' names, or None."""
+    for name, suffix in ((module + ".weight", ".weight"), (module, "")):
+        for pattern, repl in _DIT_DIFFUSERS_COMPILED:
+            m = pattern.fullmatch(name)
+            if m:
+                out = m.expand(repl)
+                return out[: -len(suffix)] if suffix else out
+    return None
+
+
+def dit_lora_official_names(keys: Iterable[str]) -> dict[str, str]:
+    """{name under ``diffusion_model.`` in official module names: key in the file} for a Wan
+    DiT LoRA saved by diffusers (``transformer.blocks.0.attn1.to_q.lora_A.weight`` becomes
+    ``diffusion_model.blocks.0.self_attn.q.lora_A.weight``), by the DiT rules above; a module
+    with the same name in both layouts (``patch_embedding``) keeps it. Keys without the
+    ``transformer.`` prefix (the official, ComfyUI and kohya layouts) are kept as they are."""
+    out = {}
+    for key in keys:
+        if not key.startswith(LORA_DIFFUSERS_PREFIX):
+            out[key] = key
+            continue
+        rest = key[len(LORA_DIFFUSERS_PREFIX):]
+        new = rest
+        # the module is the longest dotted prefix a rule knows: try each split, shortest first
+        cuts = [i for i, c in enumerate(rest) if c == "."]
+        for i in cuts:
+            official = _official_module(rest[:i])
+            if official is not None:
+                new = official + rest[i:]
+                break
+        out["diffusion_model." + new] = key
+    return out
