@@ -3,12 +3,17 @@ work with ComfyUI's SamplerCustomAdvanced (and any node taking SIGMAS / SAMPLER)
 from __future__ import annotations
 
 import functools
+import logging
 
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..samplers import SOLVERS, SPACINGS, flow_sigmas
-from .validation import SpacetimeNode
+from ..samplers import SOLVERS, SPACINGS, flow_sigmas, truncate_for_denoise
+from ..samplers.presets import FEW_STEP_PRESETS, preset_sigmas
+from .errors import blamed_on
+from .validation import NONE, SpacetimeNode
+
+log = logging.getLogger("spacetime.nodes")
 
 
 class SpacetimeScheduler(SpacetimeNode):
@@ -18,7 +23,8 @@ class SpacetimeScheduler(SpacetimeNode):
             node_id="SpacetimeScheduler",
             display_name="Flow Scheduler (Spacetime)",
             category="Spacetime/sampling",
-            description="Shifted flow-matching sigmas, by default exactly Wan's official UniPC schedule.",
+            description="Shifted flow-matching sigmas, by default exactly Wan's official UniPC schedule; a "
+                        "few-step preset gives a step-distilled model's own schedule (lightx2v 4-step LoRAs).",
             inputs=[
                 io.Int.Input("steps", default=40, min=1, max=1000,
                              tooltip="model calls; Wan's defaults: 50 (2.1 T2V), 40 (I2V, 2.2 A14B)"),
@@ -29,13 +35,24 @@ class SpacetimeScheduler(SpacetimeNode):
                                        "diffusers_euler: diffusers' schedulers; comfy_simple: ComfyUI 'simple'"),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="< 1: start part-way (video-to-video); same rule as BasicScheduler"),
+                io.Combo.Input("preset", options=[NONE, *FEW_STEP_PRESETS], default=NONE, optional=True,
+                               tooltip="a step-distilled model's schedule, in place of steps, shift and spacing "
+                                       "(denoise < 1 keeps its last steps); sample at cfg 1 with its solver ("
+                                       + ", ".join(f"{n}: {p.solver}" for n, p in FEW_STEP_PRESETS.items()) + ")"),
             ],
             outputs=[io.Sigmas.Output()],
         )
 
     @classmethod
-    def execute(cls, steps, shift, spacing, denoise) -> io.NodeOutput:
-        return io.NodeOutput(flow_sigmas(steps, shift, spacing, denoise=denoise))
+    def execute(cls, steps, shift, spacing, denoise, preset=NONE) -> io.NodeOutput:
+        if preset == NONE:
+            return io.NodeOutput(flow_sigmas(steps, shift, spacing, denoise=denoise))
+        p = FEW_STEP_PRESETS[preset]
+        log.info("SpacetimeScheduler: preset %s, %d steps at shift %g (steps, shift and spacing not used); "
+                 "sample at cfg %g with the %s solver", preset, p.steps, p.shift, p.cfg, p.solver)
+        sigmas = preset_sigmas(preset)
+        with blamed_on(cls, "denoise"):
+            return io.NodeOutput(sigmas if denoise >= 1.0 else truncate_for_denoise(sigmas, denoise))
 
 
 class SpacetimeSolver(SpacetimeNode):
