@@ -18,12 +18,13 @@ from typing import Callable, Sequence
 import torch
 
 from .model import canvas
-from .model.dit import WanDiT
+from .model.dit import TextMemo, WanDiT
 from .model.embedded import EmbeddedModel, load_embedded
 from .model.embedded import config as C
 from .model.vae import WanVAE
-from .samplers import cfg_denoiser, flow_sigmas, sample
+from .samplers import cfg_denoiser, flow_sigmas, sample, step_range_to_sigma_range
 from .samplers.common import Callback, Denoiser
+from .samplers.step_cache import Speed, StepCache, guided_steps
 
 __all__ = ["Known", "generate", "generate_embedded", "generate_latent"]
 
@@ -57,9 +58,11 @@ def _encode_pixels(vae: WanVAE) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _canvas_denoiser(dit: WanDiT, clean: torch.Tensor | None, mask: torch.Tensor | None,
-                     noise: torch.Tensor, per_token: bool) -> Denoiser:
+                     noise: torch.Tensor, per_token: bool, cache: StepCache | None = None) -> Denoiser:
     """``denoise(x, sigma, context) -> x0`` of one DiT with the canvas' known latents imposed
-    (``clean`` normalized latents, ``mask`` ComfyUI's noise mask: 1 = generate, 0 = keep)."""
+    (``clean`` normalized latents, ``mask`` ComfyUI's noise mask: 1 = generate, 0 = keep).
+    With a ``cache``, the DiT's velocity may be forecast instead of evaluated; a batch of 2 is
+    the guided pair (conditional rows first, as ``guided_x0`` batches them)."""
     patch = dit.config.patch_size
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, **_: object) -> torch.Tensor:
@@ -69,7 +72,11 @@ def _canvas_denoiser(dit: WanDiT, clean: torch.Tensor | None, mask: torch.Tensor
             x = canvas.known_input(x, clean, mask, float(s[0]), None if per_token else noise)
             if per_token:
                 t = canvas.token_timesteps(mask, t, patch)                       # (B, tokens)
-        v = dit(x, t, context)
+        if cache is None:
+            v = dit(x, t, context)
+        else:
+            rows = ("cond", "uncond") if x.shape[0] == 2 * noise.shape[0] else ("cond",)
+            v = cache(rows, float(s[0]), x, lambda: dit(x, t, context))
         x0 = x - s.view(-1, 1, 1, 1, 1).to(x.dtype) * v
         return x0 if clean is None else canvas.replace_known(x0, clean.to(x0.dtype), mask)
 
@@ -81,14 +88,15 @@ def generate_latent(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: t
                     frames: int, height: int, width: int, steps: int = 50, shift: float = 5.0,
                     guidance: float = 5.0, seed: int = 0, known: Sequence[Known] = (), solver: str = "unipc",
                     per_token: bool | None = None, sigmas: torch.Tensor | None = None,
-                    callback: Callback | None = None) -> torch.Tensor:
+                    callback: Callback | None = None, speed: str | Speed | StepCache = "off") -> torch.Tensor:
     """The raw latent ``[1, C, T', h, w]`` of a clip (what :func:`generate` decodes).
 
     ``context`` / ``negative``: text-encoder states ``[1, L, text_dim]`` (negative None: no
     guidance); ``known``: frames to keep; ``per_token``: known latents stay clean with timestep
     0 (default: Wan 2.2 TI2V) rather than being re-noised each step; ``sigmas`` replaces the
     ``steps`` / ``shift`` schedule. Deterministic given ``seed`` (the noise is drawn on the CPU
-    as ComfyUI draws it).
+    as ComfyUI draws it). ``speed``: a preset of ``samplers.SPEEDS`` ("off": every DiT
+    evaluation runs), a ``Speed``, or a ``StepCache`` (whose counts the caller then reads).
     """
     c = dit.config
     if c.cond_channels:
@@ -112,11 +120,23 @@ def generate_latent(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: t
             canvas.place(pixels, flags, f, canvas.start_frame(k.at, frames, f.shape[0]))
         clean = canvas.known_latents(_encode_pixels(vae), pixels, flags)
         mask = canvas.noise_mask(flags, latent_shape[3:], st)
-    model = _canvas_denoiser(dit, clean, mask, noise, per_token)
-    uncond = {"context": negative} if negative is not None else {"context": context}
-    denoiser = cfg_denoiser(model, {"context": context}, uncond, guidance if negative is not None else 1.0)
     sigmas = flow_sigmas(steps, shift) if sigmas is None else sigmas
-    z = sample(denoiser, noise, sigmas, solver=solver, callback=callback, disable=True)
+    cache = speed if isinstance(speed, StepCache) else StepCache(speed)
+    cache.begin(sigmas)
+    settings = cache.speed
+    counted = settings.skips or isinstance(speed, StepCache)
+    model = _canvas_denoiser(dit, clean, mask, noise, per_token, cache if counted else None)
+    uncond = {"context": negative} if negative is not None else {"context": context}
+    n = len(sigmas) - 1
+    guided = guided_steps(settings, n) if negative is not None else 0
+    scale, sigma_range = (guidance, None) if guided >= n else (1.0, None) if guided == 0 else \
+        (guidance, step_range_to_sigma_range(sigmas, 0, guided))
+    denoiser = cfg_denoiser(model, {"context": context}, uncond, scale, sigma_range=sigma_range)
+    dit.use_text_memo(TextMemo() if settings.reuse_text else None)
+    try:
+        z = sample(denoiser, noise, sigmas, solver=solver, callback=callback, disable=True)
+    finally:
+        dit.use_text_memo(None)
     return vae.denormalize(z)
 
 
@@ -133,10 +153,11 @@ def generate(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: torch.Te
 def generate_embedded(prompt: str, frames: int = C.FRAMES, steps: int = C.DEFAULT_STEPS,
                       guidance: float = C.DEFAULT_GUIDANCE, seed: int = 0, known: Sequence[Known] | None = None,
                       negative: str = "", shift: float = C.DEFAULT_SHIFT, solver: str = "unipc",
-                      model: EmbeddedModel | None = None) -> torch.Tensor:
+                      model: EmbeddedModel | None = None, speed: str | Speed | StepCache = "off") -> torch.Tensor:
     """A clip ``[3, frames, 64, 64]`` in [-1, 1] from the embedded tiny model (trained at 17 frames),
     guided against ``negative`` (the empty caption by default)."""
     m = model or load_embedded()
     cond, uncond = m.text_encoder.encode([prompt]), m.text_encoder.encode([negative])
     return generate(m.dit, m.vae, cond, uncond, frames=frames, height=C.SIZE, width=C.SIZE, steps=steps,
-                    shift=shift, guidance=guidance, seed=seed, known=known or (), solver=solver, per_token=True)
+                    shift=shift, guidance=guidance, seed=seed, known=known or (), solver=solver, per_token=True,
+                    speed=speed)

@@ -35,6 +35,7 @@ from ..model.dit.model import WanBlock
 from ..model.weights import Linear
 
 log = logging.getLogger("spacetime.nodes")
+TEXT_MEMO = "spacetime_text_memo"   # transformer_options entry: a TextMemo kept for the run
 
 
 class CastLinear(Linear, comfy.ops.CastWeightBiasOp):
@@ -81,7 +82,8 @@ class ComfyWanDiT(WanDiT):
 
     It honours ``transformer_options`` where ComfyUI's WanModel does: the ``DIFFUSION_MODEL``
     wrappers (native EasyCache and other step caches wrap the call), block replacements
-    (``patches_replace["dit"][("double_block", i)]``) and ``optimized_attention_override``.
+    (``patches_replace["dit"][("double_block", i)]``) and ``optimized_attention_override``;
+    and ``TEXT_MEMO``, the text keys/values a Step Cache run keeps.
     """
 
     _options: dict | None = None   # transformer_options of the call in progress
@@ -106,10 +108,15 @@ class ComfyWanDiT(WanDiT):
         if time_dim_concat is not None:  # extra frames the model sees after the latent (cropped off again)
             x = torch.cat([x, time_dim_concat.to(x)], dim=2)
         self._options = transformer_options or {}
+        memo = self._options.get(TEXT_MEMO)          # a run's text keys/values (Step Cache node)
+        if memo is not None:
+            self.use_text_memo(memo)
         try:
             return WanDiT.forward(self, x, timestep, context, clip_fea=clip_fea)[:, :, :frames]
         finally:
             self._options = None
+            if memo is not None:
+                self.use_text_memo(None)
 
     def attention_fn(self, device: torch.device) -> AttentionFn:
         attn = WanDiT.attention_fn(self, device)

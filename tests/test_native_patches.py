@@ -155,3 +155,67 @@ def test_torch_compile_wrapper_runs_our_model(pair):
     ours = pair[1]
     (compiled, n), (plain, n_plain) = sample(patch(ours.clone()), steps=3), sample(ours.clone(), steps=3)
     assert n == n_plain and close(compiled, plain, 1e-5)
+
+
+# -- the pack's own Step Cache node acts on both MODELs alike ------------------------------------
+
+def step_cache(speed="custom", **settings):
+    from spacetime_video.nodes.step_cache import SpacetimeStepCache
+
+    values = dict(threshold=0.5, warmup=0.1, cooldown=0.05, max_skips=3, cfg_until=0.5, reuse_text=True)
+    values.update(settings)
+    return lambda m: SpacetimeStepCache.execute(m, speed, **values).result[0]
+
+
+def test_step_cache_node_skips_the_same_evaluations_on_both_models(pair):
+    # a random model's output changes by about 40% a step: only the loosest threshold skips
+    (a, na), (b, nb) = both(pair, step_cache(threshold=2.0))
+    (plain, n_plain), _ = both(pair, lambda m: m)
+    assert nb < n_plain, f"the Step Cache skipped nothing ({nb} of {n_plain} calls)"
+    assert na == nb
+    assert close(a, b), (a - b).abs().max()
+    assert not close(b, plain)
+
+
+def test_step_cache_off_is_the_plain_sampler(pair):
+    (plain, n_plain), _ = both(pair, lambda m: m)
+    (off, n_off), _ = both(pair, step_cache("off"))
+    assert n_off == n_plain and torch.equal(off, plain)
+
+
+def test_step_cache_stops_the_unconditional_pass_after_the_guided_steps(pair):
+    import comfy.samplers
+
+    rows = []
+    real = comfy.samplers._calc_cond_batch
+
+    def counting(model, conds, *args, **kwargs):
+        rows.append(sum(c is not None for c in conds))
+        return real(model, conds, *args, **kwargs)
+    comfy.samplers._calc_cond_batch = counting
+    try:
+        sample(step_cache(threshold=0.0, cfg_until=0.5)(pair[1].clone()))
+    finally:
+        comfy.samplers._calc_cond_batch = real
+    assert rows == [2] * 6 + [1] * 6                 # 12 steps: guided for the first half only
+
+
+def test_step_cache_refuses_a_model_that_already_has_easycache(pair):
+    from comfy_extras.nodes_easycache import EasyCacheNode
+    from spacetime_video.nodes.errors import SpacetimeNodeError
+
+    eased = EasyCacheNode.execute(pair[1], reuse_threshold=0.2, start_percent=0.15, end_percent=0.95,
+                                  verbose=False).result[0]
+    with pytest.raises(SpacetimeNodeError, match="SpacetimeStepCache: input 'model'.*EasyCache"):
+        step_cache()(eased)
+    cached_then_eased = EasyCacheNode.execute(step_cache()(pair[1]), reuse_threshold=0.2, start_percent=0.15,
+                                              end_percent=0.95, verbose=False).result[0]
+    with pytest.raises(Exception, match="SpacetimeStepCache: input 'model'.*two step caches"):
+        sample(cached_then_eased)
+
+
+def test_step_cache_node_refuses_settings_that_leave_nothing_to_skip(pair):
+    from spacetime_video.nodes.errors import SpacetimeNodeError
+
+    with pytest.raises(SpacetimeNodeError, match="SpacetimeStepCache: input 'warmup/cooldown'.*at most 1"):
+        step_cache(warmup=0.8, cooldown=0.5)(pair[1])

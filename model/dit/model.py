@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -88,8 +89,43 @@ class SelfAttention(nn.Module):
         return self.o(attn(q, k, v))                         # (B, L, D)
 
 
+class TextMemo:
+    """The text conditioning of a run kept across its steps: the embedded text and every block's
+    cross-attention keys and values, for each of the last ``size`` distinct contexts (a guided
+    batch and, after guidance stops, the conditional one). A context is recognised by value, so
+    a caller may pass a fresh tensor each step. Used only without autograd."""
+
+    @dataclass
+    class Entry:
+        context: torch.Tensor
+        batch: int
+        ctx: torch.Tensor
+        kv: dict = field(default_factory=dict)   # CrossAttention -> (k, v)
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self.entries: list[TextMemo.Entry] = []
+        self.active: TextMemo.Entry | None = None
+        self.hits = 0
+
+    def find(self, context: torch.Tensor, batch: int) -> Entry | None:
+        for e in self.entries:
+            if (e.batch == batch and e.context.shape == context.shape and e.context.dtype == context.dtype
+                    and e.context.device == context.device and torch.equal(e.context, context)):
+                self.hits += 1
+                return e
+        return None
+
+    def add(self, context: torch.Tensor, batch: int, ctx: torch.Tensor) -> Entry:
+        entry = TextMemo.Entry(context.detach().clone(), batch, ctx)
+        self.entries = (self.entries + [entry])[-self.size:]
+        return entry
+
+
 class CrossAttention(nn.Module):
     """Queries from the video tokens; keys/values from text (and CLIP-vision tokens for I2V)."""
+
+    memo: TextMemo | None = None   # set by WanDiT.use_text_memo
 
     def __init__(self, dim: int, heads: int, eps: float, img: bool) -> None:
         super().__init__()
@@ -105,12 +141,22 @@ class CrossAttention(nn.Module):
         return (heads_first(norm(k(ctx)).view(b, -1, self.heads, ctx.shape[-1] // self.heads), ctx.dtype),
                 v(ctx).view(b, -1, self.heads, ctx.shape[-1] // self.heads).transpose(1, 2))
 
+    def text_kv(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text keys and values, from the memo of the call when one is active."""
+        entry = self.memo.active if self.memo is not None else None
+        if entry is None:
+            return self._kv(ctx, self.k, self.v, self.norm_k)
+        kv = entry.kv.get(self)
+        if kv is None:
+            kv = entry.kv[self] = self._kv(ctx, self.k, self.v, self.norm_k)
+        return kv
+
     def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_img: torch.Tensor | None,
                 attn: AttentionFn) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.norm_q(self.q(x), gain=(x.shape[-1] // self.heads) ** -0.5)  # scale folded in
         q = heads_first(q.view(b, n, self.heads, -1), x.dtype)
-        out = attn(q, *self._kv(ctx, self.k, self.v, self.norm_k))        # (B, L, D)
+        out = attn(q, *self.text_kv(ctx))                                  # (B, L, D)
         if ctx_img is not None:
             out = out + attn(q, *self._kv(ctx_img, self.k_img, self.v_img, self.norm_k_img))
         return self.o(out)
@@ -310,12 +356,28 @@ class WanDiT(nn.Module):
         w = self.patch_embedding
         tokens = patchify(x.float(), w.weight.float(), w.bias.float(), c.patch_size)  # (B, L, D) fp32
         e, e0 = self.embed_time(self.time_groups(timestep, b, grid))
-        ctx = self.embed_text(context, b)                    # (B, text_len, D)
+        memo = self.text_memo if not torch.is_grad_enabled() else None
+        entry = memo.find(context, b) if memo is not None else None
+        ctx = entry.ctx if entry is not None else self.embed_text(context, b)  # (B, text_len, D)
+        if memo is not None:
+            memo.active = entry or memo.add(context, b, ctx)
         ctx_img = self.embed_image(clip_fea, b)              # (B, 257|514, D) or None
         rope = rope_table(grid, c.head_dim, c.rope_theta, x.device)
-        tokens = self.run_blocks(tokens, e0, ctx, ctx_img, rope, attn)
+        try:
+            tokens = self.run_blocks(tokens, e0, ctx, ctx_img, rope, attn)
+        finally:
+            if memo is not None:
+                memo.active = None
         out = self.head(tokens, e, cdt)                      # (B, L, out_dim * prod(patch))
         return unpatchify(out, grid, c.patch_size, c.out_dim).to(x.dtype)
+
+    text_memo: TextMemo | None = None
+
+    def use_text_memo(self, memo: TextMemo | None) -> None:
+        """Keep the text keys and values across calls in ``memo`` (None: recompute every call)."""
+        self.text_memo = memo
+        for block in self.blocks:
+            block.cross_attn.memo = memo
 
     # -- points a host may take over (the ComfyUI MODEL: block patches, attention overrides) ----
     def attention_fn(self, device: torch.device) -> AttentionFn:
