@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..samplers.experts import WAN22_BOUNDARY
+from ..samplers.presets import FEW_STEP_PRESETS
 
 # node type -> (input sockets [(name, type)], widget names in order, outputs [(name, type)]).
 # "$control" marks the frontend's control_after_generate widget after a seed.
@@ -25,6 +26,8 @@ NODE_SPECS: dict[str, tuple[list, list, list]] = {
     "SpacetimeDiTLoader": ([], ["dit_name", "weight_dtype", "compute_dtype", "attention", "shift", "low_noise_dit_name"],
                            [("model", "MODEL"), ("low_noise_model", "MODEL")]),
     "SpacetimeVAELoader": ([], ["vae_name", "dtype"], [("VAE", "VAE")]),
+    "SpacetimeLoraLoader": ([("model", "MODEL")], ["lora_name", "strength_model"], [("MODEL", "MODEL")]),
+    "SpacetimeScheduler": ([], ["steps", "shift", "spacing", "denoise", "preset"], [("SIGMAS", "SIGMAS")]),
     "CLIPLoader": ([], ["clip_name", "type", "device"], [("CLIP", "CLIP")]),
     "CLIPTextEncode": ([("clip", "CLIP")], ["text"], [("CONDITIONING", "CONDITIONING")]),
     "CLIPVisionLoader": ([], ["clip_name"], [("CLIP_VISION", "CLIP_VISION")]),
@@ -60,7 +63,8 @@ WIDGET_DEFAULTS = {"allow_large": False, "$control": "fixed", "$upload": "image"
                    "low_noise_cfg": 3.0, "denoise": 1.0, "solver": "unipc", "start_frame": 0, "frame_count": 0,
                    "stride": 1, "width": 0, "height": 0, "format": "mp4", "crop": "none",
                    "language": "en", "max_words": 100, "backend": "rules", "base_url": "http://localhost:11434/v1",
-                   "model": "", "api_key_env": "OPENAI_API_KEY", "on_error": "fallback", "temperature": 0.7}
+                   "model": "", "api_key_env": "OPENAI_API_KEY", "on_error": "fallback", "temperature": 0.7,
+                   "strength_model": 1.0, "spacing": "wan", "preset": "none"}
 
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"  # Comfy-Org repackaged file names
 CLIP_VISION = "clip_vision_h.safetensors"
@@ -79,6 +83,12 @@ FAMILIES: dict[str, dict] = {
                            width=832, height=480, length=81, fps=16, steps=50, shift=5.0, cfg=5.0, overlap=17,
                            caps=["t2v", "i2v", "extend_forward", "extend_backward", "connect", "loop", "edit",
                                  "image"]),
+    # a step-distill LoRA (lightx2v's own, for the 14B) sampled with its few-step preset: "<cap>_4step"
+    "wan21_t2v_14b": dict(kind="file", dit="wan2.1_t2v_14B_bf16.safetensors", vae="wan_2.1_vae.safetensors",
+                          width=832, height=480, length=81, fps=16, steps=50, shift=5.0, cfg=5.0, overlap=17,
+                          distill=dict(lora="wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors",
+                                       preset="lightx2v_4step"),
+                          caps=["t2v_4step"]),
     "wan22_ti2v_5b": dict(kind="file", dit="wan2.2_ti2v_5B_fp16.safetensors", vae="wan2.2_vae.safetensors",
                           width=1280, height=704, length=121, fps=24, steps=50, shift=5.0, cfg=5.0, overlap=25,
                           caps=["t2v", "i2v", "extend_forward", "extend_backward", "connect", "loop", "edit",
@@ -98,6 +108,7 @@ FAMILIES: dict[str, dict] = {
 NEEDS = {
     "embedded": [],
     "wan21_t2v_1.3b": ["wan2.1-t2v-1.3b", "wan2.1-vae", "umt5-xxl-fp8"],
+    "wan21_t2v_14b": ["wan2.1-t2v-14b", "wan2.1-vae", "umt5-xxl-fp8", "lightx2v-wan2.1-t2v-14b-4step"],
     "wan22_ti2v_5b": ["wan2.2-ti2v-5b", "wan2.2-vae", "umt5-xxl-fp8"],
     "wan21_i2v_14b": ["wan2.1-i2v-480p-14b", "wan2.1-vae", "umt5-xxl-fp8", "clip-vision-h"],
     "wan21_flf2v_14b": ["wan2.1-flf2v-720p-14b", "wan2.1-vae", "umt5-xxl-fp8", "clip-vision-h"],
@@ -209,6 +220,9 @@ def _clip(g: Graph, fam: dict, name: str):
 def build(family: str, cap: str) -> Graph:
     fam = FAMILIES[family]
     g = Graph()
+    prefix = f"spacetime/{family}_{cap}"
+    distilled = cap.endswith("_4step")   # the family's step-distill LoRA and few-step preset
+    cap = cap.removesuffix("_4step")
     prompt = fam.get("prompt", DEFAULT_PROMPT)
     task = {"i2v": "i2v", "connect": "flf2v", "loop": "flf2v", "extend_forward": "extend",
             "extend_backward": "extend"}.get(cap, "t2v")
@@ -218,6 +232,14 @@ def build(family: str, cap: str) -> Graph:
     n = fam["overlap"]
     sampler_in = dict(model=model, positive=pos, negative=neg, seed=42, steps=fam["steps"], cfg=fam["cfg"],
                       solver="unipc", shift=fam["shift"], denoise=1.0)
+    if distilled:
+        lora, name = fam["distill"]["lora"], fam["distill"]["preset"]
+        preset = FEW_STEP_PRESETS[name]
+        model = (g.add("SpacetimeLoraLoader", "step-distill LoRA", model=model, lora_name=lora), 0)
+        sigmas = g.add("SpacetimeScheduler", f"{preset.steps}-step preset", steps=preset.steps, shift=preset.shift,
+                       preset=name)
+        sampler_in.update(model=model, steps=preset.steps, cfg=preset.cfg, solver=preset.solver, shift=preset.shift,
+                          sigmas=(sigmas, 0))
     if "low_dit" in fam:  # Wan 2.2 A14B: the loader's second output is the low-noise expert
         sampler_in.update(low_noise_model=(model[0], 1), boundary=fam["boundary"], low_noise_cfg=fam["low_cfg"])
 
@@ -261,7 +283,6 @@ def build(family: str, cap: str) -> Graph:
                 sampler_in["clip_vision_output"] = seen((last, 1))
     sampled = g.add("SpacetimeSampler", latent=latent, **sampler_in)
     frames = g.add("SpacetimeVAEDecode", samples=(sampled, 0), vae=vae, tile=0)
-    prefix = f"spacetime/{family}_{cap}"
     if cap == "image":
         g.add("SaveImage", images=(frames, 0), filename_prefix=prefix)
     else:

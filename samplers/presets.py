@@ -15,6 +15,10 @@ arXiv:2311.18828, through Self-Forcing-Plus) samples its 4-step models as follow
 * Wan 2.2 A14B (``Wan22StepDistillScheduler``): x0 + σ'·v, deterministic — our ``euler``; the
   high-noise expert runs the first ``boundary_step_index = 2`` steps (σ = 1, 15/16), which Wan
   2.2's own boundaries (0.875 T2V, 0.900 I2V) reproduce.
+
+ComfyUI's own Wan 2.2 14B 4-step template (LoraLoaderModelOnly with the lightx2v LoRAs, 4 steps of
+euler on the 'simple' scheduler at shift 5, cfg 1, the experts switched after step 2) samples the
+same sigmas.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from test_cli import cli, write
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOS = {"Comfy-Org/Wan_2.1_ComfyUI_repackaged", "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"}
+LORA_REPOS = {"lightx2v/Wan2.1-Distill-Loras"}  # step-distill LoRAs from their authors, at the repo's top level
 REQUIRED = ["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-480p-14b", "wan2.1-i2v-720p-14b",
             "wan2.1-flf2v-720p-14b", "wan2.2-ti2v-5b", "wan2.2-t2v-a14b-high", "wan2.2-t2v-a14b-low",
             "wan2.2-i2v-a14b-high", "wan2.2-i2v-a14b-low", "wan2.1-vae", "wan2.2-vae",
@@ -33,9 +34,10 @@ def test_catalog_has_every_required_model_with_consistent_fields():
     catalog = M.load_catalog()
     assert set(REQUIRED) <= set(catalog)
     for e in catalog.values():
-        assert e.repo in REPOS and e.path.startswith("split_files/" + e.folder + "/")
-        assert e.path.endswith(".safetensors") and e.filename == e.path.rsplit("/", 1)[1]
-        assert e.folder in ("diffusion_models", "vae", "text_encoders", "clip_vision")
+        assert (e.repo in REPOS and e.path.startswith("split_files/" + e.folder + "/")) or (
+            e.repo in LORA_REPOS and e.folder == "loras"), e.id
+        assert e.path.endswith(".safetensors") and e.filename == e.path.rsplit("/", 1)[-1]
+        assert e.folder in ("diffusion_models", "vae", "text_encoders", "clip_vision", "loras")
         assert e.size is None or (isinstance(e.size, int) and e.size > 0)
         assert e.sha256 is None or (len(e.sha256) == 64 and int(e.sha256, 16) >= 0)
 

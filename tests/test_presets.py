@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spacetime_video.samplers import SOLVERS, WAN22_BOUNDARY, expert_switch_index, sample_euler, sample_lcm
+from spacetime_video.samplers import (SOLVERS, WAN22_BOUNDARY, expert_switch_index, flow_sigmas, sample_euler,
+                                      sample_lcm)
 from spacetime_video.samplers.presets import FEW_STEP_PRESETS, preset_sigmas, timestep_sigmas
 
 LIGHTX2V_CONFIG = {"denoising_step_list": [1000, 750, 500, 250], "sample_shift": 5, "enable_cfg": False,
@@ -54,6 +55,8 @@ def test_preset_sigmas_are_lightx2v_s(name):
     torch.testing.assert_close(sigmas[:-1], lightx2v_sigmas(LIGHTX2V_CONFIG["denoising_step_list"], 5.0),
                                rtol=0, atol=1e-6)
     torch.testing.assert_close(sigmas, torch.tensor([1.0, 15 / 16, 5 / 6, 5 / 8, 0.0]), rtol=0, atol=1e-7)
+    # ComfyUI's own Wan 2.2 14B 4-step template (4 steps, 'simple' at shift 5, euler, cfg 1) samples the same
+    torch.testing.assert_close(sigmas, flow_sigmas(4, 5.0, "comfy_simple"), rtol=0, atol=1e-6)
 
 
 def test_wan21_preset_update_is_lightx2v_s_renoising():
@@ -97,7 +100,6 @@ def test_bad_timestep_lists_are_refused():
 def test_scheduler_node_preset(comfy):
     from spacetime_video.nodes.custom_sampling import SpacetimeScheduler
     from spacetime_video.nodes.errors import SpacetimeNodeError
-    from spacetime_video.samplers import flow_sigmas
 
     node = SpacetimeScheduler.PREPARE_CLASS_CLONE({})
     plain = node.execute(steps=30, shift=8.0, spacing="wan", denoise=1.0).result[0]

@@ -14,7 +14,8 @@ from spacetime_video.headless import templates as mw
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-FILE_INPUTS = {"dit_name", "vae_name", "clip_name", "image", "video", "low_noise_dit_name", "text_encoder_name"}
+FILE_INPUTS = {"dit_name", "vae_name", "clip_name", "image", "video", "low_noise_dit_name", "text_encoder_name",
+               "lora_name"}
 
 
 def _inputs(info: dict):
@@ -207,19 +208,21 @@ def _with_tiny_files(graph: dict, names: dict, wan22: bool) -> dict:
             inp.update(dit_name=names["dit22" if wan22 else "dit"], compute_dtype="fp32")
         elif t == "SpacetimeVAELoader":
             inp.update(vae_name=names["vae22" if wan22 else "vae"], dtype="fp32")
+        elif t == "SpacetimeLoraLoader":
+            inp.update(lora_name=names["lora"])
         elif t == "SpacetimeCanvas":
             inp.update(width=64, height=64, length=9)
         elif t == "SpacetimeLoadVideo":
             inp.update(width=64, height=64)
         elif t == "SpacetimePlaceFrames":
             inp["count"] = min(inp["count"], 4)
-        elif t == "SpacetimeSampler":
+        elif t == "SpacetimeSampler" and "sigmas" not in inp:
             inp["steps"] = 2
     return g
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("name", ["wan22_ti2v_5b_i2v", "wan21_t2v_1.3b_connect"])
+@pytest.mark.parametrize("name", ["wan22_ti2v_5b_i2v", "wan21_t2v_1.3b_connect", "wan21_t2v_14b_t2v_4step"])
 def test_wan_workflow_runs_on_tiny_files(host, tiny, name):
     from spacetime_video.nodes.video_file import read_video
     graph = _with_tiny_files(json.loads((WORKFLOWS / f"{name}_api.json").read_text()), tiny, name.startswith("wan22"))
