@@ -72,16 +72,21 @@ def _package():
     return mod
 
 
-def write_weights() -> None:
+def random_weights(st, cfg, device: str = "cpu") -> dict:
+    """Random bf16 official-layout weights of a ``WanDiT(cfg)`` (``st``: the package), drawn
+    on `device` one tensor at a time in fp32: the same numbers for the same device."""
     import torch
-    from safetensors.torch import save_file
-    st = _package()
-    cfg = st.model.DIT_PRESETS[PRESET]
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in st.model.WanDiT(cfg).state_dict().items()}
-    g = torch.Generator().manual_seed(0)
-    sd = {k: (torch.randn(s, generator=g) / (s[1] if len(s) > 1 else 1) ** 0.5 * (0.02 if "modulation" in k else 1))
-          .to(torch.bfloat16) for k, s in shapes.items()}   # (one tensor at a time in fp32)
+    g = torch.Generator(device).manual_seed(0)
+    return {k: (torch.randn(s, generator=g, device=device) / (s[1] if len(s) > 1 else 1) ** 0.5
+                * (0.02 if "modulation" in k else 1)).to(torch.bfloat16) for k, s in shapes.items()}
+
+
+def write_weights() -> None:
+    from safetensors.torch import save_file
+    st = _package()
+    sd = random_weights(st, st.model.DIT_PRESETS[PRESET])
     path = weights_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path))
@@ -196,17 +201,21 @@ def worker(name: str, mode: str) -> None:
         print(json.dumps({"impl": name, "mode": mode, "forward_s": sec}), flush=True)
 
 
-def run_matmul() -> dict:
+def run_matmul(n: int = 4096, device: str = "cpu", dtype: str = "bfloat16", repeats: int = 3) -> dict:
+    """The matmul peak: the best of `repeats` n^3 matmuls in `dtype` on `device`."""
     import torch
-    a = torch.randn(4096, 4096).to(torch.bfloat16)
-    b = torch.randn(4096, 4096).to(torch.bfloat16)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a = torch.randn(n, n, device=device).to(getattr(torch, dtype))
+    b = torch.randn(n, n, device=device).to(getattr(torch, dtype))
     a @ b
+    sync()
     best = 1e9
-    for _ in range(3):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t0)
-    return {"impl": "matmul", "tflops": 2 * 4096**3 / best / 1e12}
+    return {"impl": "matmul", "tflops": 2 * n**3 / best / 1e12}
 
 
 def _hwm() -> int:
