@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+import comfy.float
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
@@ -68,10 +69,32 @@ class CastLinear(Linear, comfy.ops.CastWeightBiasOp):
         return F.linear(x, w.to(x.device), None if b is None else b.to(x.device))
 
 
+class ScaledCastLinear(CastLinear):
+    """A CastLinear over scaled fp8 storage (the real weight is ``weight · scale_weight``). ComfyUI's
+    ModelPatcher patches such a weight through ``convert_weight`` (stored -> real) and
+    ``set_weight`` (real -> stored), as with its own scaled-fp8 layers; without them a LoRA would
+    be added to the unscaled fp8 numbers and shrink by the scale, a near no-op."""
+
+    def convert_weight(self, weight: torch.Tensor, inplace: bool = False, **_: object) -> torch.Tensor:
+        scale = self.scale_weight.to(device=weight.device, dtype=torch.float32 if not inplace else weight.dtype)
+        return weight.mul_(scale) if inplace else weight.to(torch.float32) * scale
+
+    def set_weight(self, weight: torch.Tensor, inplace_update: bool = False, seed: int | None = None,
+                   return_weight: bool = False, **_: object) -> torch.Tensor | None:
+        stored = comfy.float.stochastic_rounding(weight / self.scale_weight.to(weight), self.weight.dtype, seed=seed)
+        if return_weight:
+            return stored
+        if inplace_update:
+            self.weight.data.copy_(stored)
+        else:
+            self.weight = torch.nn.Parameter(stored, requires_grad=False)
+        return None
+
+
 def make_castable(dit: WanDiT) -> None:
     for m in dit.modules():
         if type(m) is Linear:
-            m.__class__ = CastLinear
+            m.__class__ = CastLinear if m.scale_weight is None else ScaledCastLinear
 
 
 class ComfyWanDiT(WanDiT):

@@ -279,3 +279,44 @@ def test_paths_out_of_the_loras_folder_are_refused(pair, loras):
         assert "not a file" in error(pair[1], name)
     write(loras, "inside.safetensors", "lightx2v", random_lora(pair[1], seed=10))
     assert SpacetimeLoraLoader.validate_inputs(lora_name="inside.safetensors", strength_model=1.0) is True
+
+
+def test_a_lora_acts_on_scaled_fp8_weights_as_on_their_real_values(pair, loras, tmp_path):
+    """A ComfyUI "fp8_scaled" file keeps ``weight · scale``: the LoRA must patch the real weight (and
+    be stored back scaled), fully loaded and in low-VRAM mode alike, not the unscaled fp8 numbers."""
+    import comfy.model_management as mm
+    from spacetime_video.model.dit import load_dit
+    from spacetime_video.model.dit.loading import config_metadata
+    from spacetime_video.nodes import comfy_model
+
+    cfg = pair[1].model.diffusion_model.config
+    fp8, real = {"scaled_fp8": torch.empty(2, dtype=torch.float8_e4m3fn)}, {}
+    for k, v in random_state_dict(cfg, 11).items():
+        if k.startswith("blocks.") and k.endswith(".weight") and v.ndim == 2:
+            scale = v.abs().max() / 448.0
+            fp8[k], fp8[k[:-len("weight")] + "scale_weight"] = (v / scale).to(torch.float8_e4m3fn), scale.reshape(())
+            real[k] = fp8[k].float() * scale
+        else:
+            fp8[k] = real[k] = v
+    save_file(fp8, str(tmp_path / "fp8_scaled.safetensors"), metadata=config_metadata(cfg))
+    scaled = comfy_model.wrap_dit(load_dit(str(tmp_path / "fp8_scaled.safetensors")), shift=8.0)
+    assert scaled.model.diffusion_model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
+    reference = comfy_model.wrap_dit(load_dit(real, config=cfg), shift=8.0)
+    blocks = {m: ud for m, ud in random_lora(reference, seed=12).items() if m.startswith("blocks.")}
+    name = write(loras, "blocks.safetensors", "lightx2v", blocks)
+    with torch.no_grad():  # ComfyUI's fp8 rounding writes with out=, which autograd refuses
+        want = sample(native_lora(reference, name)) - sample(reference)
+        patched = native_lora(scaled, name)
+        full = sample(patched)
+        got = full - sample(scaled)
+        mm.unload_all_models()
+        patched.load(torch.device("cpu"), lowvram_model_memory=1)   # patches per use (weight_function)
+        real_load, mm.load_models_gpu = mm.load_models_gpu, lambda *a, **k: None
+        try:
+            low = sample(patched)
+        finally:
+            mm.load_models_gpu = real_load
+            patched.detach()
+    error = float((got - want).norm() / want.norm())
+    assert error < 0.5, f"the LoRA's effect on fp8_scaled weights is off by {error:.0%}"  # fp8 rounding: ~30 %
+    assert close(low, full), (low - full).abs().max()
