@@ -72,6 +72,10 @@ def _diffusion_model(executor, *args, **kwargs):
         return executor(*args, **kwargs)
     x = args[0]
     rows = tuple(options.get("uuids") or options.get("cond_or_uncond") or ())
+    window = options.get("context_window")          # ComfyUI's context windows: one history per window
+    if window is not None:
+        where = tuple(getattr(window, "index_list", ()) or ())
+        rows = tuple((r, where) for r in (rows or range(x.shape[0])))
     return run.cache(rows, float(sigmas.reshape(-1)[0]), x, lambda: executor(*args, **kwargs))
 
 

@@ -13,6 +13,7 @@ from .guidance import (cfg_combine, cfg_denoiser, guidance_scale, guided_x0, in_
 from .loop import SOLVERS, sample
 from .schedules import (SPACINGS, flow_sigmas, resolution_shift, shift_sigma, truncate_for_denoise,
                         validate_sigmas)
+from .step_cache import DEFAULT_SPEED, SPEEDS, Speed, StepCache, speed_settings
 from .unipc import sample_unipc
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "SOLVERS", "sample_euler", "sample_unipc", "sample_dpmpp_2m", "sample_lcm", "cfg_combine", "cfg_denoiser",
     "guidance_scale", "guided_x0", "in_sigma_range", "step_range_to_sigma_range", "two_expert_denoiser",
     "wan22_denoiser", "expert_switch_index", "uses_high_noise_expert", "WAN22_BOUNDARY", "Stage", "expert_stages",
-    "resume_noise", "flow_lambda", "seeded_noise_sampler",
+    "resume_noise", "flow_lambda", "seeded_noise_sampler", "StepCache", "Speed", "SPEEDS", "DEFAULT_SPEED",
+    "speed_settings",
 ]

@@ -3,19 +3,21 @@ it when the forecast is good enough, and the ``speed`` presets that also set gui
 and text key/value reuse.
 
 The criterion. Along a sampling trajectory the model output (Wan: the velocity) is a smooth
-function of the noise level σ. The cache keeps the outputs of the last two real evaluations and,
-for a step it may skip, forecasts the output by straight-line extrapolation in σ (zero-order
-reuse, as TeaCache / EasyCache do, is the special case of a flat line; a line is exact one order
-further). Whether to skip is decided from the forecast's own error, measured, not guessed: at
-every real evaluation the forecast that *would* have been used is compared with the true output,
-giving a relative L1 error ``e`` for a known gap. The error of linear extrapolation grows as
-``½|v''|·h·(h + h0)`` for a gap h after two points h0 apart, so ``c = e / (h·(h + h0))`` is the
-trajectory's current curvature constant and a skip at gap h is predicted to cost ``c·h·(h + h0)``.
-A step is skipped when that prediction is at most ``threshold``. Nothing is calibrated per model
-family: ``c`` is re-measured at every real evaluation, so a model (or a stretch of a schedule)
-whose output bends sharply is evaluated more often. The first steps (``warmup``, at least three
-real evaluations so that ``c`` exists) and the last ones (``cooldown``, where the sample's detail
-is formed) are always evaluated, and at most ``max_skips`` forecasts run in a row.
+function of the noise level σ. The cache keeps the outputs of the last two real evaluations and
+has two forecasts of the output at a later σ: reuse the last one (what TeaCache and EasyCache do)
+or extend the straight line through both. Whether to skip is decided from the forecasts' own
+errors, measured, not guessed: at every real evaluation both forecasts that *could* have been
+used are compared with the true output (relative L1 error). Reuse errs by about ``c0·h`` after a
+gap h; the line by about ``c1·h·(h + h0)`` (``½|v''|`` times the gap terms, for points h0 apart);
+each measurement re-estimates ``c0`` and ``c1``. For a step that may be skipped, the forecast with
+the smaller predicted error is used if that prediction is at most ``threshold``. Nothing is
+calibrated per model family, so a model (or a stretch of a schedule) whose output bends sharply
+is evaluated more often. On the embedded model the line is the better forecast in the middle of
+the schedule (about half the error of reuse) and reuse near the start. The first steps
+(``warmup``, and always three real evaluations, which measure both constants) and the last ones
+(``cooldown``, where the sample's detail is formed) are evaluated, and at most ``max_skips``
+forecasts run in a row. The prediction is an estimate, not a bound: ``threshold`` is a knob whose
+values the presets set from measurements (bench/bench_step_cache.py).
 
 The cache works per batch row group (conditional and unconditional rows each keep their own
 history), so a batch that loses its unconditional rows when guidance stops keeps forecasting the
@@ -78,8 +80,8 @@ def check_speed(s: Speed) -> None:
                          "keep their sum at most 1")
 
 
-# The knob. "off" is the exact uncached sampler. The values were chosen on the embedded model's
-# held-out evaluation set (bench/bench_step_cache.py; results in bench/RESULTS.md).
+# The knob. "off" is the exact uncached sampler. The values were chosen on held-out prompts of
+# the embedded model at 20 steps (bench/bench_step_cache.py; results in bench/RESULTS.md).
 SPEEDS: dict[str, Speed] = {
     "off": Speed(),
     "quality": Speed(threshold=0.1, max_skips=2, reuse_text=True),
@@ -113,6 +115,7 @@ class _History:
     # straight line as c1·h·(h + h0)
     c0: float | None = None
     c1: float | None = None
+    skips: int = 0                                           # forecasts since the last evaluation
 
     def forecast(self, sigma: float) -> tuple[torch.Tensor | None, float]:
         """(the better forecast of the output at ``sigma``, its predicted relative error)."""
@@ -152,6 +155,7 @@ class _History:
                 self.c1 = e1 / (h * (h + h0))
         self.sigmas = (self.sigmas + [sigma])[-2:]
         self.outputs = (self.outputs + [output.detach().clone()])[-2:]
+        self.skips = 0
         return error
 
 
@@ -159,7 +163,8 @@ class StepCache:
     """Decides, per call of the model, to evaluate it or to forecast its output.
 
     ``cache(rows, sigma, x, evaluate)``: ``rows`` names the equal batch chunks of ``x`` (e.g.
-    ``("cond", "uncond")`` or ComfyUI's uuids), ``evaluate()`` runs the model on the whole batch.
+    ``("cond", "uncond")`` or ComfyUI's uuids, with the context window where one is sampled
+    window by window), ``evaluate()`` runs the model on the whole batch.
     ``sigmas`` is the run's schedule (for the warm-up and cool-down fractions; or call
     :meth:`begin` with it). Counts:
     ``evaluated`` / ``skipped`` in batch rows (one row = one DiT evaluation of one sample).
@@ -177,7 +182,6 @@ class StepCache:
         self.sigmas = [float(s) for s in torch.as_tensor(sigmas).reshape(-1).tolist()]
         self.steps = max(1, len(self.sigmas) - 1)
         self.history: dict[Hashable, _History] = {}
-        self._skips_in_row = 0
 
     def step_of(self, sigma: float) -> int:
         """Index of the schedule step whose noise level is nearest to ``sigma``."""
@@ -185,7 +189,7 @@ class StepCache:
 
     def may_skip(self, sigma: float) -> bool:
         s = self.speed
-        if not s.skips or self._skips_in_row >= s.max_skips:
+        if not s.skips:
             return False
         i = self.step_of(sigma)
         return i >= s.warmup * self.steps and i < self.steps - s.cooldown * self.steps
@@ -200,13 +204,14 @@ class StepCache:
         histories = [self.history.setdefault((r, key_shape), _History()) for r in rows]
         if self.may_skip(sigma):
             guesses = [h.forecast(sigma) for h in histories]
-            if all(f is not None and e <= self.speed.threshold for f, e in guesses):
+            if all(f is not None and e <= self.speed.threshold and h.skips < self.speed.max_skips
+                   for h, (f, e) in zip(histories, guesses)):
                 self.skipped += n
-                self._skips_in_row += 1
+                for h in histories:
+                    h.skips += 1
                 return torch.cat([f for f, _ in guesses]).to(x.dtype)
         out = evaluate()
         self.evaluated += n
-        self._skips_in_row = 0
         for h, chunk in zip(histories, out.chunk(len(rows))):
             error = h.record(sigma, chunk)
             if error is not None:

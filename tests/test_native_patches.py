@@ -177,6 +177,32 @@ def test_step_cache_node_skips_the_same_evaluations_on_both_models(pair):
     assert not close(b, plain)
 
 
+def test_step_cache_keeps_one_history_per_context_window(pair):
+    from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
+    from spacetime_video.nodes import step_cache as node
+
+    runs = []
+    real = node._Run
+
+    class Seen(real):
+        def __init__(self, *args):
+            super().__init__(*args)
+            runs.append(self)
+    node._Run = Seen
+    try:
+        def patch(m):
+            m = WanContextWindowsManualNode.execute(m, context_length=9, context_overlap=5,
+                                                    context_schedule="standard_static", context_stride=1,
+                                                    closed_loop=False, fuse_method="pyramid").result[0]
+            return step_cache(threshold=2.0, cfg_until=1.0)(m)
+        (a, na), (b, nb) = [sample(patch(m.clone()), frames=5) for m in pair]
+    finally:
+        node._Run = real
+    windows = {key[0][1] for key in runs[-1].cache.history}
+    assert len(windows) == 3 and runs[-1].cache.skipped > 0     # windows of 3 of the 5 latent frames, stride 1
+    assert na == nb and close(a, b), (a - b).abs().max()
+
+
 def test_step_cache_off_is_the_plain_sampler(pair):
     (plain, n_plain), _ = both(pair, lambda m: m)
     (off, n_off), _ = both(pair, step_cache("off"))
