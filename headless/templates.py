@@ -83,11 +83,11 @@ FAMILIES: dict[str, dict] = {
                            width=832, height=480, length=81, fps=16, steps=50, shift=5.0, cfg=5.0, overlap=17,
                            caps=["t2v", "i2v", "extend_forward", "extend_backward", "connect", "loop", "edit",
                                  "image"]),
-    # a step-distill LoRA (lightx2v's own, for the 14B) sampled with its few-step preset: "<cap>_4step"
+    # "<cap>_4step": the family's step-distill LoRA(s) sampled with their few-step preset
     "wan21_t2v_14b": dict(kind="file", dit="wan2.1_t2v_14B_bf16.safetensors", vae="wan_2.1_vae.safetensors",
                           width=832, height=480, length=81, fps=16, steps=50, shift=5.0, cfg=5.0, overlap=17,
                           distill=dict(lora="wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors",
-                                       preset="lightx2v_4step"),
+                                       preset="lightx2v_4step", needs=["lightx2v-wan2.1-t2v-14b-4step"]),
                           caps=["t2v_4step"]),
     "wan22_ti2v_5b": dict(kind="file", dit="wan2.2_ti2v_5B_fp16.safetensors", vae="wan2.2_vae.safetensors",
                           width=1280, height=704, length=121, fps=24, steps=50, shift=5.0, cfg=5.0, overlap=25,
@@ -102,13 +102,17 @@ FAMILIES: dict[str, dict] = {
     "wan22_t2v_a14b": dict(kind="file", dit="wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
                            low_dit="wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", vae="wan_2.1_vae.safetensors",
                            width=832, height=480, length=81, fps=16, steps=40, shift=12.0, cfg=4.0, low_cfg=3.0,
-                           boundary=WAN22_BOUNDARY["t2v"], overlap=17, caps=["t2v"]),
+                           boundary=WAN22_BOUNDARY["t2v"], overlap=17, caps=["t2v", "t2v_4step"],
+                           distill=dict(lora="wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",
+                                        low_lora="wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors",
+                                        preset="lightx2v_wan22_4step",
+                                        needs=["wan2.2-t2v-a14b-4step-lora-high", "wan2.2-t2v-a14b-4step-lora-low"])),
 }
 # catalog ids (model/weights/catalog.json) each family needs, for workflows/models.json
 NEEDS = {
     "embedded": [],
     "wan21_t2v_1.3b": ["wan2.1-t2v-1.3b", "wan2.1-vae", "umt5-xxl-fp8"],
-    "wan21_t2v_14b": ["wan2.1-t2v-14b", "wan2.1-vae", "umt5-xxl-fp8", "lightx2v-wan2.1-t2v-14b-4step"],
+    "wan21_t2v_14b": ["wan2.1-t2v-14b", "wan2.1-vae", "umt5-xxl-fp8"],
     "wan22_ti2v_5b": ["wan2.2-ti2v-5b", "wan2.2-vae", "umt5-xxl-fp8"],
     "wan21_i2v_14b": ["wan2.1-i2v-480p-14b", "wan2.1-vae", "umt5-xxl-fp8", "clip-vision-h"],
     "wan21_flf2v_14b": ["wan2.1-flf2v-720p-14b", "wan2.1-vae", "umt5-xxl-fp8", "clip-vision-h"],
@@ -232,16 +236,20 @@ def build(family: str, cap: str) -> Graph:
     n = fam["overlap"]
     sampler_in = dict(model=model, positive=pos, negative=neg, seed=42, steps=fam["steps"], cfg=fam["cfg"],
                       solver="unipc", shift=fam["shift"], denoise=1.0)
-    if distilled:
-        lora, name = fam["distill"]["lora"], fam["distill"]["preset"]
-        preset = FEW_STEP_PRESETS[name]
-        model = (g.add("SpacetimeLoraLoader", "step-distill LoRA", model=model, lora_name=lora), 0)
-        sigmas = g.add("SpacetimeScheduler", f"{preset.steps}-step preset", steps=preset.steps, shift=preset.shift,
-                       preset=name)
-        sampler_in.update(model=model, steps=preset.steps, cfg=preset.cfg, solver=preset.solver, shift=preset.shift,
-                          sigmas=(sigmas, 0))
     if "low_dit" in fam:  # Wan 2.2 A14B: the loader's second output is the low-noise expert
         sampler_in.update(low_noise_model=(model[0], 1), boundary=fam["boundary"], low_noise_cfg=fam["low_cfg"])
+    if distilled:
+        distill = fam["distill"]
+        preset = FEW_STEP_PRESETS[distill["preset"]]
+        model = (g.add("SpacetimeLoraLoader", "step-distill LoRA", model=model, lora_name=distill["lora"]), 0)
+        if "low_lora" in distill:
+            low = g.add("SpacetimeLoraLoader", "step-distill LoRA (low noise)", model=sampler_in["low_noise_model"],
+                        lora_name=distill["low_lora"])
+            sampler_in.update(low_noise_model=(low, 0), low_noise_cfg=preset.cfg)
+        sigmas = g.add("SpacetimeScheduler", f"{preset.steps}-step preset", steps=preset.steps, shift=preset.shift,
+                       preset=distill["preset"])
+        sampler_in.update(model=model, steps=preset.steps, cfg=preset.cfg, solver=preset.solver, shift=preset.shift,
+                          sigmas=(sigmas, 0))
 
     def place(latent, images, position, use, count, see=None):
         extra = {"clip_vision_output": see} if see else {}
@@ -302,7 +310,8 @@ def write_manifest(out_dir: Path) -> Path:
     data = json.loads(path.read_text()) if path.is_file() else {"format": 1, "workflows": {}}
     for family, fam in FAMILIES.items():
         for cap in fam["caps"]:
-            data["workflows"][f"{family}_{cap}.json"] = NEEDS[family]
+            extra = fam["distill"]["needs"] if cap.endswith("_4step") else []
+            data["workflows"][f"{family}_{cap}.json"] = NEEDS[family] + extra
     data["workflows"] = dict(sorted(data["workflows"].items()))
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path

@@ -206,6 +206,8 @@ def _with_tiny_files(graph: dict, names: dict, wan22: bool) -> dict:
             g[nid] = {"class_type": "SpacetimeTextEncode", "inputs": {"text_encoder": inp["clip"], "text": inp["text"]}}
         elif t == "SpacetimeDiTLoader":
             inp.update(dit_name=names["dit22" if wan22 else "dit"], compute_dtype="fp32")
+            if inp.get("low_noise_dit_name", "none") != "none":    # Wan 2.2 A14B: two experts
+                inp["low_noise_dit_name"] = inp["dit_name"]
         elif t == "SpacetimeVAELoader":
             inp.update(vae_name=names["vae22" if wan22 else "vae"], dtype="fp32")
         elif t == "SpacetimeLoraLoader":
@@ -222,10 +224,12 @@ def _with_tiny_files(graph: dict, names: dict, wan22: bool) -> dict:
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("name", ["wan22_ti2v_5b_i2v", "wan21_t2v_1.3b_connect", "wan21_t2v_14b_t2v_4step"])
+@pytest.mark.parametrize("name", ["wan22_ti2v_5b_i2v", "wan21_t2v_1.3b_connect", "wan21_t2v_14b_t2v_4step",
+                                  "wan22_t2v_a14b_t2v_4step"])
 def test_wan_workflow_runs_on_tiny_files(host, tiny, name):
     from spacetime_video.nodes.video_file import read_video
-    graph = _with_tiny_files(json.loads((WORKFLOWS / f"{name}_api.json").read_text()), tiny, name.startswith("wan22"))
+    graph = _with_tiny_files(json.loads((WORKFLOWS / f"{name}_api.json").read_text()), tiny,
+                             name.startswith("wan22_ti2v"))
     h = run(host, graph, timeout=300)
     assert error_message(h) is None, error_message(h)
     (item,) = saved_files(h)
