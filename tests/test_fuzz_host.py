@@ -87,7 +87,9 @@ def base_graphs(t: dict) -> list[dict]:
         "2": {"class_type": "SpacetimeTextEncode", "inputs": {"text_encoder": ["1", 2], "text": "a red circle"}},
         "3": {"class_type": "SpacetimeCanvas", "inputs": {"vae": ["1", 1], "model": ["1", 0], "width": 64,
               "height": 64, "length": 5, "invalid_size": "snap", "allow_large": False}},
-        "4": {"class_type": "SpacetimeSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
+        "7": {"class_type": "SpacetimeStepCache", "inputs": {"model": ["1", 0], "speed": "custom", "threshold": 0.5,
+              "warmup": 0.1, "cooldown": 0.1, "max_skips": 2, "cfg_until": 0.5, "reuse_text": True}},
+        "4": {"class_type": "SpacetimeSampler", "inputs": {"model": ["7", 0], "positive": ["2", 0], "negative": ["2", 0],
               "latent": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0, "solver": "euler", "shift": 2.0, "denoise": 1.0}},
         "5": {"class_type": "SpacetimeVAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 1], "tile": 0}},
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "fuzz/emb"}}}
