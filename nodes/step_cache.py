@@ -115,8 +115,8 @@ class SpacetimeStepCache(SpacetimeNode):
             inputs=[
                 io.Model.Input("model"),
                 io.Combo.Input("speed", options=[*SPEEDS, CUSTOM], default=DEFAULT_SPEED,
-                               tooltip="off: exact; quality: about 1.6x fewer evaluations; balanced: about 2.5x; "
-                                       "fast: about 3x (measured on the embedded model, 20 steps; bench/RESULTS.md)"),
+                               tooltip="off: exact; quality, balanced, fast: about 1.5x, 2x and 2.4x fewer evaluations on "
+                                       "the embedded model at 20 steps (more at more steps; bench/RESULTS.md)"),
                 io.Float.Input("threshold", default=preset.threshold, min=RANGES["threshold"][0],
                                max=RANGES["threshold"][1], step=0.01,
                                tooltip=f"largest predicted relative error of a forecast step ({expert})"),

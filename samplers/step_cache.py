@@ -85,8 +85,8 @@ def check_speed(s: Speed) -> None:
 SPEEDS: dict[str, Speed] = {
     "off": Speed(),
     "quality": Speed(threshold=0.1, max_skips=2, reuse_text=True),
-    "balanced": Speed(threshold=0.3, warmup=0.1, cooldown=0.05, max_skips=5, cfg_until=0.8, reuse_text=True),
-    "fast": Speed(threshold=0.5, warmup=0.1, cooldown=0.05, max_skips=5, cfg_until=0.6, reuse_text=True),
+    "balanced": Speed(threshold=0.5, warmup=0.2, cooldown=0.05, max_skips=5, reuse_text=True),
+    "fast": Speed(threshold=1.0, warmup=0.1, cooldown=0.05, max_skips=5, reuse_text=True),
 }
 DEFAULT_SPEED = "balanced"
 
