@@ -58,11 +58,13 @@ def _encode_pixels(vae: WanVAE) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _canvas_denoiser(dit: WanDiT, clean: torch.Tensor | None, mask: torch.Tensor | None,
-                     noise: torch.Tensor, per_token: bool, cache: StepCache | None = None) -> Denoiser:
+                     noise: torch.Tensor, per_token: bool, cache: StepCache | None = None,
+                     negative: torch.Tensor | None = None) -> Denoiser:
     """``denoise(x, sigma, context) -> x0`` of one DiT with the canvas' known latents imposed
     (``clean`` normalized latents, ``mask`` ComfyUI's noise mask: 1 = generate, 0 = keep).
     With a ``cache``, the DiT's velocity may be forecast instead of evaluated; a batch of 2 is
-    the guided pair (conditional rows first, as ``guided_x0`` batches them)."""
+    the guided pair (conditional rows first, as ``guided_x0`` batches them), and an unbatched
+    call is the unconditional one when its context is ``negative``."""
     patch = dit.config.patch_size
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, **_: object) -> torch.Tensor:
@@ -75,7 +77,8 @@ def _canvas_denoiser(dit: WanDiT, clean: torch.Tensor | None, mask: torch.Tensor
         if cache is None:
             v = dit(x, t, context)
         else:
-            rows = ("cond", "uncond") if x.shape[0] == 2 * noise.shape[0] else ("cond",)
+            rows = ("cond", "uncond") if x.shape[0] == 2 * noise.shape[0] else \
+                ("uncond",) if context is negative else ("cond",)
             v = cache(rows, float(s[0]), x, lambda: dit(x, t, context))
         x0 = x - s.view(-1, 1, 1, 1, 1).to(x.dtype) * v
         return x0 if clean is None else canvas.replace_known(x0, clean.to(x0.dtype), mask)
@@ -125,7 +128,7 @@ def generate_latent(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: t
     cache.begin(sigmas)
     settings = cache.speed
     counted = settings.skips or isinstance(speed, StepCache)
-    model = _canvas_denoiser(dit, clean, mask, noise, per_token, cache if counted else None)
+    model = _canvas_denoiser(dit, clean, mask, noise, per_token, cache if counted else None, negative)
     uncond = {"context": negative} if negative is not None else {"context": context}
     n = len(sigmas) - 1
     guided = guided_steps(settings, n) if negative is not None else 0

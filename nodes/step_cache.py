@@ -51,8 +51,8 @@ def _outer_sample(executor, *args, **kwargs):
     if clash:
         raise ValueError(f"SpacetimeStepCache: input 'model': this MODEL also carries ComfyUI's {clash[0]} patch; "
                          "two step caches would each skip steps by their own rule: use one of them")
-    speed: Speed = transformer[KEY]
-    run = _Run(speed, args[3])
+    speed = transformer[KEY]
+    run = _Run(speed.cache.speed if isinstance(speed, _Run) else speed, args[3])
     transformer[KEY] = run
     if speed.reuse_text:
         transformer[MEMO] = TextMemo()
@@ -81,17 +81,29 @@ def _diffusion_model(executor, *args, **kwargs):
 
 def _calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
     run = model_options.get("transformer_options", {}).get(KEY)
-    if (isinstance(run, _Run) and len(conds) == 2 and conds[1] is not None
+    # only the plain (positive, negative) pair of CFG; other guiders' calls (three conds, or
+    # [None, negative] as skip-layer guidance makes) run as they are
+    if (isinstance(run, _Run) and len(conds) == 2 and conds[0] is not None and conds[1] is not None
             and float(timestep.reshape(-1)[0]) < run.guided_down_to):
         out = executor(model, [conds[0]], x_in, timestep, model_options)
-        return [out[0], out[0]]      # the unconditional prediction equals the conditional: scale 1
+        return [out[0], out[0].clone()]   # the unconditional prediction equals the conditional: scale 1
     return executor(model, conds, x_in, timestep, model_options)
 
 
+def does_something(speed: Speed) -> bool:
+    return speed.skips or speed.cfg_until < 1.0 or speed.reuse_text
+
+
 def patch_model(model, speed: Speed):
-    """A clone of ComfyUI MODEL ``model`` that samples with the step cache of ``speed``."""
+    """A clone of ComfyUI MODEL ``model`` that samples with the step cache of ``speed`` (replacing
+    a Step Cache the MODEL already carries; "off" removes it)."""
     m = model.clone()
-    if speed == SPEEDS["off"]:
+    for kind in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.CALC_COND_BATCH):
+        m.remove_wrappers_with_key(kind, KEY)
+    transformer = m.model_options.get("transformer_options", {})
+    transformer.pop(KEY, None)
+    transformer.pop(MEMO, None)
+    if not does_something(speed):
         return m
     m.model_options.setdefault("transformer_options", {})[KEY] = speed
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, _outer_sample)
@@ -138,12 +150,12 @@ class SpacetimeStepCache(SpacetimeNode):
     def execute(cls, model, speed, threshold=0.0, warmup=0.15, cooldown=0.1, max_skips=2, cfg_until=1.0,
                 reuse_text=False) -> io.NodeOutput:
         if speed == CUSTOM:
-            with blamed_on(cls, "warmup/cooldown"):
+            with blamed_on(cls, "cooldown"):
                 settings = Speed(threshold=threshold, warmup=warmup, cooldown=cooldown, max_skips=max_skips,
                                  cfg_until=cfg_until, reuse_text=reuse_text)
         else:
             settings = SPEEDS[speed]
-        if "easycache" in model.model_options.get("transformer_options", {}) and settings != SPEEDS["off"]:
+        if "easycache" in model.model_options.get("transformer_options", {}) and does_something(settings):
             raise node_error(cls, "model", "this MODEL already carries ComfyUI's EasyCache / LazyCache patch; "
                                            "two step caches would each skip steps by their own rule: use one")
         return io.NodeOutput(patch_model(model, settings))

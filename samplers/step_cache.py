@@ -138,8 +138,12 @@ class _History:
     def record(self, sigma: float, output: torch.Tensor) -> float | None:
         """Add a real evaluation and re-measure both error constants against it; returns the
         measured relative error of the forecast that would have been used."""
-        if self.sigmas and sigma >= self.sigmas[-1]:   # a new run or a repeated noise level: start over
+        if self.sigmas and sigma > self.sigmas[-1]:    # the noise level went up (a restart): start over
             self.sigmas, self.outputs, self.c0, self.c1 = [], [], None, None
+        elif self.sigmas and sigma == self.sigmas[-1]:  # the same level again (Heun, PAG …): keep the newest
+            self.outputs[-1] = output.detach().clone()
+            self.skips = 0
+            return None
         error = None
         if self.outputs:
             _, predicted = self.forecast(sigma)

@@ -243,5 +243,52 @@ def test_step_cache_refuses_a_model_that_already_has_easycache(pair):
 def test_step_cache_node_refuses_settings_that_leave_nothing_to_skip(pair):
     from spacetime_video.nodes.errors import SpacetimeNodeError
 
-    with pytest.raises(SpacetimeNodeError, match="SpacetimeStepCache: input 'warmup/cooldown'.*at most 1"):
+    with pytest.raises(SpacetimeNodeError, match="SpacetimeStepCache: input 'cooldown'.*at most 1"):
         step_cache(warmup=0.8, cooldown=0.5)(pair[1])
+
+
+def test_step_cache_reuses_the_text_keys_on_our_model_and_uninstalls_them(pair, monkeypatch):
+    from spacetime_video.nodes import step_cache as node
+
+    memos = []
+
+    class Seen(node.TextMemo):
+        def __init__(self):
+            super().__init__()
+            memos.append(self)
+    monkeypatch.setattr(node, "TextMemo", Seen)
+    sample(step_cache(threshold=0.0, cfg_until=1.0, reuse_text=True)(pair[1].clone()))
+    inner = pair[1].model.diffusion_model
+    assert memos and memos[-1].hits == 11                    # built at the first of 12 steps, then reused
+    assert inner.text_memo is None and all(b.cross_attn.memo is None for b in inner.blocks)
+
+
+def test_a_second_step_cache_replaces_the_first_and_off_removes_it(pair):
+    once, n_once = sample(step_cache(threshold=2.0)(pair[1].clone()))
+    twice, n_twice = sample(step_cache(threshold=2.0)(step_cache(threshold=0.3, cfg_until=1.0)(pair[1].clone())))
+    assert n_twice == n_once and torch.equal(once, twice)
+    plain, n_plain = sample(pair[1].clone())
+    removed, n_removed = sample(step_cache("off")(step_cache(threshold=2.0)(pair[1].clone())))
+    assert n_removed == n_plain and torch.equal(removed, plain)
+
+
+def test_guidance_truncation_leaves_other_guiders_calls_alone():
+    from spacetime_video.nodes import step_cache as node
+    from spacetime_video.samplers.step_cache import Speed
+
+    run = node._Run(Speed(cfg_until=0.5), torch.linspace(1, 0, 5))
+    options = {"transformer_options": {node.KEY: run}}
+    seen = []
+
+    def executor(model, conds, x, t, opts):
+        seen.append(list(conds))
+        return [torch.full((1,), float(i + 1)) for i in range(len(conds))]
+    late = torch.tensor([0.3])
+    out = node._calc_cond_batch(executor, None, ["c", "u"], None, late, options)
+    assert seen[-1] == ["c"] and torch.equal(out[0], out[1])     # past the guided steps: one pass
+    node._calc_cond_batch(executor, None, [None, "u"], None, late, options)
+    assert seen[-1] == [None, "u"]                               # skip-layer guidance's call, as it is
+    node._calc_cond_batch(executor, None, ["c", "u", "x"], None, late, options)
+    assert seen[-1] == ["c", "u", "x"]
+    node._calc_cond_batch(executor, None, ["c", "u"], None, torch.tensor([0.9]), options)
+    assert seen[-1] == ["c", "u"]                                # a guided step

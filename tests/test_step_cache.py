@@ -67,6 +67,18 @@ def test_rows_keep_their_own_history_when_the_batch_changes():
     assert cache.skipped >= 2
 
 
+def test_a_repeated_noise_level_keeps_the_history():
+    """Heun, PAG and the like evaluate twice at one sigma: the cache keeps forecasting."""
+    sigmas, output = trajectory("linear")
+    cache = StepCache(Speed(threshold=0.05, warmup=0.1, cooldown=0.0, max_skips=2), sigmas)
+    for s in sigmas[:-1].tolist():
+        for _ in range(2):
+            out = cache(("cond",), s, torch.zeros(1, 4, 3, 3), lambda s=s: output(s))
+            assert torch.allclose(out, output(s), atol=1e-5)
+    assert cache.skipped > 0
+    assert StepCache(Speed(threshold=0.05), [1.0, 0.5, 0.0]).history == {}
+
+
 @pytest.mark.parametrize("field,value", [("threshold", float("nan")), ("threshold", -0.1), ("cfg_until", 1.5),
                                          ("max_skips", 2.5), ("warmup", float("inf"))])
 def test_bad_settings_are_refused_by_name(field, value):

@@ -108,6 +108,7 @@ class TextMemo:
         self.active: TextMemo.Entry | None = None
         self.hits = 0
 
+    @torch.compiler.disable   # a value lookup: outside any compiled graph
     def find(self, context: torch.Tensor, batch: int) -> Entry | None:
         for e in self.entries:
             if (e.batch == batch and e.context.shape == context.shape and e.context.dtype == context.dtype
