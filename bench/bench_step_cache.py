@@ -1,0 +1,242 @@
+"""Benchmark (not a test): how many DiT evaluations the step cache saves and what it costs.
+
+* ``embedded``: the embedded model on the 22 held-out prompts of its evaluation set (11 held-out
+  colour/shape/motion combinations x 2, the seeds and backgrounds of ``training/evaluate.py``),
+  20 steps: for every ``speed`` preset, DiT evaluations (one per sample and pass) against the
+  uncached run, PSNR of the video against the uncached video of the same seed, and the prompts
+  whose colour, shape and motion the analyser reads correctly.
+* ``easycache``: the same MODEL in ComfyUI's own sampler, our cache without guidance truncation
+  against ComfyUI's native EasyCache over a range of thresholds each, on the first ``--prompts``
+  prompts: evaluations and PSNR (decoded video against the uncached one), so the two curves can be
+  read at equal evaluation counts.
+* ``overhead``: the real Wan 2.1 1.3B DiT config with random bf16 weights on a small latent: time
+  of one DiT step, the time of the cache's own bookkeeping per step (a cache call whose evaluation
+  returns at once), and the wall time of a short run cached / uncached with the default preset.
+
+Run (from the repository root, in the project's environment, after ``make setup``):
+
+    python bench/bench_step_cache.py [--parts embedded,easycache,overhead] [--threads 2]
+
+Results with date, machine and command: bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from spacetime_video.model.embedded import load_embedded
+from spacetime_video.model.embedded.vocab import BACKGROUNDS
+from spacetime_video.pipeline import generate_embedded
+from spacetime_video.samplers.step_cache import SPEEDS, Speed, StepCache
+from spacetime_video.training import world
+from spacetime_video.training.analyser import analyse
+from spacetime_video.training.train_vae import psnr
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFY = Path(os.environ.get("SPACETIME_COMFYUI", ROOT / ".host" / "ComfyUI"))
+STEPS = 20
+
+
+def heldout_prompts() -> list[tuple[str, int, tuple[str, str, str]]]:
+    """(caption, seed, (colour, shape, motion)) of the evaluation set's 22 held-out prompts."""
+    bgs, out = list(BACKGROUNDS), []
+    for ci, combo in enumerate(sorted(world.HELD_OUT)):
+        for k in range(2):
+            out.append((world.caption_for(*combo, bgs[(ci + k) % len(bgs)]), 1000 * ci + k, combo))
+    return out
+
+
+def adheres(video: torch.Tensor, combo: tuple[str, str, str]) -> bool:
+    a = analyse(video)
+    return (a.colour, a.shape, a.motion) == combo
+
+
+def part_embedded(model) -> None:
+    prompts = heldout_prompts()
+    print(f"\n## embedded model, {len(prompts)} held-out prompts, {STEPS} steps (unipc, guidance on)")
+    refs, ok_ref = [], 0
+    for text, seed, combo in prompts:
+        refs.append(generate_embedded(text, steps=STEPS, seed=seed, model=model))
+        ok_ref += adheres(refs[-1], combo)
+    total = 2 * STEPS
+    print(f"| speed | DiT evaluations (of {total}) | fewer | PSNR mean / min (dB) | adherent prompts |")
+    print("|---|---|---|---|---|")
+    print(f"| uncached | {total} | 1.00x | - | {ok_ref} / {len(prompts)} |")
+    for name in [n for n in SPEEDS if n != "off"]:
+        evals, db, ok = [], [], 0
+        for (text, seed, combo), ref in zip(prompts, refs):
+            cache = StepCache(name)
+            v = generate_embedded(text, steps=STEPS, seed=seed, model=model, speed=cache)
+            evals.append(cache.evaluated)
+            db.append(psnr(v, ref))
+            ok += adheres(v, combo)
+        mean = statistics.mean(evals)
+        print(f"| {name} | {mean:.1f} | {total / mean:.2f}x | {statistics.mean(db):.2f} / {min(db):.2f} | "
+              f"{ok} / {len(prompts)} |", flush=True)
+
+
+def comfy_setup():
+    sys.path.insert(0, str(COMFY))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401
+
+
+def part_easycache(model, n_prompts: int) -> None:
+    comfy_setup()
+    import comfy.sample
+    import comfy.samplers
+    from comfy_extras.nodes_easycache import EasyCacheNode
+
+    from spacetime_video import samplers
+    from spacetime_video.nodes.embedded_nodes import SpacetimeEmbeddedLoader, SpacetimeTextEncode
+    from spacetime_video.nodes.step_cache import patch_model
+
+    from spacetime_video.model.embedded import config as C
+
+    mp, vae, enc = SpacetimeEmbeddedLoader.execute(shift=C.DEFAULT_SHIFT).result
+    z, (st, sh, sw) = model.vae.config.z_dim, model.vae.config.stride
+    latent = (1, z, (C.FRAMES - 1) // st + 1, C.SIZE // sh, C.SIZE // sw)
+    inner = mp.model.diffusion_model
+    prompts = heldout_prompts()[:n_prompts]
+    neg = SpacetimeTextEncode.execute(enc, "").result[0]
+
+    def run(patched, text, seed) -> tuple[torch.Tensor, int]:
+        rows, real = [0], inner._forward
+
+        def counting(x, *args, **kwargs):
+            rows[0] += x.shape[0]
+            return real(x, *args, **kwargs)
+        inner._forward = counting
+        try:
+            pos = SpacetimeTextEncode.execute(enc, text).result[0]
+            noise = torch.randn(latent, generator=torch.Generator().manual_seed(seed))
+            out = comfy.sample.sample_custom(patched, noise, C.DEFAULT_GUIDANCE,
+                                             comfy.samplers.KSAMPLER(samplers.SOLVERS["unipc"]),
+                                             samplers.flow_sigmas(STEPS, C.DEFAULT_SHIFT), pos, neg,
+                                             torch.zeros_like(noise), seed=seed)
+        finally:
+            del inner._forward
+        return vae.decode(out)[0], rows[0]
+
+    refs = [run(mp, text, seed)[0] for text, seed, _ in prompts]
+    print(f"\n## ComfyUI sampler, embedded MODEL, {len(prompts)} prompts, {STEPS} steps: our cache "
+          "(no guidance truncation) against native EasyCache")
+    print("| cache | setting | DiT evaluations (of 40) | PSNR mean (dB) |")
+    print("|---|---|---|---|")
+    curves = {"ours": [], "EasyCache": []}
+    settings = [("ours", t, lambda t=t: patch_model(mp, Speed(threshold=t, warmup=0.1, cooldown=0.05, max_skips=5,
+                                                              reuse_text=True)))
+                for t in (0.1, 0.2, 0.3, 0.5, 1.0, 2.0)]
+    settings += [("EasyCache", t, lambda t=t: EasyCacheNode.execute(mp, reuse_threshold=t, start_percent=0.1,
+                                                                     end_percent=0.95, verbose=False).result[0])
+                 for t in (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)]
+    for name, t, make in settings:
+        evals, db = [], []
+        for (text, seed, _), ref in zip(prompts, refs):
+            v, n = run(make(), text, seed)
+            evals.append(n)
+            db.append(psnr(v, ref))
+        curves[name].append((statistics.mean(evals), statistics.mean(db)))
+        print(f"| {name} | threshold {t} | {statistics.mean(evals):.1f} | {statistics.mean(db):.2f} |", flush=True)
+    print("\nat equal evaluation counts (EasyCache's PSNR interpolated to our counts):")
+    easy = sorted(curves["EasyCache"])
+    for n, db in curves["ours"]:
+        below = [p for p in easy if p[0] <= n]
+        above = [p for p in easy if p[0] >= n]
+        if not below or not above:
+            print(f"  {n:.1f} evaluations: ours {db:.2f} dB, EasyCache does not reach this count")
+            continue
+        (n0, d0), (n1, d1) = below[-1], above[0]
+        ref = d0 if n1 == n0 else d0 + (d1 - d0) * (n - n0) / (n1 - n0)
+        print(f"  {n:.1f} evaluations: ours {db:.2f} dB, EasyCache {ref:.2f} dB ({db - ref:+.2f})")
+
+
+def part_overhead(threads: int, rounds: int) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from dit_helpers import random_state_dict
+
+    from spacetime_video.model.dit import DIT_PRESETS, TextMemo, load_dit
+
+    cfg = DIT_PRESETS["wan2.1-t2v-1.3b"]
+    sd = {k: v.to(torch.bfloat16) for k, v in random_state_dict(cfg, 0).items()}
+    dit = load_dit(sd, dtype=torch.bfloat16, compute_dtype=torch.bfloat16, config=cfg)
+    del sd
+    x = torch.randn(2, cfg.in_dim, 3, 16, 16)
+    ctx = torch.randn(2, cfg.text_len, cfg.text_dim)
+    with torch.no_grad():
+        dit(x, torch.tensor([900.0, 900.0]), ctx)
+        t0 = time.perf_counter()
+        out = dit(x, torch.tensor([800.0, 800.0]), ctx)
+        step = time.perf_counter() - t0
+    def bookkeeping(shape) -> float:
+        """Seconds a step of the cache's own work takes (its evaluation returns at once)."""
+        sigmas, fake = torch.linspace(1, 0, 21), torch.randn(shape)
+        cache = StepCache(Speed(threshold=1e-9, warmup=0.0, cooldown=0.0, max_skips=1), sigmas)
+        t0 = time.perf_counter()
+        for s in sigmas[:-1].tolist():
+            cache(("cond", "uncond"), s, fake, lambda: fake)
+        return (time.perf_counter() - t0) / 20
+    book, real = bookkeeping(x.shape), (2, 16, 21, 60, 104)
+    print(f"\n## Wan 2.1 1.3B config, random bf16 weights, latent {tuple(x.shape)} (cond + uncond), {threads} threads")
+    print(f"one DiT step {step:.3f} s; cache bookkeeping {book * 1e3:.2f} ms a step = {100 * book / step:.3f}% of it")
+    print(f"cache bookkeeping at the 480x832x81 latent {real}: {bookkeeping(real) * 1e3:.1f} ms a step")
+
+    from spacetime_video.samplers import cfg_denoiser, flow_sigmas, sample, step_range_to_sigma_range
+    from spacetime_video.samplers.step_cache import DEFAULT_SPEED, guided_steps
+
+    def run(speed: str, steps: int = 8) -> tuple[float, int]:
+        sigmas, noise = flow_sigmas(steps, 5.0), torch.randn(1, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+        cache = StepCache(speed, sigmas)
+        guided = guided_steps(cache.speed, steps)
+        rng = None if guided >= steps else step_range_to_sigma_range(sigmas, 0, max(guided, 1))
+
+        def model(z, sigma, context):
+            rows = ("cond", "uncond") if z.shape[0] == 2 else ("cond",)
+            v = cache(rows, float(sigma[0]), z, lambda: dit(z, 1000 * sigma, context))
+            return z - sigma.view(-1, 1, 1, 1, 1) * v
+        den = cfg_denoiser(model, {"context": ctx[:1]}, {"context": ctx[1:]}, 5.0, sigma_range=rng)
+        dit.use_text_memo(TextMemo() if cache.speed.reuse_text else None)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            sample(den, noise, sigmas, solver="unipc", disable=True)
+        dit.use_text_memo(None)
+        return time.perf_counter() - t0, cache.evaluated
+    times: dict[str, list[float]] = {"off": [], DEFAULT_SPEED: []}
+    counts: dict[str, int] = {}
+    for _ in range(rounds):                       # alternated, best of each: fair under other load
+        for speed in times:
+            t, counts[speed] = run(speed)
+            times[speed].append(t)
+    t_off, t_on = min(times["off"]), min(times[DEFAULT_SPEED])
+    print(f"8 steps, best of {rounds}: uncached {t_off:.1f} s ({counts['off']} evaluations), {DEFAULT_SPEED} "
+          f"{t_on:.1f} s ({counts[DEFAULT_SPEED]}): wall-time ratio cached / uncached {t_on / t_off:.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--parts", default="embedded,easycache,overhead")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=8, help="prompts of the EasyCache comparison")
+    p.add_argument("--rounds", type=int, default=2, help="alternated timing rounds of the overhead part")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    parts = a.parts.split(",")
+    model = load_embedded() if {"embedded", "easycache"} & set(parts) else None
+    if "embedded" in parts:
+        part_embedded(model)
+    if "easycache" in parts:
+        part_easycache(model, a.prompts)
+    if "overhead" in parts:
+        part_overhead(a.threads, a.rounds)
+
+
+if __name__ == "__main__":
+    main()
