@@ -36,6 +36,17 @@ from .train_vae import psnr
 log = logging.getLogger("spacetime.embedded.eval")
 
 
+def heldout_prompts(per_combo: int = 2) -> list[tuple[str, int, tuple[str, str, str]]]:
+    """(caption, seed, (colour, shape, motion)) of the held-out text-to-video prompts that
+    :func:`evaluate` generates: every held-out combination ``per_combo`` times, each on its own
+    background and seed (22 prompts at 2 per combination)."""
+    bgs, out = list(BACKGROUNDS), []
+    for ci, combo in enumerate(sorted(world.HELD_OUT)):
+        for k in range(per_combo):
+            out.append((world.caption_for(*combo, bgs[(ci + k) % len(bgs)]), 1000 * ci + k, combo))
+    return out
+
+
 def _frac(xs: list[bool]) -> float:
     return sum(xs) / max(len(xs), 1)
 
