@@ -14,13 +14,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..model.embedded import config as EMB
 from ..samplers.experts import WAN22_BOUNDARY
 from ..samplers.presets import FEW_STEP_PRESETS
 
 # node type -> (input sockets [(name, type)], widget names in order, outputs [(name, type)]).
 # "$control" marks the frontend's control_after_generate widget after a seed.
 NODE_SPECS: dict[str, tuple[list, list, list]] = {
-    "SpacetimeEmbeddedLoader": ([], ["shift"], [("MODEL", "MODEL"), ("VAE", "VAE"),
+    "SpacetimeEmbeddedLoader": ([], ["shift", "distilled"], [("MODEL", "MODEL"), ("VAE", "VAE"),
                                                 ("text_encoder", "SPACETIME_TEXT_ENCODER")]),
     "SpacetimeTextEncode": ([("text_encoder", "SPACETIME_TEXT_ENCODER")], ["text"], [("CONDITIONING", "CONDITIONING")]),
     "SpacetimeDiTLoader": ([], ["dit_name", "weight_dtype", "compute_dtype", "attention", "shift", "low_noise_dit_name"],
@@ -64,7 +65,7 @@ WIDGET_DEFAULTS = {"allow_large": False, "$control": "fixed", "$upload": "image"
                    "stride": 1, "width": 0, "height": 0, "format": "mp4", "crop": "none",
                    "language": "en", "max_words": 100, "backend": "rules", "base_url": "http://localhost:11434/v1",
                    "model": "", "api_key_env": "OPENAI_API_KEY", "on_error": "fallback", "temperature": 0.7,
-                   "strength_model": 1.0, "spacing": "wan", "preset": "none"}
+                   "strength_model": 1.0, "spacing": "wan", "preset": "none", "distilled": False}
 
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"  # Comfy-Org repackaged file names
 CLIP_VISION = "clip_vision_h.safetensors"
@@ -78,7 +79,7 @@ FAMILIES: dict[str, dict] = {
     "embedded": dict(kind="embedded", width=64, height=64, length=17, fps=8, steps=20, shift=2.0, cfg=4.0,
                      overlap=5, prompt="red ball right, navy background",
                      negative="", caps=["t2v", "i2v", "extend_forward", "extend_backward", "connect", "loop",
-                                        "edit", "image"]),
+                                        "edit", "image", "t2v_4step"]),
     "wan21_t2v_1.3b": dict(kind="file", dit="wan2.1_t2v_1.3B_fp16.safetensors", vae="wan_2.1_vae.safetensors",
                            width=832, height=480, length=81, fps=16, steps=50, shift=5.0, cfg=5.0, overlap=17,
                            caps=["t2v", "i2v", "extend_forward", "extend_backward", "connect", "loop", "edit",
@@ -197,10 +198,10 @@ class Graph:
                 "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
-def _loaders(g: Graph, fam: dict, prompt: str, negative: str, task: str):
+def _loaders(g: Graph, fam: dict, prompt: str, negative: str, task: str, distilled: bool = False):
     """-> model, vae, positive, negative (each a (Node, slot)), and the caption (or None)."""
     if fam["kind"] == "embedded":
-        loader = g.add("SpacetimeEmbeddedLoader", shift=fam["shift"])
+        loader = g.add("SpacetimeEmbeddedLoader", shift=fam["shift"], distilled=distilled)
         # The Sora recipe: a short idea becomes the caption the model was trained on.
         expander = g.add("SpacetimePromptExpander", "Prompt", prompt=prompt, task=task,
                          model_family="embedded", seed=0, max_words=40)
@@ -230,7 +231,8 @@ def build(family: str, cap: str) -> Graph:
     prompt = fam.get("prompt", DEFAULT_PROMPT)
     task = {"i2v": "i2v", "connect": "flf2v", "loop": "flf2v", "extend_forward": "extend",
             "extend_backward": "extend"}.get(cap, "t2v")
-    model, vae, pos, neg, caption = _loaders(g, fam, prompt, fam.get("negative", NEGATIVE), task)
+    embedded_distilled = distilled and fam["kind"] == "embedded"   # the LoRA is merged by the loader
+    model, vae, pos, neg, caption = _loaders(g, fam, prompt, fam.get("negative", NEGATIVE), task, embedded_distilled)
     vision = g.add("CLIPVisionLoader", clip_name=CLIP_VISION) if fam.get("clip_vision") else None
     length = 1 if cap == "image" else fam["length"]
     n = fam["overlap"]
@@ -238,7 +240,9 @@ def build(family: str, cap: str) -> Graph:
                       solver="unipc", shift=fam["shift"], denoise=1.0)
     if "low_dit" in fam:  # Wan 2.2 A14B: the loader's second output is the low-noise expert
         sampler_in.update(low_noise_model=(model[0], 1), boundary=fam["boundary"], low_noise_cfg=fam["low_cfg"])
-    if distilled:
+    if embedded_distilled:
+        sampler_in.update(steps=EMB.DISTILLED_STEPS, cfg=1.0, solver=EMB.DISTILLED_SOLVER)   # at the family's shift
+    elif distilled:
         distill = fam["distill"]
         preset = FEW_STEP_PRESETS[distill["preset"]]
         model = (g.add("SpacetimeLoraLoader", "step-distill LoRA", model=model, lora_name=distill["lora"]), 0)
@@ -310,7 +314,7 @@ def write_manifest(out_dir: Path) -> Path:
     data = json.loads(path.read_text()) if path.is_file() else {"format": 1, "workflows": {}}
     for family, fam in FAMILIES.items():
         for cap in fam["caps"]:
-            extra = fam["distill"]["needs"] if cap.endswith("_4step") else []
+            extra = fam["distill"]["needs"] if cap.endswith("_4step") and "distill" in fam else []
             data["workflows"][f"{family}_{cap}.json"] = NEEDS[family] + extra
     data["workflows"] = dict(sorted(data["workflows"].items()))
     path.write_text(json.dumps(data, indent=2) + "\n")

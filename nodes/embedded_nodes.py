@@ -34,15 +34,20 @@ class SpacetimeEmbeddedLoader(SpacetimeNode):
             display_name="Load Embedded Tiny Model (Spacetime)",
             category="Spacetime/loaders",
             description="The tiny model shipped with the pack (64x64, 17 frames, synthetic world of "
-                        "coloured shapes): runs on a CPU in seconds.",
-            inputs=[io.Float.Input("shift", default=emb.DEFAULT_SHIFT, min=0.1, max=100.0, step=0.1)],
+                        "coloured shapes): runs on a CPU in seconds; `distilled` gives its 4-step version.",
+            inputs=[io.Float.Input("shift", default=emb.DEFAULT_SHIFT, min=0.1, max=100.0, step=0.1),
+                    io.Boolean.Input("distilled", default=False, optional=True,
+                                     tooltip=f"the DiT with its {emb.DISTILLED_STEPS}-step distilled LoRA merged "
+                                             f"in: sample it with {emb.DISTILLED_STEPS} steps at shift "
+                                             f"{emb.DEFAULT_SHIFT:g}, cfg 1, solver {emb.DISTILLED_SOLVER} "
+                                             "(1 DiT evaluation a step instead of 2)")],
             outputs=[io.Model.Output(), io.Vae.Output(), TextEncoder.Output("text_encoder")],
         )
 
     @classmethod
-    def execute(cls, shift) -> io.NodeOutput:
+    def execute(cls, shift, distilled=False) -> io.NodeOutput:
         try:
-            m = load_embedded()
+            m = load_embedded(distilled=distilled)
         except (WeightsError, OSError) as e:
             raise node_error(cls, "weights", f"{e} (they ship in {emb.WEIGHTS_DIR})") from None
         fmt = latent_format_for(m.vae.config.z_dim, m.vae.latent_mean.flatten(), m.vae.latent_std.flatten())

@@ -178,12 +178,15 @@ def test_embedded_workflow_runs(host, tiny, cap):
 
 
 @pytest.mark.host
-def test_embedded_workflow_with_shipped_weights_or_a_clear_error(host, tiny):
-    """Unmodified: runs when the shipped weights are present, else names the loader and what to do."""
+@pytest.mark.parametrize("name", ["embedded_t2v", "embedded_t2v_4step"])
+def test_embedded_workflow_with_shipped_weights_or_a_clear_error(host, tiny, name):
+    """Unmodified: runs when the shipped weights (and the 4-step LoRA) are present, else names the
+    loader and what to do."""
     from spacetime_video.model.embedded import config as emb
-    graph = json.loads((WORKFLOWS / "embedded_t2v_api.json").read_text())
+    graph = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
     h = run(host, graph, timeout=600)
-    if all((emb.WEIGHTS_DIR / f).is_file() for f in (emb.DIT_FILE, emb.VAE_FILE, emb.TEXT_FILE)):
+    files = (emb.DIT_FILE, emb.VAE_FILE, emb.TEXT_FILE) + ((emb.DISTILL_FILE,) if name.endswith("_4step") else ())
+    if all((emb.WEIGHTS_DIR / f).is_file() for f in files):
         assert error_message(h) is None, error_message(h)
         (item,) = saved_files(h)
         from spacetime_video.nodes.video_file import read_video

@@ -11,6 +11,11 @@
                                               the DiT's weights into dit_cool.safetensors)
     python scripts/train_embedded.py export  --run RUN_DIR [--to model/embedded/weights] [--vae-file F]
                                               [--dit-file F]
+    python scripts/train_embedded.py distill --run RUN_DIR [--weights DIR] [--trajectories N] [--steps N]
+                                              [--first-steps N] [--minutes M] [--rank R] [--bf16]
+                                              (after export: a 4-step LoRA distilled from the exported
+                                              model's 20-step sampling, into
+                                              RUN_DIR/distill_4step_lora.safetensors; training/distill.py)
     python scripts/train_embedded.py all     --run RUN_DIR [--compile]   (the 2-hour recipe: vae,
                                               latents, dit, cooldown with the settings in RECIPE;
                                               --steps, --minutes, --batch, --frames, --clips, --lr,
@@ -312,6 +317,52 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     save_tensors(out, vae.state_dict(), {"step": step, "dit_file": dit_file, "seconds": _since(t0)})
 
 
+def _teacher_data(path: Path, make, count: int, seed: int) -> tuple[dict[str, torch.Tensor], float]:
+    """Teacher trajectories from `path` when it holds at least `count` made with `seed`, else made
+    by `make()` and saved there; with the seconds they took to make."""
+    meta = read_metadata(path) if path.exists() else {}
+    if meta.get("trajectories", 0) >= count and meta.get("seed") == seed:
+        log.info("reusing %d teacher trajectories of %s (%.0fs to make)", count, path.name, meta["seconds"])
+        return {k: v[:count] for k, v in load_file(str(path)).items()}, float(meta["seconds"])
+    t0 = time.time()
+    data = make()
+    seconds = time.time() - t0
+    save_tensors(path, data, {"trajectories": count, "seed": seed, "seconds": round(seconds, 1)})
+    log.info("teacher: %d trajectories in %.0fs", count, seconds)
+    return data, seconds
+
+
+def stage_distill(run: Path, weights: Path | None, trajectories: int, first_steps: int, steps: int, minutes: float,
+                  seed: int, rank: int, dtype: torch.dtype = torch.float32) -> Path:
+    """The 4-step distillation LoRA of the embedded model in `weights` (the shipped one by default):
+    teacher trajectories, whole ones and `first_steps` stopped after the student's first step (kept
+    in RUN_DIR/distill_teacher.safetensors and distill_first.safetensors, reused by a later run with
+    the same seed), then the student's LoRA, written to RUN_DIR/distill_4step_lora.safetensors with
+    its training record in the metadata."""
+    from ..model.embedded import load_embedded
+    from .distill import DistillConfig, distill_record, export_lora, teacher_trajectories, train_student, \
+        training_captions
+
+    cfg = DistillConfig(trajectories=trajectories, first_steps=first_steps, steps=steps, seed=seed, rank=rank,
+                        alpha=float(rank))
+    model = load_embedded(weights)
+    data, seconds = _teacher_data(run / "distill_teacher.safetensors", lambda: teacher_trajectories(
+        model, training_captions(trajectories, seed), cfg), trajectories, seed)
+    if first_steps:
+        first, more = _teacher_data(run / "distill_first.safetensors", lambda: teacher_trajectories(
+            model, training_captions(first_steps, seed, first=trajectories), cfg, seed=seed + 1, upto=1),
+            first_steps, seed)
+        data.update(first_x=first["x"], first_context=first["context"])
+        seconds += more
+    student = WanDiT(C.DIT_CONFIG)
+    student.load_state_dict(model.dit.state_dict())
+    loras, train = train_student(student, data, cfg, minutes, dtype)
+    out = run / C.DISTILL_FILE
+    save_tensors(out, export_lora(loras), {"training": distill_record(cfg, train, seconds)})
+    log.info("distilled LoRA: %d steps in %.0fs -> %s", train["steps"], train["seconds"], out)
+    return out
+
+
 def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_ckpt.safetensors",
                  dit_file: str = "dit_ckpt.safetensors") -> None:
     vae = WanVAE(C.VAE_CONFIG)
@@ -334,7 +385,8 @@ def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_c
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "adapt", "cooldown", "export", "all"])
+    ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "adapt", "cooldown", "export", "distill",
+                                      "all"])
     ap.add_argument("--run", type=Path, required=True, help="the run folder: checkpoints, latents, logs")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=1e9)
@@ -354,6 +406,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="cooldown: shift of the training sigmas toward noise (1 = as `dit`)")
     ap.add_argument("--dit-file", default="dit_ckpt.safetensors",
                     help="export / adapt: the DiT checkpoint in RUN_DIR (dit_cool.safetensors after `cooldown`)")
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="distill: the embedded model folder to distill (default: the shipped weights)")
+    ap.add_argument("--trajectories", type=int, default=512, help="distill: teacher trajectories")
+    ap.add_argument("--first-steps", type=int, default=1024,
+                    help="distill: extra teacher runs stopped after the student's first step")
+    ap.add_argument("--rank", type=int, default=16, help="distill: LoRA rank (alpha = rank)")
     ap.add_argument("--live", action="store_true", help="export the live DiT weights, not the EMA")
     ap.add_argument("--vae-file", default="vae_ckpt.safetensors",
                     help="VAE checkpoint in RUN_DIR to export (vae_adapt.safetensors after `adapt`)")
@@ -371,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("recipe done in %.1f minutes; export with: train_embedded.py export --run %s "
                  "--dit-file dit_cool.safetensors", (time.time() - t0) / 60, a.run)
     elif a.stage == "vae":
-        stage_vae(a.run, a.steps or 1500, a.minutes, a.every, a.seed, a.frames, a.batch, compile=a.compile)
+        stage_vae(a.run, a.steps or 1600, a.minutes, a.every, a.seed, a.frames, a.batch, compile=a.compile)
     elif a.stage == "decoder":  # after `latents`: the encoder is frozen, the latents stay valid
         stage_vae(a.run, a.steps or 3000, a.minutes, a.every, a.seed, a.frames, a.batch, decoder_only=True,
                   compile=a.compile)
@@ -385,5 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     elif a.stage == "cooldown":
         stage_cooldown(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch, a.lr, a.sigma_shift,
                        compile=a.compile)
+    elif a.stage == "distill":
+        stage_distill(a.run, a.weights, a.trajectories, a.first_steps, a.steps or 1600, a.minutes, a.seed, a.rank,
+                      torch.bfloat16 if a.bf16 else torch.float32)
     else:
         stage_export(a.run, a.to, a.live, a.vae_file, a.dit_file)

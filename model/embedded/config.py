@@ -15,6 +15,7 @@ from .text_encoder import TextEncoderConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 VAE_FILE, DIT_FILE, TEXT_FILE = "vae.safetensors", "dit.safetensors", "text_encoder.safetensors"
+DISTILL_FILE = "distill_4step_lora.safetensors"   # the 4-step LoRA (training/distill.py)
 
 FRAMES = 17          # pixel frames the model was trained on (4k+1)
 SIZE = 64            # pixels per side
@@ -38,3 +39,8 @@ DIT_CONFIG = DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=Z
 DEFAULT_STEPS = 20
 DEFAULT_SHIFT = 2.0
 DEFAULT_GUIDANCE = 4.0
+
+# The 4-step distilled LoRA's sampling (training/distill.py): Euler on every fifth sigma of the
+# 20-step schedule, no guidance (one DiT evaluation per step).
+DISTILLED_STEPS = 4
+DISTILLED_SOLVER = "euler"

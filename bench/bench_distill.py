@@ -1,0 +1,87 @@
+"""Benchmark (not a test): the embedded model's 4-step distilled LoRA against 20-step sampling.
+
+The 22 held-out prompts of the embedded evaluation set (11 held-out colour/shape/motion
+combinations x 2, the seeds and backgrounds of ``training/evaluate.py``), each sampled:
+
+* 20 UniPC steps with guidance 4 (40 DiT evaluations): the reference, what the LoRA was distilled from;
+* 4 Euler steps, cfg 1, with the distilled LoRA (4 evaluations);
+* 4 Euler steps, cfg 1, without it (4 evaluations), and 4 UniPC steps with guidance 4 (8 evaluations):
+  the base model at the same few steps.
+
+For each: the prompts whose colour, shape and motion the analyser reads as asked (and each
+attribute alone), PSNR of the decoded clip against the 20-step clip of the same seed, and the
+wall time of one clip (text, sampling and decode).
+
+    python bench/bench_distill.py [--threads 2]
+
+Results with date, machine and command: bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from spacetime_video.model.embedded import config as C
+from spacetime_video.model.embedded import load_embedded
+from spacetime_video.model.embedded.vocab import BACKGROUNDS
+from spacetime_video.pipeline import generate_embedded
+from spacetime_video.training import world
+from spacetime_video.training.analyser import analyse
+from spacetime_video.training.train_vae import psnr
+
+
+def heldout_prompts() -> list[tuple[str, int, tuple[str, str, str]]]:
+    """(caption, seed, (colour, shape, motion)) of the evaluation set's 22 held-out prompts."""
+    bgs, out = list(BACKGROUNDS), []
+    for ci, combo in enumerate(sorted(world.HELD_OUT)):
+        for k in range(2):
+            out.append((world.caption_for(*combo, bgs[(ci + k) % len(bgs)]), 1000 * ci + k, combo))
+    return out
+
+
+SETTINGS = {  # name -> (DiT evaluations, generate_embedded options)
+    "20 steps, unipc, guidance 4": (40, dict(steps=20, guidance=C.DEFAULT_GUIDANCE, solver="unipc")),
+    "4 steps, distilled LoRA, euler, cfg 1": (4, dict(distilled=True)),
+    "4 steps, no LoRA, euler, cfg 1": (4, dict(steps=4, guidance=1.0, solver="euler")),
+    "4 steps, no LoRA, unipc, guidance 4": (8, dict(steps=4, guidance=C.DEFAULT_GUIDANCE, solver="unipc")),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    base, distilled = load_embedded(), load_embedded(distilled=True)
+    prompts = heldout_prompts()
+    generate_embedded("a red ball rolls to the left", model=base, steps=2)          # warm-up
+    refs: list[torch.Tensor] = []
+    print(f"## embedded model, {len(prompts)} held-out prompts, {a.threads} threads")
+    print("| sampling | DiT evaluations | adherent prompts (colour, shape, motion all right) | colour / shape / "
+          "motion right | PSNR vs 20 steps, mean / min (dB) | wall time a clip (s) |")
+    print("|---|---|---|---|---|---|")
+    for name, (evals, options) in SETTINGS.items():
+        model = distilled if options.get("distilled") else base
+        ok, right, db, seconds = 0, [0, 0, 0], [], []
+        for i, (text, seed, combo) in enumerate(prompts):
+            t0 = time.perf_counter()
+            v = generate_embedded(text, seed=seed, model=model, **options)
+            seconds.append(time.perf_counter() - t0)
+            r = analyse(v)
+            read = (r.colour, r.shape, r.motion)
+            ok += read == combo
+            right = [n + (x == y) for n, x, y in zip(right, read, combo)]
+            if not refs or len(refs) < len(prompts):
+                refs.append(v)
+            else:
+                db.append(psnr(v, refs[i]))
+        quality = f"{statistics.mean(db):.2f} / {min(db):.2f}" if db else "-"
+        print(f"| {name} | {evals} | {ok} / {len(prompts)} | {' / '.join(map(str, right))} | {quality} | "
+              f"{statistics.median(seconds):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
