@@ -26,20 +26,10 @@ import torch
 
 from spacetime_video.model.embedded import config as C
 from spacetime_video.model.embedded import load_embedded
-from spacetime_video.model.embedded.vocab import BACKGROUNDS
 from spacetime_video.pipeline import generate_embedded
-from spacetime_video.training import world
 from spacetime_video.training.analyser import analyse
+from spacetime_video.training.evaluate import heldout_prompts
 from spacetime_video.training.train_vae import psnr
-
-
-def heldout_prompts() -> list[tuple[str, int, tuple[str, str, str]]]:
-    """(caption, seed, (colour, shape, motion)) of the evaluation set's 22 held-out prompts."""
-    bgs, out = list(BACKGROUNDS), []
-    for ci, combo in enumerate(sorted(world.HELD_OUT)):
-        for k in range(2):
-            out.append((world.caption_for(*combo, bgs[(ci + k) % len(bgs)]), 1000 * ci + k, combo))
-    return out
 
 
 SETTINGS = {  # name -> (DiT evaluations, generate_embedded options)
