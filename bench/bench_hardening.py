@@ -23,7 +23,6 @@ Results with date, machine and command: bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -37,17 +36,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
+from checkout import import_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _import_checkout() -> None:
-    """``spacetime_video`` from this checkout (the repository root is the package)."""
-    spec = importlib.util.spec_from_file_location("spacetime_video", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["spacetime_video"] = module
-    spec.loader.exec_module(module)
 
 
 # ------------------------------------------------------------------------- fake servers
@@ -234,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interrupts", type=int, default=5, help="repeats of each interrupt measurement")
     ap.add_argument("--comfyui", default=None, help="ComfyUI folder (default: $SPACETIME_COMFYUI or .host/ComfyUI)")
     args = ap.parse_args(argv)
-    _import_checkout()
+    import_checkout()
     from spacetime_video.headless.host import ComfyHost
 
     secret = "sk-bench-" + secrets.token_hex(20)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import subprocess
@@ -29,17 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+from checkout import import_checkout
+
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def _import_checkout() -> None:
-    """``spacetime_video`` from this checkout (the repository root is the package)."""
-    spec = importlib.util.spec_from_file_location("spacetime_video", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["spacetime_video"] = module
-    spec.loader.exec_module(module)
 
 
 def _status_kb(field: str) -> int:
@@ -61,7 +53,7 @@ def _reset_peak() -> bool:
 def worker(impl: str, frames: int, size: int, dtype_name: str, comfy_dir: str) -> dict:
     import torch
 
-    _import_checkout()
+    import_checkout()
     from spacetime_video.model import VAE_PRESETS, WanVAE, load_vae
 
     dtype = getattr(torch, DTYPES[dtype_name])
