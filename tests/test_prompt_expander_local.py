@@ -194,3 +194,81 @@ def test_only_one_local_model_stays_loaded(tmp_path, monkeypatch):
     assert hf_local.load(b, vision=False) is first_b
     again_a = hf_local.load(a, vision=False)
     assert again_a is not first_a and list(hf_local._LOADED.values()) == [again_a] and len(loads) == 6
+
+
+# --- local models load only from inside models_dir -----------------------------------------
+
+@pytest.fixture
+def models(tmp_path):
+    root = tmp_path / "LLM"
+    (root / "mine").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "link-out").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "link-in").symlink_to(root / "mine", target_is_directory=True)
+    return root
+
+
+def test_local_folders_inside_models_dir_are_used(models):
+    assert hf_local.resolve("mine", models, vision=False) == (None, models / "mine")
+    assert hf_local.resolve(str(models / "mine"), models, vision=False) == (None, models / "mine")
+    assert hf_local.resolve("link-in", models, vision=False) == (None, models / "mine")
+    assert hf_local.resolve("Qwen/Qwen2.5-7B-Instruct", models, vision=False) == \
+        ("Qwen/Qwen2.5-7B-Instruct", models / "Qwen2.5-7B-Instruct")
+    default = models / "Qwen2.5-VL-3B-Instruct"
+    assert hf_local.resolve("", models, vision=True) == (hf_local.DEFAULT_VISION_MODEL, default)
+
+
+@pytest.mark.parametrize("model, words", [
+    ("../elsewhere", "may not contain '..'"),
+    ("mine/../../elsewhere", "may not contain '..'"),
+    ("Qwen/..", "may not contain '..'"),
+    ("link-out", "outside the models folder"),
+    ("{tmp}/elsewhere", "outside the models folder"),
+    ("/etc", "outside the models folder"),
+    ("~", "outside the models folder"),
+    (".", "models folder .* itself"),
+    ("a/b/c", "neither a model folder inside"),
+    ("owner/name with space", "neither a model folder inside"),
+])
+def test_paths_out_of_models_dir_are_refused(models, tmp_path, model, words):
+    model = model.replace("{tmp}", str(tmp_path))
+    with pytest.raises(ValueError, match=words):
+        hf_local.resolve(model, models, vision=False)
+    with pytest.raises(ValueError, match=words):  # through the library call, fallback or not
+        st.model.expand_prompt("a fox", backend="hf", model=model, models_dir=models, on_error="fallback", cache=False)
+
+
+def test_a_repo_folder_is_not_taken_over_by_another_owner(models):
+    folder = models / "Qwen2.5-3B-Instruct"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / hf_local.REPO_MARKER).write_text("Qwen/Qwen2.5-3B-Instruct\n")
+    assert hf_local.ensure_downloaded("Qwen/Qwen2.5-3B-Instruct", folder) == folder
+    with pytest.raises(pe.BackendUnavailable, match="holds Qwen/Qwen2.5-3B-Instruct, not evil/Qwen2.5-3B-Instruct"):
+        hf_local.ensure_downloaded("evil/Qwen2.5-3B-Instruct", folder)
+
+
+def test_a_repo_id_downloads_into_models_dir_and_records_its_origin(models, monkeypatch):
+    calls = []
+
+    def fake_command(repo_id, folder, result, max_bytes):  # the download child, without the network
+        calls.append((repo_id, folder))
+        script = ("import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True); "
+                  "(d / 'config.json').write_text('{}'); (d / 'model.safetensors').write_bytes(b''); "
+                  "pathlib.Path(sys.argv[2]).write_text(json.dumps({'path': str(d)}))")
+        return [sys.executable, "-c", script, str(folder), str(result)]
+    monkeypatch.setattr(hf_local, "_download_command", fake_command)
+    repo_id, folder = hf_local.resolve("Qwen2.5_7B", models, vision=False)
+    assert hf_local.ensure_downloaded(repo_id, folder) == models / "Qwen2.5-7B-Instruct"
+    assert calls == [("Qwen/Qwen2.5-7B-Instruct", models / "Qwen2.5-7B-Instruct")]
+    assert (folder / hf_local.REPO_MARKER).read_text().strip() == "Qwen/Qwen2.5-7B-Instruct"
+    with pytest.raises(pe.BackendUnavailable, match="not other/Qwen2.5-7B-Instruct"):
+        hf_local.ensure_downloaded(*hf_local.resolve("other/Qwen2.5-7B-Instruct", models, vision=False))
+    assert len(calls) == 1
+
+
+def test_local_backend_checks_should_stop(models):
+    with pytest.raises(pe.Interrupted, match="before loading"):
+        st.model.expand_prompt("a fox", backend="hf", model="mine", models_dir=models, on_error="fallback",
+                               cache=False, should_stop=lambda: True)
