@@ -117,19 +117,25 @@ class _History:
     c1: float | None = None
     skips: int = 0                                           # forecasts since the last evaluation
 
-    def forecast(self, sigma: float) -> tuple[torch.Tensor | None, float]:
-        """(the better forecast of the output at ``sigma``, its predicted relative error)."""
+    def predict(self, sigma: float) -> tuple[bool | None, float]:
+        """(whether the line is the better forecast at ``sigma`` (None: no forecast yet), its
+        predicted relative error)."""
         if self.c0 is None or self.c1 is None:          # three real evaluations measure both
             return None, math.inf
         h = self.sigmas[-1] - sigma
         if h <= 0:
             return None, math.inf
-        reuse = self.c0 * h
-        h0 = self.sigmas[0] - self.sigmas[1]
-        line = self.c1 * h * (h + h0)
-        if reuse <= line:
-            return self.outputs[-1], reuse
-        return self._line(h, h0), line
+        reuse, line = self.c0 * h, self.c1 * h * (h + self.sigmas[0] - self.sigmas[1])
+        return (False, reuse) if reuse <= line else (True, line)
+
+    def forecast(self, sigma: float) -> tuple[torch.Tensor | None, float]:
+        """(the better forecast of the output at ``sigma``, its predicted relative error)."""
+        use_line, error = self.predict(sigma)
+        if use_line is None:
+            return None, error
+        if not use_line:
+            return self.outputs[-1], error
+        return self._line(self.sigmas[-1] - sigma, self.sigmas[0] - self.sigmas[1]), error
 
     def _line(self, h: float, h0: float) -> torch.Tensor:
         va, vb = self.outputs
@@ -146,15 +152,16 @@ class _History:
             return None
         error = None
         if self.outputs:
-            _, predicted = self.forecast(sigma)
-            norm = output.float().abs().mean().clamp_min(1e-12)
+            use_line, _ = self.predict(sigma)
+            out = output.float()
+            norm = out.abs().mean().clamp_min(1e-12)
             h = self.sigmas[-1] - sigma
-            e0 = float((output.float() - self.outputs[-1].float()).abs().mean() / norm)
+            e0 = float((out - self.outputs[-1].float()).abs().mean() / norm)
             error, self.c0 = e0, e0 / h
             if len(self.outputs) == 2:
                 h0 = self.sigmas[0] - self.sigmas[1]
-                e1 = float((output.float() - self._line(h, h0).float()).abs().mean() / norm)
-                if self.c1 is not None and self.c1 * h * (h + h0) < predicted:
+                e1 = float((out - self._line(h, h0).float()).abs().mean() / norm)
+                if use_line:
                     error = e1
                 self.c1 = e1 / (h * (h + h0))
         self.sigmas = (self.sigmas + [sigma])[-2:]
