@@ -102,3 +102,19 @@ def test_compare_falls_back_to_diffusers_then_to_nothing():
     alone = [_row("ours:sdpa", torch.ones(3))]
     gpu_check.compare(alone, torch.bfloat16)
     assert alone[0]["unchecked"] == "no reference ran" and "fail" not in alone[0] and "err" not in alone[0]
+
+
+def test_gpu_profile_tiny_lists_kernels_of_both_and_they_agree():
+    """bench/gpu_profile.py (the kernel-level diagnostic beside the check) in its tiny CPU mode:
+    a timing line and a profiler table for ComfyUI and for ours, and ours agrees in fp32."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_profile.py"), "--tiny", "--rows", "4"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    heads = [line for line in run.stdout.splitlines() if line.startswith("== ")]
+    assert len(heads) == 2, run.stdout[-2000:]
+    assert heads[0].startswith("== comfy:") and heads[1].startswith("== ours:sdpa:"), heads
+    err = float(heads[1].rsplit("relative error vs comfy", 1)[1])
+    assert err < 1e-4, heads[1]
+    assert run.stdout.count("Self CPU time total") == 2, run.stdout[-2000:]
+    assert "aten::scaled_dot_product_attention" in run.stdout          # ours' attention shows up
