@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..model.example_inputs import install_example_inputs
 from ..model.weights.catalog import ModelError, download, load_catalog, lookup
 from . import models as M
 from .host import ComfyClient, ComfyHost, HostError
@@ -108,6 +109,7 @@ def with_client(args: argparse.Namespace, go):
     base = Path(args.base_dir).resolve() if getattr(args, "base_dir", None) else Path(
         tempfile.mkdtemp(prefix="spacetime-host-"))
     extra = model_paths_args(base, args) if hasattr(args, "models_dir") else ()
+    install_example_inputs(base / "input")   # the inputs the shipped workflows name
     with ComfyHost(base, comfy_dir=args.comfyui, cpu=not getattr(args, "gpu", False), extra_args=extra) as host:
         return go(host.client)
 

@@ -1,4 +1,4 @@
-"""The models a workflow needs (``workflows/models.json`` and the catalog files its graph names),
+"""The models a workflow needs (``workflows/api/models.json`` and the catalog files its graph names),
 checked against a server or a models folder; the catalog itself is ``model.weights.catalog``."""
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from ..model.weights.catalog import ModelEntry, ModelError
 log = logging.getLogger("spacetime.models")
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
-MANIFEST_PATH = PACK_ROOT / "workflows" / "models.json"
+MANIFEST_PATH = PACK_ROOT / "workflows" / "api" / "models.json"
 
 
 def load_manifest(path: str | os.PathLike = MANIFEST_PATH) -> dict[str, list[str]]:
-    """``workflows/models.json``: ``{"workflows": {"<file>.json": ["<catalog id>", ...]}}``.
+    """``workflows/api/models.json``: ``{"workflows": {"<file>.json": ["<catalog id>", ...]}}``.
 
-    Keys are workflow file names in ``workflows/``; an API twin ``X_api.json`` shares the
+    Keys are UI workflow file names in ``workflows/``; an API twin (in ``workflows/api/``) ``X_api.json`` shares the
     entry of ``X.json`` unless it has its own. Returns file name -> catalog ids.
     """
     p = Path(path)

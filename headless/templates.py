@@ -3,6 +3,10 @@ UI-format graph (draggable into ComfyUI) and its API-format twin ``NAME_api.json
 
     python scripts/make_workflows.py [--out workflows/]
 
+Layout: ``workflows/NAME.json`` (UI format) with its card picture ``NAME.jpg`` at the top, which
+ComfyUI lists in its templates browser; ``workflows/api/NAME_api.json`` and the models each
+workflow needs, ``workflows/api/models.json``, in a subfolder the browser does not list.
+
 Both formats come from one graph description, so they cannot drift apart. ``NODE_SPECS``
 lists each node type's sockets and widgets in ComfyUI's order; tests/test_workflows.py checks
 it against a live server's /object_info. Sampling defaults are the official Wan configs'.
@@ -10,13 +14,18 @@ it against a live server's /object_info. Sampling defaults are the official Wan 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from ..model.embedded import config as EMB
 from ..samplers.experts import WAN22_BOUNDARY
 from ..samplers.presets import FEW_STEP_PRESETS
+from .thumbnails import image_frame, video_frame, write_thumbnails
 
 # node type -> (input sockets [(name, type)], widget names in order, outputs [(name, type)]).
 # "$control" marks the frontend's control_after_generate widget after a seed.
@@ -308,9 +317,17 @@ def all_workflows() -> dict[str, Graph]:
     return {f"{family}_{cap}": build(family, cap) for family, fam in FAMILIES.items() for cap in fam["caps"]}
 
 
+API_DIR = "api"   # subfolder of workflows/ for the API twins and models.json
+
+
+def api_path(out_dir: Path, name: str) -> Path:
+    """Where the API twin of ``workflows/<name>.json`` lives."""
+    return out_dir / API_DIR / f"{name}_api.json"
+
+
 def write_manifest(out_dir: Path) -> Path:
-    """Add this generator's workflows to workflows/models.json (other entries are kept)."""
-    path = out_dir / "models.json"
+    """Add this generator's workflows to workflows/api/models.json (other entries are kept)."""
+    path = out_dir / API_DIR / "models.json"
     data = json.loads(path.read_text()) if path.is_file() else {"format": 1, "workflows": {}}
     for family, fam in FAMILIES.items():
         for cap in fam["caps"]:
@@ -321,13 +338,34 @@ def write_manifest(out_dir: Path) -> Path:
     return path
 
 
-def write(out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def card_frames() -> dict[str, Callable[[], torch.Tensor]]:
+    """The frame on each embedded workflow's card: the embedded model's first frame for text to
+    video / image, else the frame of the example input that the output starts with."""
+    from ..model.example_inputs import EXAMPLE_INPUTS_DIR as X
+    from ..model.prompt_expander import expand_prompt
+    from ..pipeline import generate_embedded
+
+    @functools.cache
+    def generated() -> torch.Tensor:
+        fam = FAMILIES["embedded"]
+        video = generate_embedded(expand_prompt(fam["prompt"], model_family="embedded", seed=0, max_words=40), seed=42)
+        return ((video[:, 0] + 1) / 2).permute(1, 2, 0)       # (H, W, 3) in 0..1
+
+    placed = {"i2v": lambda: image_frame(X / IMAGE_IN), "extend_forward": lambda: video_frame(X / CLIP_A, -1),
+              "connect": lambda: video_frame(X / CLIP_A, -1), "loop": lambda: video_frame(X / CLIP_A, 0),
+              "extend_backward": lambda: video_frame(X / CLIP_A, 0), "edit": lambda: video_frame(X / CLIP_A, 0)}
+    return {f"embedded_{cap}": placed.get(cap, generated) for cap in FAMILIES["embedded"]["caps"]}
+
+
+def write(out_dir: Path, thumbnails: bool = True) -> list[Path]:
+    (out_dir / API_DIR).mkdir(parents=True, exist_ok=True)
     written = [write_manifest(out_dir)]
     for name, graph in all_workflows().items():
-        for path, data in ((out_dir / f"{name}.json", graph.ui()), (out_dir / f"{name}_api.json", graph.api())):
+        for path, data in ((out_dir / f"{name}.json", graph.ui()), (api_path(out_dir, name), graph.api())):
             path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
             written.append(path)
+    if thumbnails:   # a card for every UI workflow at the top, the generator's and any other
+        written += write_thumbnails(out_dir, card_frames())
     return written
 
 

@@ -34,9 +34,23 @@ def all_nodes() -> list:
     return nodes
 
 
+def install_example_inputs() -> None:
+    """Copy the shipped example inputs into ComfyUI's input folder (never over a user's file)."""
+    from ..model.example_inputs import install_example_inputs as install
+
+    try:
+        import folder_paths
+
+        install(folder_paths.get_input_directory())
+    except Exception:  # examples are a convenience: never stop the pack from loading
+        log.warning("Spacetime: could not copy the example inputs into ComfyUI's input folder", exc_info=True)
+
+
 def extension():
-    """The pack as one ComfyUI V3 extension."""
+    """The pack as one ComfyUI V3 extension; copies the example inputs on load."""
     from comfy_api.latest import ComfyExtension
+
+    install_example_inputs()
 
     class SpacetimeExtension(ComfyExtension):
         async def get_node_list(self) -> list:

@@ -251,6 +251,6 @@ def test_convert_prints_the_api_twin(host):
     r = cli("convert", str(TEST_PATTERN_UI), "--server", host.url)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
-    twin = json.loads((ROOT / "workflows" / "foundation_test_pattern_api.json").read_text())
+    twin = json.loads((ROOT / "workflows" / "api" / "foundation_test_pattern_api.json").read_text())
     assert {k: (v["class_type"], v["inputs"]) for k, v in got.items()} == \
         {k: (v["class_type"], v["inputs"]) for k, v in twin.items()}

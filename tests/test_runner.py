@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.host
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW = ROOT / "workflows" / "foundation_test_pattern_api.json"
+WORKFLOW = ROOT / "workflows" / "api" / "foundation_test_pattern_api.json"
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

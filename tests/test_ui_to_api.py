@@ -195,8 +195,8 @@ def test_stale_widget_values_are_reported():
 
 def _twins() -> list[tuple[Path, Path]]:
     pairs = []
-    for api in sorted((ROOT / "workflows").glob("*_api.json")):
-        ui = api.with_name(api.name[: -len("_api.json")] + ".json")
+    for api in sorted((ROOT / "workflows" / "api").glob("*_api.json")):
+        ui = ROOT / "workflows" / (api.name[: -len("_api.json")] + ".json")
         if ui.exists():
             pairs.append((ui, api))
     return pairs

@@ -13,6 +13,7 @@ from nodes_helpers import error_message, run, saved_files, write_inputs, write_t
 from spacetime_video.headless import templates as mw
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+API = WORKFLOWS / mw.API_DIR   # the API twins and models.json
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FILE_INPUTS = {"dit_name", "vae_name", "clip_name", "image", "video", "low_noise_dit_name", "text_encoder_name",
                "lora_name"}
@@ -50,13 +51,32 @@ def test_generated_files_are_current():
         expected[f"{name}.json"] = graph.ui()
         expected[f"{name}_api.json"] = graph.api()
     for fname, data in expected.items():
-        path = WORKFLOWS / fname
+        path = (API if fname.endswith("_api.json") else WORKFLOWS) / fname
         assert path.is_file(), f"{fname} missing: run python scripts/make_workflows.py"
         assert json.loads(path.read_text()) == json.loads(json.dumps(data)), f"{fname} is stale"
-    manifest = json.loads((WORKFLOWS / "models.json").read_text())["workflows"]
+    manifest = json.loads((API / "models.json").read_text())["workflows"]
     assert all(n in manifest for n in expected if not n.endswith("_api.json"))
     caps = {n.removeprefix("embedded_") for n in expected if n.startswith("embedded_") and not n.endswith("_api.json")}
     assert {c + ".json" for c in mw.FAMILIES["embedded"]["caps"]} == caps  # every capability for the embedded model
+
+
+def test_templates_folder_holds_only_ui_workflows_each_with_a_card():
+    """ComfyUI lists every workflows/*.json as a template card: each must open as a UI graph and
+    have its NAME.jpg picture; API twins and the catalog live in workflows/api/."""
+    from PIL import Image
+
+    from spacetime_video.headless.thumbnails import describe
+    tops = sorted(WORKFLOWS.glob("*.json"))
+    assert len(tops) >= 29 and not [p.name for p in tops if p.name.endswith("_api.json") or p.name == "models.json"]
+    for path in tops:
+        data = json.loads(path.read_text())
+        assert isinstance(data.get("nodes"), list) and "version" in data, f"{path.name} is not a UI workflow"
+        card = Image.open(path.with_suffix(".jpg"))
+        assert card.format == "JPEG" and card.size == (320, 240), path.name
+    assert {p.stem for p in API.glob("*_api.json")} >= {p.stem + "_api" for p in tops if p.stem in mw.all_workflows()}
+    assert describe("embedded_t2v") == ("Text to video", "Embedded tiny model, runs on CPU")
+    assert describe("wan21_t2v_1.3b_extend_forward") == ("Extend forward", "Wan 2.1 T2V 1.3B")
+    assert describe("wan22_t2v_a14b_t2v_4step")[0] == "Text to video, 4 steps"
 
 
 @pytest.mark.host
@@ -92,10 +112,10 @@ def _check_api(name: str, graph: dict, object_info: dict) -> None:
 def test_every_workflow_validates_against_object_info(object_info):
     generated = list(mw.all_workflows())
     names = sorted([f"{n}.json" for n in generated] + [f"{n}_api.json" for n in generated])
-    names += sorted(p.name for p in WORKFLOWS.glob("*_api.json") if p.name not in names)  # others' API graphs
+    names += sorted(p.name for p in API.glob("*_api.json") if p.name not in names)  # others' API graphs
     assert len(generated) >= 29
     for fname in names:
-        data = json.loads((WORKFLOWS / fname).read_text())
+        data = json.loads(((API if fname.endswith("_api.json") else WORKFLOWS) / fname).read_text())
         if fname.endswith("_api.json"):
             _check_api(fname, data, object_info)
             continue
@@ -108,7 +128,7 @@ def test_every_workflow_validates_against_object_info(object_info):
             assert _input_type(object_info[nodes[dst]["type"]], dst_input["name"]) in (typ, "*")
         for n in data["nodes"]:
             assert len(n["widgets_values"]) == len(_widgets(object_info[n["type"]])), f"{fname}: {n['type']}"
-        twin = json.loads((WORKFLOWS / fname.replace(".json", "_api.json")).read_text())
+        twin = json.loads((API / fname.replace(".json", "_api.json")).read_text())
         assert sorted(twin, key=int) == [str(i) for i in sorted(nodes)]
         for nid, node in twin.items():
             ui = nodes[int(nid)]
@@ -154,7 +174,7 @@ def tiny(host):
 @pytest.mark.parametrize("cap", mw.FAMILIES["embedded"]["caps"])
 def test_embedded_workflow_runs(host, tiny, cap):
     from spacetime_video.nodes.video_file import read_video
-    graph = _with_tiny_loaders(json.loads((WORKFLOWS / f"embedded_{cap}_api.json").read_text()), tiny)
+    graph = _with_tiny_loaders(json.loads((API / f"embedded_{cap}_api.json").read_text()), tiny)
     h = run(host, graph, timeout=300)
     assert error_message(h) is None, error_message(h)
     (item,) = saved_files(h)
@@ -183,7 +203,7 @@ def test_embedded_workflow_with_shipped_weights_or_a_clear_error(host, tiny, nam
     """Unmodified: runs when the shipped weights (and the 4-step LoRA) are present, else names the
     loader and what to do."""
     from spacetime_video.model.embedded import config as emb
-    graph = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
+    graph = json.loads((API / f"{name}_api.json").read_text())
     h = run(host, graph, timeout=600)
     files = (emb.DIT_FILE, emb.VAE_FILE, emb.TEXT_FILE) + ((emb.DISTILL_FILE,) if name.endswith("_4step") else ())
     if all((emb.WEIGHTS_DIR / f).is_file() for f in files):
@@ -231,7 +251,7 @@ def _with_tiny_files(graph: dict, names: dict, wan22: bool) -> dict:
                                   "wan22_t2v_a14b_t2v_4step"])
 def test_wan_workflow_runs_on_tiny_files(host, tiny, name):
     from spacetime_video.nodes.video_file import read_video
-    graph = _with_tiny_files(json.loads((WORKFLOWS / f"{name}_api.json").read_text()), tiny,
+    graph = _with_tiny_files(json.loads((API / f"{name}_api.json").read_text()), tiny,
                              name.startswith("wan22_ti2v"))
     h = run(host, graph, timeout=300)
     assert error_message(h) is None, error_message(h)
