@@ -23,6 +23,12 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BACKENDS = ("auto", "sdpa", "math", "flash_attn", "sageattention")
 
 
+def whole_keys(attn: AttentionFn) -> AttentionFn:
+    """The kernel for attention whose keys are whole on every rank (cross-attention to text):
+    a sequence-parallel kernel carries its single-rank kernel as ``local``; any other is itself."""
+    return getattr(attn, "local", attn)
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """torch.nn.functional.scaled_dot_product_attention (fused kernels on CPU and GPU)."""
     return F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).flatten(2)  # (B, L, H*d)

@@ -13,18 +13,20 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..weights.precision import Linear
-from .attention import AttentionFn, pick_attention, tune_cpu_allocator
+from .attention import AttentionFn, pick_attention, tune_cpu_allocator, whole_keys
 from .config import DiTConfig
 from .patches import Grid, apply_rope, grid_of, patchify, rope_table, unpatchify
 
 log = logging.getLogger(__name__)
 Rope = torch.Tensor  # (L, 1, head_dim/2) complex64, from patches.rope_table
+TokenRunner = Callable[..., torch.Tensor]  # (dit, x, e, e0, ctx, ctx_img, rope, attn) -> (B, L, out)
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
@@ -157,6 +159,7 @@ class CrossAttention(nn.Module):
         b, n, _ = x.shape
         q = self.norm_q(self.q(x), gain=(x.shape[-1] // self.heads) ** -0.5)  # scale folded in
         q = heads_first(q.view(b, n, self.heads, -1), x.dtype)
+        attn = whole_keys(attn)             # the text keys are whole on every rank of a parallel run
         out = attn(q, *self.text_kv(ctx))                                  # (B, L, D)
         if ctx_img is not None:
             out = out + attn(q, *self._kv(ctx_img, self.k_img, self.v_img, self.norm_k_img))
@@ -348,14 +351,12 @@ class WanDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor,
                 clip_fea: torch.Tensor | None = None) -> torch.Tensor:
-        c, cdt = self.config, self.compute_dtype
+        c = self.config
         grid = grid_of(x.shape, c.patch_size, c.in_dim)
         b = x.shape[0]
         attn = self.attention_fn(x.device)
         if x.device.type == "cpu":
             tune_cpu_allocator()
-        w = self.patch_embedding
-        tokens = patchify(x.float(), w.weight.float(), w.bias.float(), c.patch_size)  # (B, L, D) fp32
         e, e0 = self.embed_time(self.time_groups(timestep, b, grid))
         memo = self.text_memo if not torch.is_grad_enabled() else None
         entry = memo.find(context, b) if memo is not None else None
@@ -365,11 +366,10 @@ class WanDiT(nn.Module):
         ctx_img = self.embed_image(clip_fea, b)              # (B, 257|514, D) or None
         rope = rope_table(grid, c.head_dim, c.rope_theta, x.device)
         try:
-            tokens = self.run_blocks(tokens, e0, ctx, ctx_img, rope, attn)
+            out = self.run_tokens(x, e, e0, ctx, ctx_img, rope, attn)  # (B, L, out_dim * prod(patch))
         finally:
             if memo is not None:
                 memo.active = None
-        out = self.head(tokens, e, cdt)                      # (B, L, out_dim * prod(patch))
         return unpatchify(out, grid, c.patch_size, c.out_dim).to(x.dtype)
 
     text_memo: TextMemo | None = None
@@ -379,6 +379,25 @@ class WanDiT(nn.Module):
         self.text_memo = memo
         for block in self.blocks:
             block.cross_attn.memo = memo
+
+    # -- the per-token part of the call; a sequence-parallel plan (model/parallel) splits it ----
+    sequence_parallel: "TokenRunner | None" = None
+
+    def embed_patches(self, x: torch.Tensor, tokens: slice = slice(None)) -> torch.Tensor:
+        """The patch embedding of ``x`` (B, C, T, H, W) -> (B, n, D) float32, for the ``tokens``
+        range of the (t, h, w) sequence (all of it by default)."""
+        w = self.patch_embedding
+        return patchify(x.float(), w.weight.float(), w.bias.float(), self.config.patch_size, tokens)
+
+    def run_tokens(self, x: torch.Tensor, e: torch.Tensor, e0: torch.Tensor, ctx: torch.Tensor,
+                   ctx_img: torch.Tensor | None, rope: Rope, attn: AttentionFn) -> torch.Tensor:
+        """Patch embedding, the blocks and the output head: latent (B, C, T, H, W) -> per-token
+        output (B, L, out_dim * prod(patch)). With ``sequence_parallel`` set, that plan runs this
+        part over its share of the tokens and gathers the output."""
+        if self.sequence_parallel is not None:
+            return self.sequence_parallel(self, x, e, e0, ctx, ctx_img, rope, attn)
+        tokens = self.run_blocks(self.embed_patches(x), e0, ctx, ctx_img, rope, attn)  # (B, L, D) fp32
+        return self.head(tokens, e, self.compute_dtype)
 
     # -- points a host may take over (the ComfyUI MODEL: block patches, attention overrides) ----
     def attention_fn(self, device: torch.device) -> AttentionFn:

@@ -43,15 +43,16 @@ def grid_of(shape: torch.Size | tuple[int, ...], patch_size: Grid, in_dim: int) 
 
 
 def patchify(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-             patch_size: Grid) -> torch.Tensor:
-    """Embed patches: ``x`` (B, C, T, H, W) -> tokens (B, L, dim), L = T'H'W' in (t, h, w) order.
+             patch_size: Grid, tokens: slice = slice(None)) -> torch.Tensor:
+    """Embed patches: ``x`` (B, C, T, H, W) -> tokens (B, L, dim), L = T'H'W' in (t, h, w) order;
+    only the ``tokens`` range of that sequence when given (a rank's share in a parallel run).
 
     ``weight`` is the Conv3d kernel (dim, C, pt, ph, pw); the result equals the strided conv.
     """
     b, c, t, h, w = x.shape
     pt, ph, pw = patch_size
     x = x.view(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
-    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)  # (B, L, C*pt*ph*pw)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)[:, tokens]  # (B, n, C*pt*ph*pw)
     return torch.nn.functional.linear(x, weight.flatten(1).to(x.dtype),
                                       None if bias is None else bias.to(x.dtype))
 

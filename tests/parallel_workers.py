@@ -1,0 +1,128 @@
+"""Rank programs for tests/test_parallel.py: each spawned rank joins a gloo group on 127.0.0.1,
+runs several parallel checks, and rank 0 compares each with the single-process result and
+writes the relative errors to a file the test reads."""
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+import conftest  # noqa: F401  (this checkout as ``spacetime_video`` in a spawned rank)
+import torch
+import torch.distributed as dist
+from dit_helpers import TINY, inputs, random_state_dict, rel_err
+
+from spacetime_video.model.dit import WanDiT
+from spacetime_video.model.embedded.config import DIT_CONFIG as EMBEDDED
+from spacetime_video.model.parallel import ParallelError, parallelize
+from spacetime_video.samplers import cfg_denoiser, flow_sigmas, sample
+
+FAMILIES = {"t2v": TINY["t2v"], "i2v": TINY["i2v"], "ti2v": TINY["ti2v"], "embedded": EMBEDDED}
+
+
+def build(name: str, seed: int = 0) -> WanDiT:
+    cfg = FAMILIES[name]
+    dit = WanDiT(cfg, attention="math").eval()
+    dit.load_state_dict(random_state_dict(cfg, seed))
+    return dit
+
+
+def family_inputs(name: str, frames: int) -> tuple:
+    """A guided batch of 2 (cond, uncond contexts); per-token timesteps for TI2V (frame 0 kept)."""
+    cfg = FAMILIES[name]
+    x, _, ctx, clip = inputs(cfg, b=2, t=frames, hw=8)
+    if name == "ti2v":
+        tokens = frames * 16
+        t = torch.full((2, tokens), 700.0)
+        t[:, :16] = 0.0
+    else:
+        t = torch.tensor([700.0, 700.0])
+    return x, t, ctx, clip
+
+
+def forward_error(dit: WanDiT, name: str, frames: int) -> float:
+    x, t, ctx, clip = family_inputs(name, frames)
+    with torch.no_grad():
+        got = dit(x, t, ctx, clip)
+        plan, dit.sequence_parallel = dit.sequence_parallel, None
+        ref = dit(x, t, ctx, clip) if dist.get_rank() == 0 else got
+        dit.sequence_parallel = plan
+    return rel_err(got, ref)
+
+
+def sampled_error(dit: WanDiT, name: str, frames: int) -> float:
+    """A 4-step guided UniPC run (batched cond/uncond forwards) vs the single-process run."""
+    x, _, ctx, clip = family_inputs(name, frames)
+    extra = {} if clip is None else {"clip_fea": clip[:1]}
+
+    noise, image = x[:1, :dit.config.out_dim], x[:1, dit.config.out_dim:]   # I2V: image channels stay
+
+    def model(z, sigma, context, **kw):
+        z_in = torch.cat([z, image.expand(z.shape[0], -1, -1, -1, -1)], 1)
+        return z - sigma.view(-1, 1, 1, 1, 1) * dit(z_in, 1000 * sigma, context, **kw)
+    denoise = cfg_denoiser(model, {"context": ctx[:1], **extra}, {"context": ctx[1:], **extra}, 4.0)
+    with torch.no_grad():
+        got = sample(denoise, noise, flow_sigmas(4, 3.0), solver="unipc", disable=True)
+        plan, dit.sequence_parallel = dit.sequence_parallel, None
+        ref = sample(denoise, noise, flow_sigmas(4, 3.0), solver="unipc", disable=True) \
+            if dist.get_rank() == 0 else got
+        dit.sequence_parallel = plan
+    return rel_err(got, ref)
+
+
+def checks(rank: int, world: int, out: dict) -> None:
+    """Every family at every layout this world size allows; frames 5 splits frames by rows."""
+    layouts = [dict(cfg=1)] + ([dict(cfg=2)] if world % 2 == 0 else [])
+    for name in FAMILIES:
+        dit = build(name)
+        for lay in layouts:
+            groups = parallelize(dit, timeout_s=60, **lay)
+            tag = f"{name}/cfg{lay['cfg']}-u{groups.layout.ulysses}-r{groups.layout.ring}"
+            out[f"forward/{tag}/f3"] = forward_error(dit, name, 3)
+            out[f"forward/{tag}/f5"] = forward_error(dit, name, 5)
+            if name in ("t2v", "embedded") or lay["cfg"] == 1:
+                out[f"sampled/{tag}"] = sampled_error(dit, name, 3)
+        dit.sequence_parallel = None
+
+
+def mismatched_weights(rank: int, world: int, out: dict) -> None:
+    dit = build("t2v", seed=rank)               # every rank a different checkpoint
+    try:
+        parallelize(dit, timeout_s=30)
+        out["mismatch"] = "no error"
+    except ParallelError as e:
+        out["mismatch"] = str(e)
+
+
+def too_many_ranks(rank: int, world: int, out: dict) -> None:
+    dit = build("t2v")
+    parallelize(dit, timeout_s=30)
+    x, t, ctx, _ = family_inputs("t2v", 1)
+    x = x[:, :, :, :2, :]                       # one token row: fewer than the ranks
+    try:
+        with torch.no_grad():
+            dit(x, t, ctx)
+        out["too_many"] = "no error"
+    except ValueError as e:
+        out["too_many"] = str(e)
+
+
+JOBS = {"checks": checks, "mismatch": mismatched_weights, "too_many": too_many_ranks}
+
+
+def run_rank(rank: int, world: int, port: int, jobs: list[str], result: str) -> None:
+    """One rank of a spawned test group (torch.multiprocessing.spawn calls it)."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    out: dict = {"world": world}
+    start = time.perf_counter()
+    try:
+        for job in jobs:
+            JOBS[job](rank, world, out)
+    finally:
+        out["seconds"] = time.perf_counter() - start
+        if rank == 0:
+            with open(result, "w") as f:
+                json.dump(out, f)
+        dist.destroy_process_group()
