@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 
 import conftest  # noqa: F401  (this checkout as ``spacetime_video`` in a spawned rank)
@@ -107,7 +108,29 @@ def too_many_ranks(rank: int, world: int, out: dict) -> None:
         out["too_many"] = str(e)
 
 
-JOBS = {"checks": checks, "mismatch": mismatched_weights, "too_many": too_many_ranks}
+def lost_rank(rank: int, world: int, out: dict, stall: bool) -> None:
+    """Rank 1 dies (or stalls) inside its second block; the others must fail within the timeout."""
+    dit = build("t2v")
+    parallelize(dit, timeout_s=5)
+    if rank == 1:
+        def die(*args, **kwargs):
+            if stall:
+                time.sleep(600)
+            os._exit(3)
+        dit.blocks[1].forward = die
+    x, t, ctx, _ = family_inputs("t2v", 3)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            dit(x, t, ctx)
+        out["lost"] = "no error"
+    except ParallelError as e:
+        out["lost"] = str(e)
+    out["lost_seconds"] = time.perf_counter() - start
+
+
+JOBS = {"checks": checks, "mismatch": mismatched_weights, "too_many": too_many_ranks,
+        "killed": lambda r, w, o: lost_rank(r, w, o, stall=False), "stalled": lambda r, w, o: lost_rank(r, w, o, stall=True)}
 
 
 def run_rank(rank: int, world: int, port: int, jobs: list[str], result: str) -> None:
@@ -125,4 +148,5 @@ def run_rank(rank: int, world: int, port: int, jobs: list[str], result: str) -> 
         if rank == 0:
             with open(result, "w") as f:
                 json.dump(out, f)
+    if "lost" not in out:       # after a lost peer the group is broken: just leave
         dist.destroy_process_group()

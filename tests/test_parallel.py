@@ -20,15 +20,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(world: int, jobs: list[str], tmp_path) -> dict:
+def spawn(world: int, jobs: list[str], tmp_path, wait_s: float = 120) -> dict:
+    """Run ``jobs`` on ``world`` spawned gloo ranks; rank 0's results and every rank's exit code.
+    A rank still alive when rank 0 is done (a stalled one) is killed."""
     result = tmp_path / f"result-{world}-{'-'.join(jobs)}.json"
-    mp.spawn(parallel_workers.run_rank, args=(world, free_port(), jobs, str(result)), nprocs=world, join=True)
-    return json.loads(result.read_text())
+    ctx = mp.start_processes(parallel_workers.run_rank, args=(world, free_port(), jobs, str(result)),
+                             nprocs=world, join=False, start_method="spawn")
+    try:
+        ctx.processes[0].join(wait_s)
+        for p in ctx.processes[1:]:
+            p.join(5)
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    out = json.loads(result.read_text()) if result.exists() else {}
+    out["exit_codes"] = [p.exitcode for p in ctx.processes]
+    return out
 
 
-@pytest.fixture(scope="module", params=[2, 3, 4])
+JOBS = {2: ["checks", "mismatch", "too_many", "stalled"], 3: ["checks", "killed"], 4: ["checks"]}
+
+
+@pytest.fixture(scope="module", params=sorted(JOBS))
 def run(request, tmp_path_factory) -> dict:
-    return spawn(request.param, ["checks"], tmp_path_factory.mktemp("parallel"))
+    return spawn(request.param, JOBS[request.param], tmp_path_factory.mktemp("parallel"))
 
 
 def test_parallel_equals_single_process(run):
@@ -48,3 +65,22 @@ def test_layouts_cover_each_scheme(run):
         assert "cfg1-u1-r3" in tags                          # 2 and 4 heads: ring
     if run["world"] == 4:
         assert {"cfg1-u2-r2", "cfg2-u2-r1"} <= tags          # hybrid (2 heads); CFG x Ulysses
+
+
+def test_bad_input_fails_clearly(run):
+    if run["world"] != 2:
+        pytest.skip("checked on the 2-rank group")
+    assert "weights of rank(s) [1] differ from rank 0" in run["mismatch"]
+    assert "2 sequence-parallel ranks" in run["too_many"] and "at most 1" in run["too_many"]
+
+
+def test_lost_rank_fails_every_other_rank_within_the_timeout(run):
+    """A rank that dies (3 ranks) or stalls (2 ranks) inside a forward: the others raise a
+    ParallelError naming themselves and the cause, within the 5 s timeout, and exit cleanly."""
+    if run["world"] == 4:
+        pytest.skip("checked on the 2- and 3-rank groups")
+    assert "rank 0:" in run["lost"] and "another rank has probably died" in run["lost"], run["lost"]
+    assert run["lost_seconds"] < 15, run
+    survivors = [c for r, c in enumerate(run["exit_codes"]) if r != 1]
+    assert survivors == [0] * (run["world"] - 1), run["exit_codes"]
+    assert run["exit_codes"][1] != 0            # died (3) or killed after stalling
