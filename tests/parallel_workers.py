@@ -7,13 +7,17 @@ import datetime
 import json
 import os
 import time
+import weakref
 
 import conftest  # noqa: F401  (this checkout as ``spacetime_video`` in a spawned rank)
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from dit_helpers import TINY, inputs, random_state_dict, rel_err
 
 from spacetime_video.model.dit import WanDiT
+from spacetime_video.model.dit import model as dit_model
 from spacetime_video.model.embedded.config import DIT_CONFIG as EMBEDDED
 from spacetime_video.model.parallel import ParallelError, parallelize
 from spacetime_video.samplers import cfg_denoiser, flow_sigmas, sample
@@ -129,7 +133,65 @@ def lost_rank(rank: int, world: int, out: dict, stall: bool) -> None:
     out["lost_seconds"] = time.perf_counter() - start
 
 
-JOBS = {"checks": checks, "mismatch": mismatched_weights, "too_many": too_many_ranks,
+class PeakTensorBytes(TorchDispatchMode):
+    """The peak of the bytes held by tensors created while active (every op's outputs, counted
+    once per storage until the tensor that owns it is freed): activation memory without the
+    weights and inputs made before, and without kernels' internal scratch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.now -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t._base is None and t.device.type == "cpu":
+                key = t.untyped_storage().data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = t.untyped_storage().nbytes()
+                    self.now += self.live[key]
+                    self.peak = max(self.peak, self.now)
+                    weakref.finalize(t, self._free, key)
+        return out
+
+
+MEMORY_CONFIG = FAMILIES["t2v"].__class__(dim=1024, ffn_dim=2048, num_heads=8, num_layers=1, text_dim=32,
+                                          freq_dim=64, text_len=16)
+
+
+def activation_memory(rank: int, world: int, out: dict) -> None:
+    """Peak activation bytes of one forward of 4,096 tokens (width 1024, 8 heads of 128 as Wan's,
+    SDPA) on this rank, and rank 0's single-process figure. The CPU forward's size-dependent
+    paths (FFN chunks and separate q/k/v matmuls above CPU_CHUNK_BYTES) are switched off, as on a
+    GPU, so that both runs take the same path and the comparison is of the sharding alone."""
+    dit_model.CPU_CHUNK_BYTES = 2**40
+    torch.manual_seed(0)
+    dit = WanDiT(MEMORY_CONFIG, attention="sdpa").eval()
+    parallelize(dit, timeout_s=60)
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(1, 16, 16, 32, 32, generator=g), torch.randn(1, 16, 32, generator=g)
+    peaks = {}
+    for mode in ("parallel", "single"):
+        if mode == "single":
+            dit.sequence_parallel = None
+            if rank != 0:
+                break
+        with torch.no_grad():
+            dit(x, torch.tensor([500.0]), ctx)                  # cached RoPE tables: not activations
+            with PeakTensorBytes() as meter:
+                dit(x, torch.tensor([500.0]), ctx)
+        peaks[mode] = meter.peak
+    every = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(every, torch.tensor([float(peaks["parallel"])], dtype=torch.float64))
+    if rank == 0:
+        out["memory"] = {"single": peaks["single"], "ranks": [int(e) for e in every]}
+
+
+JOBS = {"checks": checks, "memory": activation_memory, "mismatch": mismatched_weights, "too_many": too_many_ranks,
         "killed": lambda r, w, o: lost_rank(r, w, o, stall=False), "stalled": lambda r, w, o: lost_rank(r, w, o, stall=True)}
 
 

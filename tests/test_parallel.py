@@ -41,7 +41,7 @@ def spawn(world: int, jobs: list[str], tmp_path, wait_s: float = 120) -> dict:
     return out
 
 
-JOBS = {2: ["checks", "mismatch", "too_many", "stalled"], 3: ["checks", "killed"], 4: ["checks"]}
+JOBS = {2: ["checks", "memory", "mismatch", "too_many", "stalled"], 3: ["checks", "killed"], 4: ["checks"]}
 
 
 @pytest.fixture(scope="module", params=sorted(JOBS))
@@ -85,3 +85,13 @@ def test_lost_rank_fails_every_other_rank_within_the_timeout(run):
     survivors = [c for r, c in enumerate(run["exit_codes"]) if r != 1]
     assert survivors == [0] * (run["world"] - 1), run["exit_codes"]
     assert run["exit_codes"][1] != 0            # died (3) or killed after stalling
+
+
+def test_activation_memory_per_rank_is_about_one_nth(run):
+    """Peak bytes of the tensors one forward creates (4,096 tokens, width 1024, the CPU's chunking
+    off as on a GPU): each of 2 ranks at most 0.6 of the single process."""
+    if run["world"] != 2:
+        pytest.skip("measured on the 2-rank group")
+    mem = run["memory"]
+    ratios = [r / mem["single"] for r in mem["ranks"]]
+    assert mem["single"] > 50e6 and max(ratios) <= 0.6, (mem, ratios)

@@ -22,35 +22,31 @@ from .groups import ParallelGroups
 QUERY_CHUNK_BYTES = 16 * 2**20   # score block bound of the ring's per-block attention (as math_attention)
 
 
-def heads_to_tokens(qkv: list[torch.Tensor], groups: ParallelGroups, sizes: list[int]) -> list[torch.Tensor]:
-    """Ulysses' first exchange: tensors (B, H, n, d) of my tokens -> (B, H/U, N, d) of my heads
-    and all ``sizes`` (per Ulysses rank) tokens of the group, in one all-to-all."""
-    u, m = len(sizes), len(qkv)
-    b, h, n, d = qkv[0].shape
-    hu = h // u
-    send = torch.empty(u, n, m, b, hu, d, dtype=qkv[0].dtype, device=qkv[0].device)
-    for i, t in enumerate(qkv):                               # (U, n, B, H/U, d) per tensor
-        send[:, :, i] = t.reshape(b, u, hu, n, d).permute(1, 3, 0, 2, 4)
-    recv = torch.empty(sum(sizes), m, b, hu, d, dtype=send.dtype, device=send.device)
-    unit = m * b * hu * d
-    groups.wait(dist.all_to_all_single(recv.view(-1), send.view(-1), [unit * s for s in sizes],
-                                       [unit * n] * u, group=groups.ulysses_group, async_op=True),
+def heads_to_tokens(t: torch.Tensor, groups: ParallelGroups, sizes: list[int]) -> torch.Tensor:
+    """Ulysses' first exchange: t (B, U, h, n, d), rank j's heads at [:, j], my n tokens ->
+    (B, h, N, d) of my heads and all ``sizes`` (per Ulysses rank) tokens of the group."""
+    b, u, h, n, d = t.shape
+    send = t.permute(1, 3, 0, 2, 4).contiguous()              # (U, n, B, h, d): one block per rank
+    recv = torch.empty(sum(sizes), b, h, d, dtype=t.dtype, device=t.device)
+    unit = b * h * d
+    groups.wait(dist.all_to_all_single(recv.view(-1), send.view(-1), [unit * s for s in sizes], [unit * n] * u,
+                                       group=groups.ulysses_group, async_op=True),
                 "Ulysses all-to-all (heads)")
-    return [recv[:, i].permute(1, 2, 0, 3) for i in range(m)]  # (B, H/U, N, d) views
+    return recv.permute(1, 2, 0, 3)                            # (B, h, N, d) view
 
 
 def tokens_to_heads(out: torch.Tensor, groups: ParallelGroups, sizes: list[int]) -> torch.Tensor:
-    """Ulysses' second exchange: (B, N, H/U · d) of my heads -> (B, n, H · d) of my tokens."""
-    b, total, width = out.shape
-    u, me = len(sizes), groups.ulysses_rank
-    n = sizes[me]
-    send = out.transpose(0, 1).contiguous()                    # (N, B, H/U·d), cut by token shard
+    """Ulysses' second exchange: (B, N, w) of my heads -> (B, n, U, w) of my tokens, where
+    [:, :, j] holds the heads of Ulysses rank j."""
+    b, _, width = out.shape
+    u, n = len(sizes), sizes[groups.ulysses_rank]
+    send = out.transpose(0, 1).contiguous()                    # (N, B, w), cut by token shard
     recv = torch.empty(u, n, b, width, dtype=out.dtype, device=out.device)
     unit = b * width
     groups.wait(dist.all_to_all_single(recv.view(-1), send.view(-1), [unit * n] * u, [unit * s for s in sizes],
                                        group=groups.ulysses_group, async_op=True),
                 "Ulysses all-to-all (tokens)")
-    return recv.permute(2, 1, 0, 3).reshape(b, n, u * width)  # heads of rank j are the j-th slice
+    return recv.permute(2, 1, 0, 3)                            # (B, n, U, w) view
 
 
 def _merge_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, acc: torch.Tensor, top: torch.Tensor,
@@ -100,24 +96,46 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: Pa
 class SequenceAttention:
     """The self-attention kernel of a rank in a sequence-parallel run: ``local`` (the single-rank
     kernel; cross-attention to text uses it directly, see ``whole_keys``) around the exchanges.
-    ``shards`` are the token counts of every sequence rank, in rank order."""
+    ``shards`` are the token counts of every sequence rank, in rank order.
 
-    def __init__(self, local: AttentionFn, groups: ParallelGroups, shards: list[int]) -> None:
+    Ulysses runs in ``rounds`` over the heads (each round a slice of every rank's heads) and
+    exchanges q, k and v one at a time, so only one round's received copies and send buffer sit
+    on top of the block's activations. The default, one head per rank per round, keeps a rank's
+    peak near 1/N of one process, and with batch 1 the received (1, 1, N, d) blocks are
+    contiguous, as attention kernels want them; the traffic is the same, in more messages."""
+
+    def __init__(self, local: AttentionFn, groups: ParallelGroups, shards: list[int], rounds: int | None = None) -> None:
         self.local = local
         self.groups = groups
+        self.rounds = rounds
         lay = groups.layout
         first = groups.ring_pos * lay.ulysses
         self.ulysses_sizes = shards[first:first + lay.ulysses]
         self.ring_sizes = [sum(shards[p * lay.ulysses:(p + 1) * lay.ulysses]) for p in range(lay.ring)]
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention over the ring's tokens (or the local kernel without a ring): (B, n, H·d)."""
+        if self.groups.layout.ring > 1:
+            return ring_attention(q, k, v, self.groups, self.ring_sizes)
+        return self.local(q, k, v)
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        lay = self.groups.layout
-        if lay.ulysses > 1:
-            q, k, v = heads_to_tokens([q, k, v], self.groups, self.ulysses_sizes)
-        if lay.ring > 1:
-            out = ring_attention(q, k, v, self.groups, self.ring_sizes)
-        else:
-            out = self.local(q, k, v)                          # (B, N, H/U · d)
-        if lay.ulysses > 1:
-            out = tokens_to_heads(out, self.groups, self.ulysses_sizes)
-        return out
+        u = self.groups.layout.ulysses
+        if u == 1:
+            return self.attend(q, k, v)
+        b, h, n, d = q.shape
+        hu = h // u
+        rounds = self.rounds or hu
+        if hu % rounds:
+            raise ValueError(f"{rounds} Ulysses rounds do not divide the {hu} heads of each rank")
+        hr = hu // rounds
+        out = torch.empty(b, n, u, hu, d, dtype=q.dtype, device=q.device)   # (B, n, H·d) once filled
+        for r in range(rounds):
+            heads = slice(r * hr, (r + 1) * hr)
+            part = [heads_to_tokens(t.unflatten(1, (u, hu))[:, :, heads], self.groups, self.ulysses_sizes)
+                    for t in (q, k, v)]                                       # (B, hr, N, d) each
+            o = self.attend(*part)                                            # (B, N, hr·d)
+            del part
+            out[:, :, :, heads] = tokens_to_heads(o, self.groups, self.ulysses_sizes).unflatten(-1, (hr, d))
+            del o
+        return out.view(b, n, h * d)
