@@ -18,8 +18,10 @@ from dit_helpers import TINY, inputs, random_state_dict, rel_err
 
 from spacetime_video.model.dit import WanDiT
 from spacetime_video.model.dit import model as dit_model
+from spacetime_video.model.embedded import load_embedded
 from spacetime_video.model.embedded.config import DIT_CONFIG as EMBEDDED
 from spacetime_video.model.parallel import ParallelError, parallelize
+from spacetime_video.model.parallel.vae import bands, sharded_decode
 from spacetime_video.samplers import cfg_denoiser, flow_sigmas, sample
 
 FAMILIES = {"t2v": TINY["t2v"], "i2v": TINY["i2v"], "ti2v": TINY["ti2v"], "embedded": EMBEDDED}
@@ -191,7 +193,22 @@ def activation_memory(rank: int, world: int, out: dict) -> None:
         out["memory"] = {"single": peaks["single"], "ranks": [int(e) for e in every]}
 
 
-JOBS = {"checks": checks, "memory": activation_memory, "mismatch": mismatched_weights, "too_many": too_many_ranks,
+def vae_decode(rank: int, world: int, out: dict) -> None:
+    """The embedded (Wan 2.1-layout) VAE: the banded decode on every rank equals the one-process
+    tiled decode with the same bands, and stays close to the untiled one."""
+    vae = load_embedded().vae
+    z = torch.randn(1, vae.config.z_dim, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    got = sharded_decode(vae, z, halo=2)
+    if rank == 0:
+        tile, _ = bands(16, world, 2)
+        s = vae.config.stride[1]
+        with torch.no_grad():
+            tiled = vae.decode(z, tile=(tile * s, 16 * s), tile_overlap=(2 * s, 0))
+            whole = vae.decode(z)
+        out["vae"] = {"tiled": rel_err(got, tiled), "whole": rel_err(got, whole), "shape": list(got.shape)}
+
+
+JOBS = {"checks": checks, "memory": activation_memory, "vae": vae_decode, "mismatch": mismatched_weights, "too_many": too_many_ranks,
         "killed": lambda r, w, o: lost_rank(r, w, o, stall=False), "stalled": lambda r, w, o: lost_rank(r, w, o, stall=True)}
 
 

@@ -41,7 +41,8 @@ def spawn(world: int, jobs: list[str], tmp_path, wait_s: float = 120) -> dict:
     return out
 
 
-JOBS = {2: ["checks", "memory", "mismatch", "too_many", "stalled"], 3: ["checks", "killed"], 4: ["checks"]}
+JOBS = {2: ["checks", "memory", "vae", "mismatch", "too_many", "stalled"], 3: ["checks", "vae", "killed"],
+        4: ["checks"]}
 
 
 @pytest.fixture(scope="module", params=sorted(JOBS))
@@ -95,3 +96,12 @@ def test_activation_memory_per_rank_is_about_one_nth(run):
     mem = run["memory"]
     ratios = [r / mem["single"] for r in mem["ranks"]]
     assert mem["single"] > 50e6 and max(ratios) <= 0.6, (mem, ratios)
+
+
+def test_sharded_vae_decode_equals_the_tiled_decode(run):
+    if run["world"] == 4:
+        pytest.skip("checked on the 2- and 3-rank groups")
+    v = run["vae"]
+    assert v["shape"] == [1, 3, 9, 64, 64]
+    assert v["tiled"] <= TOL, v
+    assert v["whole"] < 0.25, v           # bands differ from one pass near the seams (a random latent)
