@@ -27,7 +27,7 @@ from .samplers import cfg_denoiser, flow_sigmas, sample, step_range_to_sigma_ran
 from .samplers.common import Callback, Denoiser
 from .samplers.step_cache import Speed, StepCache, guided_steps
 
-__all__ = ["Known", "generate", "generate_embedded", "generate_latent"]
+__all__ = ["Known", "generate", "generate_embedded", "generate_latent", "sample_canvas"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,19 @@ def generate_latent(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: t
         clean = canvas.known_latents(_encode_pixels(vae), pixels, flags)
         mask = canvas.noise_mask(flags, latent_shape[3:], st)
     sigmas = flow_sigmas(steps, shift) if sigmas is None else sigmas
+    z = sample_canvas(dit, context, negative, noise=noise, sigmas=sigmas, clean=clean, mask=mask, guidance=guidance,
+                      solver=solver, per_token=per_token, callback=callback, speed=speed)
+    return vae.denormalize(z)
+
+
+def sample_canvas(dit: WanDiT, context: torch.Tensor, negative: torch.Tensor | None, *, noise: torch.Tensor,
+                  sigmas: torch.Tensor, clean: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                  guidance: float = 5.0, solver: str = "unipc", per_token: bool = False,
+                  callback: Callback | None = None, speed: str | Speed | StepCache = "off") -> torch.Tensor:
+    """Sample one canvas in the DiT's (normalized) latent space: from ``noise`` ``[1, C, T, h, w]``
+    along ``sigmas``, keeping ``clean`` (normalized latents) where ``mask`` (ComfyUI's noise mask,
+    1 = generate, 0 = keep) is 0; the rest as :func:`generate_latent` (which builds the canvas from
+    pixels and calls this)."""
     cache = speed if isinstance(speed, StepCache) else StepCache(speed)
     cache.begin(sigmas)
     settings = cache.speed
@@ -138,10 +151,9 @@ def generate_latent(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: t
     denoiser = cfg_denoiser(model, {"context": context}, uncond, scale, sigma_range=sigma_range)
     dit.use_text_memo(TextMemo() if settings.reuse_text else None)
     try:
-        z = sample(denoiser, noise, sigmas, solver=solver, callback=callback, disable=True)
+        return sample(denoiser, noise, sigmas, solver=solver, callback=callback, disable=True)
     finally:
         dit.use_text_memo(None)
-    return vae.denormalize(z)
 
 
 def generate(dit: WanDiT, vae: WanVAE, context: torch.Tensor, negative: torch.Tensor | None = None,

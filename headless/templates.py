@@ -65,6 +65,11 @@ NODE_SPECS: dict[str, tuple[list, list, list]] = {
                                  "backend", "base_url", "model", "api_key_env", "on_error", "temperature"],
                                 [("expanded", "STRING"), ("original", "STRING")]),
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
+    "SpacetimeLongVideo": ([("model", "MODEL"), ("vae", "VAE"), ("text_encoder", "SPACETIME_TEXT_ENCODER"),
+                            ("clip", "CLIP")],
+                           ["storyboard", "negative", "fps", "seconds", "width", "height", "window", "overlap",
+                            "continuity", "anchor", "blend", "seed", "$control", "steps", "cfg", "solver", "shift",
+                            "filename_prefix"], [("video", "VIDEO"), ("run_folder", "STRING")]),
 }
 # values of widgets not set by a workflow (the frontend needs every widget's value)
 WIDGET_DEFAULTS = {"allow_large": False, "$control": "fixed", "$upload": "image", "weight_dtype": "default", "compute_dtype": "auto",
@@ -313,8 +318,42 @@ def build(family: str, cap: str) -> Graph:
     return g
 
 
+# Long video from a storyboard: a minute of one scene, segments of 4 s in a cycle of directions
+LONG_FAMILIES = ("embedded", "wan21_t2v_1.3b", "wan22_ti2v_5b")
+LONG_SCENES = {"embedded": "a red circle {} on a black background",
+               "file": "a red kite {} over a green meadow under a clear blue sky, steady camera"}
+LONG_MOTIONS = ("moves to the right", "moves to the left", "stays still", "moves up", "moves down")
+
+
+def long_storyboard(scene: str, seconds: float = 60.0, segment: float = 4.0) -> str:
+    n = round(seconds / segment)
+    return "\n".join(f"{segment:g}: " + scene.format(LONG_MOTIONS[i % len(LONG_MOTIONS)]) for i in range(n))
+
+
+def build_long(family: str) -> Graph:
+    fam = FAMILIES[family]
+    g = Graph()
+    text = {}
+    if fam["kind"] == "embedded":
+        loader = g.add("SpacetimeEmbeddedLoader", shift=fam["shift"], distilled=False)
+        model, vae, text = (loader, 0), (loader, 1), {"text_encoder": (loader, 2)}
+    else:
+        model = (g.add("SpacetimeDiTLoader", dit_name=fam["dit"], shift=fam["shift"], low_noise_dit_name="none"), 0)
+        vae = (g.add("SpacetimeVAELoader", vae_name=fam["vae"]), 0)
+        text = {"clip": (g.add("CLIPLoader", clip_name=TEXT_ENCODER, type="wan", device="default"), 0)}
+    g.add("SpacetimeLongVideo", "Long video", model=model, vae=vae, **text,
+          storyboard=long_storyboard(LONG_SCENES["embedded" if fam["kind"] == "embedded" else "file"]),
+          negative=fam.get("negative", NEGATIVE), fps=float(fam["fps"]), seconds=5.0, width=fam["width"],
+          height=fam["height"], window=fam["length"], overlap=1, continuity="pixels", anchor=0.5, blend=False,
+          seed=42, steps=fam["steps"], cfg=fam["cfg"], solver="unipc", shift=fam["shift"],
+          filename_prefix=f"spacetime/{family}_long_video")
+    return g
+
+
 def all_workflows() -> dict[str, Graph]:
-    return {f"{family}_{cap}": build(family, cap) for family, fam in FAMILIES.items() for cap in fam["caps"]}
+    graphs = {f"{family}_{cap}": build(family, cap) for family, fam in FAMILIES.items() for cap in fam["caps"]}
+    graphs.update({f"{family}_long_video": build_long(family) for family in LONG_FAMILIES})
+    return graphs
 
 
 API_DIR = "api"   # subfolder of workflows/ for the API twins and models.json
@@ -333,6 +372,8 @@ def write_manifest(out_dir: Path) -> Path:
         for cap in fam["caps"]:
             extra = fam["distill"]["needs"] if cap.endswith("_4step") and "distill" in fam else []
             data["workflows"][f"{family}_{cap}.json"] = NEEDS[family] + extra
+    for family in LONG_FAMILIES:
+        data["workflows"][f"{family}_long_video.json"] = NEEDS[family]
     data["workflows"] = dict(sorted(data["workflows"].items()))
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
@@ -354,7 +395,9 @@ def card_frames() -> dict[str, Callable[[], torch.Tensor]]:
     placed = {"i2v": lambda: image_frame(X / IMAGE_IN), "extend_forward": lambda: video_frame(X / CLIP_A, -1),
               "connect": lambda: video_frame(X / CLIP_A, -1), "loop": lambda: video_frame(X / CLIP_A, 0),
               "extend_backward": lambda: video_frame(X / CLIP_A, 0), "edit": lambda: video_frame(X / CLIP_A, 0)}
-    return {f"embedded_{cap}": placed.get(cap, generated) for cap in FAMILIES["embedded"]["caps"]}
+    cards = {f"embedded_{cap}": placed.get(cap, generated) for cap in FAMILIES["embedded"]["caps"]}
+    cards["embedded_long_video"] = generated
+    return cards
 
 
 def write(out_dir: Path, thumbnails: bool = True) -> list[Path]:

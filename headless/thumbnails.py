@@ -22,6 +22,7 @@ CAPABILITIES = {  # capability suffix of a workflow name -> what a user looks fo
     "t2v": "Text to video", "t2v_4step": "Text to video, 4 steps", "i2v": "Image to video",
     "extend_forward": "Extend forward", "extend_backward": "Extend backward", "connect": "Connect two clips",
     "loop": "Seamless loop", "edit": "Edit a video", "image": "Text to image", "test_pattern": "Test pattern",
+    "long_video": "Long video from a storyboard",
 }
 FAMILY_LABELS = {
     "embedded": "Embedded tiny model, runs on CPU", "wan21_t2v_1.3b": "Wan 2.1 T2V 1.3B",

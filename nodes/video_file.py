@@ -88,13 +88,30 @@ def _write_gif(path: Path, data: np.ndarray, fps: float, metadata: dict) -> None
                    duration=max(1, round(1000 / fps)), comment=comment.encode())
 
 
-def _encode(path: Path, fmt: str, frames: torch.Tensor, fps: float, metadata: dict, crf: int) -> None:
-    """Encode ``frames`` to ``path`` in ``fmt`` (whatever the file's name)."""
+def _pieces(frames: torch.Tensor | Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The frames as pieces ``[n, H, W, 3]`` of one size, each checked as it comes."""
+    size = None
+    for piece in [frames] if isinstance(frames, torch.Tensor) else frames:
+        _check_frames(piece)
+        if size is not None and tuple(piece.shape[1:3]) != size:
+            raise ValueError(f"frames of size {tuple(piece.shape[1:3])} after frames of size {size}")
+        size = tuple(piece.shape[1:3])
+        yield piece
+
+
+def _encode(path: Path, fmt: str, frames: torch.Tensor | Iterable[torch.Tensor], fps: float, metadata: dict,
+            crf: int) -> None:
+    """Encode ``frames`` (one tensor, or pieces of the clip in order, taken one at a time) to
+    ``path`` in ``fmt`` (whatever the file's name)."""
+    pieces = _pieces(frames)
     if fmt == "gif":
-        _write_gif(path, to_uint8(frames), fps, metadata)
+        _write_gif(path, to_uint8(torch.cat(list(pieces))), fps, metadata)
         return
+    first = next(pieces, None)
+    if first is None:
+        raise ValueError("no frames to write")
     codec, pix_fmt = CODECS[fmt]
-    h, w = frames.shape[1:3]
+    h, w = first.shape[1:3]
     pad_h, pad_w = h % 2, w % 2  # yuv420p needs even sizes
     options = {"movflags": "use_metadata_tags"} if fmt == "mp4" else {}
     with av.open(str(path), mode="w", format=fmt, options=options) as container:
@@ -103,12 +120,13 @@ def _encode(path: Path, fmt: str, frames: torch.Tensor, fps: float, metadata: di
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, pix_fmt
         stream.options = {"crf": str(crf)} if codec == "libx264" else {"crf": str(crf + 12), "b": "0"}
-        for i in range(frames.shape[0]):  # one frame at a time: no uint8 copy of the whole clip
-            frame = to_uint8(frames[i:i + 1])[0]
-            if pad_h or pad_w:
-                frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
+        for piece in itertools.chain([first], pieces):
+            for i in range(piece.shape[0]):  # one frame at a time: no uint8 copy of the whole clip
+                frame = to_uint8(piece[i:i + 1])[0]
+                if pad_h or pad_w:
+                    frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
 
@@ -144,10 +162,11 @@ def _take_name(tmp: Path, dest: Path) -> bool:
         return True
 
 
-def _write(folder: Path, first: str, more: Iterable[str], frames: torch.Tensor, fps: float,
+def _write(folder: Path, first: str, more: Iterable[str], frames: torch.Tensor | Iterable[torch.Tensor], fps: float,
            metadata: dict | None, crf: int, replace: bool) -> Path:
     fmt = _format_of(first)
-    _check_frames(frames)
+    if isinstance(frames, torch.Tensor):
+        _check_frames(frames)
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps {fps} must be a positive number")
     tmp = None
@@ -182,10 +201,12 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float, metadata: di
     return _write(path.parent, path.name, (), frames, fps, metadata, crf, replace=True)
 
 
-def write_new_video(folder: str | Path, names: Iterable[str], frames: torch.Tensor, fps: float,
-                    metadata: dict | None = None, crf: int = 19) -> Path:
+def write_new_video(folder: str | Path, names: Iterable[str], frames: torch.Tensor | Iterable[torch.Tensor],
+                    fps: float, metadata: dict | None = None, crf: int = 19) -> Path:
     """Encode once, then name the file after the first of ``names`` (one format, may be endless)
-    that no file has yet: an existing file is never replaced. Returns the path written."""
+    that no file has yet: an existing file is never replaced. Returns the path written.
+    ``frames`` may be an iterable of pieces ``[n, H, W, 3]`` (MP4 and WebM encode each piece as
+    it comes, so a long clip is never held whole; GIF collects them)."""
     names = iter(names)
     return _write(Path(folder), next(names), names, frames, fps, metadata, crf, replace=False)
 

@@ -57,7 +57,8 @@ def test_generated_files_are_current():
     manifest = json.loads((API / "models.json").read_text())["workflows"]
     assert all(n in manifest for n in expected if not n.endswith("_api.json"))
     caps = {n.removeprefix("embedded_") for n in expected if n.startswith("embedded_") and not n.endswith("_api.json")}
-    assert {c + ".json" for c in mw.FAMILIES["embedded"]["caps"]} == caps  # every capability for the embedded model
+    # every capability for the embedded model, and its long video from a storyboard
+    assert {c + ".json" for c in [*mw.FAMILIES["embedded"]["caps"], "long_video"]} == caps
 
 
 def test_templates_folder_holds_only_ui_workflows_each_with_a_card():

@@ -186,6 +186,33 @@ class WanVAE(nn.Module):
                 start += piece.shape[2]
             return out if out is not None else torch.cat(pieces, dim=2)
 
+    def decode_session(self) -> DecodeSession:
+        """A decode that continues across calls: latent frames given in several pieces decode to
+        exactly the frames of one :meth:`decode` of the whole latent (the causal cache is carried
+        from piece to piece), for a clip made and shown window by window."""
+        return DecodeSession(self)
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Reconstruction through the posterior mean (for training / checks)."""
         return self.decode(self.encode(video))
+
+
+class DecodeSession:
+    """One clip decoded piece by piece: :meth:`decode` takes the next latent frames and returns
+    their video frames, continuing the causal cache of the pieces before (no tiling)."""
+
+    def __init__(self, vae: WanVAE) -> None:
+        self.vae = vae
+        self.cache = CausalCache()
+        self.latent_frames = 0           # latent frames decoded so far
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latent frames [B, z_dim, t, h, w] -> their video [B, 3, n, H, W] in [-1, 1]:
+        1 + 4 (t - 1) frames for the clip's first piece, 4 t after."""
+        vae = self.vae
+        vae.check_latent(z)
+        x = vae.conv2(z.to(vae.device, vae.dtype))
+        pieces = [vae._unpatchify(p).clamp_(-1, 1) for p in vae._decode_stream(x, self.cache, True)]
+        self.latent_frames += z.shape[2]
+        return torch.cat(pieces, dim=2)

@@ -1,0 +1,99 @@
+"""How coherent a long clip of the embedded world is: the measures of bench/bench_long_video.py.
+
+All from pixels, with the project's analyser (training/analyser.py) for colour, shape and
+motion; ``frames`` are IMAGE ``[n, 64, 64, 3]`` in 0..1 and ``segments`` the storyboard's
+``(seconds, colour, shape, motion)``.
+
+- identity: the share of 1-second slices whose main object has the storyboard's colour and shape;
+- motion: the share of segments whose main object moves in the storyboard's direction;
+- one object: the share of frames with exactly one object (a connected blob of foreground
+  pixels of at least ``MIN_BLOB`` pixels), and the share of consecutive frame pairs whose
+  object centre moves at most ``MAX_STEP`` pixels;
+- seams: the largest mean absolute frame-to-frame change over the median one;
+- drift: the largest per-channel difference (in 1/255) between the background colour (median
+  of the border pixels) of the last second and of the first.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from spacetime_video.training.analyser import analyse
+
+FG_DIST = 0.15     # as the analyser: farther than this from the background is an object pixel
+MIN_BLOB = 6       # pixels
+MAX_STEP = 6.0     # pixels between consecutive frames
+
+
+def background(frames: torch.Tensor) -> torch.Tensor:
+    border = torch.cat([frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]], dim=1).reshape(-1, 3)
+    return border.median(dim=0).values
+
+
+def blobs(frame: torch.Tensor, bg: torch.Tensor) -> list[tuple[float, float, int]]:
+    """(x, y, pixels) of each object blob in one frame."""
+    fg = ((frame - bg).norm(dim=-1) > FG_DIST).numpy()
+    labels, n = ndimage.label(fg)
+    out = []
+    for i in range(1, n + 1):
+        ys, xs = np.nonzero(labels == i)
+        if len(xs) >= MIN_BLOB:
+            out.append((float(xs.mean()), float(ys.mean()), len(xs)))
+    return out
+
+
+def measure(frames: torch.Tensor, segments: list[tuple[float, str, str, str]], fps: float) -> dict:
+    n = frames.shape[0]
+    second = int(round(fps))
+    # identity per 1-second slice
+    ends, t = [], 0.0
+    for s in segments:
+        t += s[0]
+        ends.append(t * fps)
+
+    def segment_at(frame: float) -> tuple:
+        return segments[next((j for j, e in enumerate(ends) if frame < e), len(segments) - 1)]
+
+    ident = []
+    for a in range(0, n - second, second):
+        seg = segment_at(a + second / 2)
+        rep = analyse(frames[a:a + second + 1])
+        ident.append(rep.colour == seg[1] and rep.shape == seg[2])
+    motion, start = [], 0.0
+    for s, e in zip(segments, ends):
+        a, b = int(math.ceil(start)), min(n, int(math.floor(e)) + 1)
+        motion.append(analyse(frames[a:b]).motion == s[3])
+        start = e
+    bg = background(frames)
+    per_frame = [blobs(frames[i], bg) for i in range(n)]
+    one = [len(b) == 1 for b in per_frame]
+    steps = []
+    for b0, b1 in zip(per_frame, per_frame[1:]):
+        if b0 and b1:
+            c0, c1 = max(b0, key=lambda b: b[2]), max(b1, key=lambda b: b[2])
+            steps.append(math.dist(c0[:2], c1[:2]) <= MAX_STEP)
+        else:
+            steps.append(False)
+    change = (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))
+    drift = (background(frames[-second:]) - background(frames[:second])).abs().max() * 255
+    return {"identity": sum(ident) / max(len(ident), 1), "motion": sum(motion) / len(motion),
+            "one_object": sum(one) / n, "smooth": sum(steps) / max(len(steps), 1),
+            "seam_ratio": float(change.max() / change.median().clamp_min(1e-6)), "drift": float(drift),
+            "frames": n}
+
+
+def row(name: str, m: dict, extra: str = "") -> str:
+    return (f"| {name} | {100 * m['identity']:.0f}% | {100 * m['motion']:.0f}% | {100 * m['one_object']:.0f}% | "
+            f"{100 * m['smooth']:.0f}% | {m['seam_ratio']:.2f} | {m['drift']:.1f} | {extra} |")
+
+
+HEADER = ("| method | identity (1-s slices) | motion (segments) | one object (frames) | centre step <= 6 px "
+          "| largest / median frame change | background drift (1/255) | notes |\n|---|---|---|---|---|---|---|---|")
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")

@@ -1,0 +1,210 @@
+"""Long Video: a storyboard to one long clip, window by window, streamed into a video file.
+
+The node calls ``long_video.generate_long`` with a window sampler built on ComfyUI's own
+machinery (the Spacetime guider and solvers, as the Sampler node), so any Wan MODEL works and
+its patches (LoRAs, the step cache) apply. Every finished window is checkpointed in a run folder
+under the output folder (``spacetime_runs/<key>``, the key derived from the settings): queue the
+same graph again after an interrupt, a crash or an out-of-memory and it goes on from the first
+missing window. The frames go straight into the MP4 as each window is decoded; the node returns
+the written file as a ComfyUI VIDEO (native Save/Preview Video take it) and shows it.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import InputImpl, io, ui
+from PIL import Image
+
+from .. import samplers
+from ..long_video import StoryboardError
+from ..long_video.generate import long_frames
+from ..long_video.checkpoint import settings_key
+from ..long_video.generate import ANCHOR_DEFAULT, OVERLAP_DEFAULT
+from ..long_video.storyboard import parse_storyboard
+from ..long_video.timeline import CONTINUITY
+from .embedded_nodes import TextEncoder, _conditioning
+from .errors import node_error
+from .sampler import SpacetimeGuider
+from .video_file import VideoWriteError, write_new_video
+from .video_io import _prefix_problem
+from .validation import SpacetimeNode
+
+log = logging.getLogger("spacetime.nodes")
+
+RUNS = "spacetime_runs"   # folder of run checkpoints inside ComfyUI's output folder
+STORYBOARD_EXAMPLE = ("4: a red circle moves to the right on a black background\n"
+                      "4: a red circle moves to the left on a black background")
+
+
+def _encoder(text_encoder, clip):
+    """text -> CONDITIONING tensor [1, L, D], from the embedded text encoder or a ComfyUI CLIP."""
+    if text_encoder is not None:
+        return lambda text: _conditioning(text_encoder, text)[0][0]
+    return lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))[0][0]
+
+
+def _mix(tensors: list[torch.Tensor], weights: dict[int, float]) -> torch.Tensor:
+    """The weighted sum of text conditionings, the shorter ones padded with zeros."""
+    length = max(tensors[j].shape[1] for j in weights)
+    out = None
+    for j, w in weights.items():
+        t = torch.nn.functional.pad(tensors[j].float(), (0, 0, 0, length - tensors[j].shape[1]))
+        out = w * t if out is None else out + w * t
+    return out
+
+
+def _fingerprint(model, vae) -> str:
+    """What identifies the weights in a run's settings (cheap: shapes and a few sums)."""
+    inner = model.model.diffusion_model
+    w = inner.patch_embedding.weight
+    z = vae.wan.conv2.weight
+    patches = sorted(str(k) for k in getattr(model, "patches", {}))
+    return f"{type(inner).__name__}:{tuple(w.shape)}:{float(w.float().sum()):.6e}:{float(z.float().sum()):.6e}:" \
+           f"{len(patches)}:{hash(tuple(patches)) & 0xffffffff:x}"
+
+
+def _input_of(e: StoryboardError) -> str:
+    """The input a storyboard/window error is about (its message starts with the value's name)."""
+    text = str(e)
+    for name in ("overlap", "window", "fps", "anchor", "seconds"):
+        if text.startswith(name) or f" {name} " in text[:40]:
+            return name
+    return "width/height" if " is not a valid size" in text else "storyboard"
+
+
+class SpacetimeLongVideo(SpacetimeNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpacetimeLongVideo",
+            display_name="Long Video from Storyboard (Spacetime)",
+            category="Spacetime/long video",
+            description="A long clip from a storyboard (one 'SECONDS: prompt' line per segment), made window by "
+                        "window; every window continues the last one's frames, is checkpointed, and is written to "
+                        "the video file as soon as it is done. Queue it again to resume after an interrupt.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Vae.Input("vae", tooltip="the model family's VAE, loaded by a Spacetime loader"),
+                io.String.Input("storyboard", multiline=True, default=STORYBOARD_EXAMPLE,
+                                tooltip="one segment per line, 'SECONDS: prompt'; blank lines and # comments are "
+                                        "skipped. A single prompt without seconds uses the `seconds` input"),
+                io.String.Input("negative", multiline=True, default=""),
+                io.Float.Input("fps", default=16.0, min=1.0, max=60.0, step=1.0),
+                io.Float.Input("seconds", default=5.0, min=0.1, max=3600.0, step=0.1,
+                               tooltip="length of a storyboard that is a single prompt without 'SECONDS:'"),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16),
+                io.Int.Input("window", default=81, min=5, max=1001, step=4,
+                             tooltip="frames per window: the model's native length, 1 + 4k (Wan: 81; embedded: 17)"),
+                io.Int.Input("overlap", default=OVERLAP_DEFAULT, min=1, max=250,
+                             tooltip="latent frames each window keeps from the one before (1 + 4 (overlap - 1) "
+                                     "video frames); less than the window's latent frames"),
+                io.Combo.Input("continuity", options=list(CONTINUITY), default=CONTINUITY[0],
+                               tooltip="pixels: each window is a clip of its own that starts with the last frames "
+                                       "(as extend forward); latents: one latent video decoded as one"),
+                io.Float.Input("anchor", default=ANCHOR_DEFAULT, min=0.0, max=1.0, step=0.05,
+                               tooltip="drift control: hold each window's colour statistics to the first window's "
+                                       "(0 off, 1 matched exactly)"),
+                io.Boolean.Input("blend", default=False,
+                                 tooltip="a window that straddles two segments mixes both prompts in proportion"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True),
+                io.Int.Input("steps", default=30, min=1, max=1000),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("solver", options=list(samplers.SOLVERS), default="unipc"),
+                io.Float.Input("shift", default=5.0, min=0.1, max=100.0, step=0.1),
+                io.String.Input("filename_prefix", default="spacetime/long"),
+                TextEncoder.Input("text_encoder", optional=True, tooltip="the embedded model's text encoder"),
+                io.Clip.Input("clip", optional=True, tooltip="the umT5 text encoder (CLIPLoader, type wan)"),
+            ],
+            outputs=[io.Video.Output("video"), io.String.Output("run_folder")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, vae, storyboard, negative, fps, seconds, width, height, window, overlap, continuity,
+                anchor, blend, seed, steps, cfg, solver, shift, filename_prefix, text_encoder=None,
+                clip=None) -> io.NodeOutput:
+        if text_encoder is None and clip is None:
+            raise node_error(cls, "text_encoder/clip", "connect a text encoder: the embedded model's (its loader's "
+                             "text_encoder output) or a CLIP (CLIPLoader, type wan)")
+        if getattr(vae, "wan", None) is None:
+            raise node_error(cls, "vae", "this node decodes with the Spacetime VAE: load the VAE with 'Load VAE "
+                             "(Spacetime)' or the embedded loader")
+        out_dir = folder_paths.get_output_directory()
+        problem = _prefix_problem(filename_prefix, out_dir)
+        if problem:
+            raise node_error(cls, "filename_prefix", problem)
+        try:
+            segments = parse_storyboard(storyboard, seconds)
+        except StoryboardError as e:
+            raise node_error(cls, "storyboard", str(e)) from None
+        encode = _encoder(text_encoder, clip)
+        conds = [encode(s.prompt) for s in segments]
+        uncond = encode(negative)
+        sigmas = samplers.flow_sigmas(steps, shift)
+        sampler = comfy.samplers.KSAMPLER(samplers.SOLVERS[solver])
+        pbar = comfy.utils.ProgressBar(steps)
+        state = {"window": 0, "windows": 1}                    # progress: windows done, windows in all
+
+        def sample_window(win, weights, noise, known, mask):
+            guider = SpacetimeGuider(model, cfg)
+            guider.set_conds([[_mix(conds, weights), {}]], [[uncond, {}]])
+            kept = bool((mask == 0).any())
+
+            def step(i, *_):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                pbar.update_absolute(win.index * steps + i + 1, state["windows"] * steps)
+
+            return guider.sample(noise, known, sampler, sigmas, denoise_mask=mask if kept else None, callback=step,
+                                 seed=seed)
+
+        def progress(done, total):
+            state["window"], state["windows"] = done, total
+            log.info("SpacetimeLongVideo: window %d of %d done", done, total)
+
+        inner = model.model.diffusion_model
+        settings_name = _fingerprint(model, vae)
+        run_dir = Path(out_dir) / RUNS / settings_key({"model": settings_name, "storyboard": storyboard, "seed": seed,
+                                                       "size": [width, height, window], "fps": fps})
+        try:
+            run = long_frames(storyboard, None, vae.wan, None, width=width, height=height, window=window, fps=fps,
+                              seconds=seconds, overlap=overlap, steps=steps, guidance=cfg, shift=shift, solver=solver,
+                              seed=seed, negative=negative, anchor=anchor, blend=blend, continuity=continuity,
+                              run_dir=run_dir, progress=progress, model_name=settings_name,
+                              sample_window=sample_window, patch=tuple(inner.patch_embedding.kernel_size))
+        except StoryboardError as e:
+            raise node_error(cls, _input_of(e), str(e)) from None
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, width, height)
+        metadata = {"storyboard": storyboard, "seed": seed, "run_folder": f"{RUNS}/{run_dir.name}"}
+        if cls.hidden.prompt is not None:
+            metadata["prompt"] = cls.hidden.prompt
+        names = (f"{name}_{c:05}_.mp4" for c in itertools.count(counter))
+        try:
+            with torch.no_grad():
+                path = write_new_video(folder, names, _previewed(run, pbar, steps, state), fps, metadata)
+        except VideoWriteError as e:
+            raise node_error(cls, "filename_prefix", f"{e}. The finished windows are kept in {RUNS}/{run_dir.name}: "
+                             "free some disk space and queue it again to resume") from None
+        video = InputImpl.VideoFromFile(str(path))
+        saved = ui.SavedResult(path.name, subfolder, io.FolderType.output)
+        return io.NodeOutput(video, f"{RUNS}/{run_dir.name}", ui=ui.PreviewVideo([saved]))
+
+
+def _previewed(run, pbar, steps: int, state: dict):
+    """The run's frame pieces, each shown as the node's live preview (its last frame) on the way."""
+    for frames in run:
+        last = Image.fromarray((frames[-1].clamp(0, 1) * 255).byte().cpu().numpy())
+        pbar.update_absolute(state["window"] * steps, max(1, state["windows"]) * steps, ("JPEG", last, 512))
+        yield frames
+
+
+NODES = [SpacetimeLongVideo]

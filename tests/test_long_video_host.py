@@ -1,0 +1,85 @@
+"""The Long Video node on a real ComfyUI host: the shipped embedded long-video workflow (storyboard
+shortened, few steps) writes one MP4 with every frame, checkpoints every window, resumes when
+queued again, and names the input of a bad storyboard."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nodes_helpers import error_message, run, saved_files
+
+API = Path(__file__).resolve().parents[1] / "workflows" / "api"
+STORYBOARD = "2: a red circle moves to the right on a black background\n" \
+             "2: a red circle moves to the left on a black background"
+
+
+def _graph(**inputs) -> dict:
+    g = json.loads((API / "embedded_long_video_api.json").read_text())
+    (nid,) = [k for k, v in g.items() if v["class_type"] == "SpacetimeLongVideo"]
+    g[nid]["inputs"].update({"storyboard": STORYBOARD, "steps": 3, **inputs})
+    return g
+
+
+@pytest.mark.host
+def test_long_video_workflow_streams_checkpoints_and_resumes(host):
+    from spacetime_video.nodes.video_file import read_metadata, read_video
+    h = run(host, _graph(), timeout=300)
+    assert error_message(h) is None, error_message(h)
+    (item,) = saved_files(h)
+    path = host.base_dir / "output" / item["subfolder"] / item["filename"]
+    frames, fps = read_video(path)
+    assert frames.shape == (33, 64, 64, 3) and fps == pytest.approx(8.0, rel=0.05)   # 4 s at 8 fps: 1 + 4 * 8
+    meta = read_metadata(path)
+    assert meta["storyboard"] == STORYBOARD and meta["seed"] == 42
+    run_dir = host.base_dir / "output" / meta["run_folder"]
+    windows = sorted(p.name for p in run_dir.glob("window_*.safetensors"))
+    assert windows == ["window_00000.safetensors", "window_00001.safetensors"]
+    stamps = [(run_dir / w).stat().st_mtime_ns for w in windows]
+    h2 = run(host, _graph(filename_prefix="spacetime/long_again"), timeout=300)   # same settings: resumes
+    assert error_message(h2) is None, error_message(h2)
+    (item2,) = saved_files(h2)
+    again, _ = read_video(host.base_dir / "output" / item2["subfolder"] / item2["filename"])
+    assert [(run_dir / w).stat().st_mtime_ns for w in windows] == stamps          # read back, not made again
+    assert again.shape == frames.shape
+    assert float((again[:17] - frames[:17]).abs().max()) < 2 / 255                 # the first window, as before
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("inputs, words", [
+    (dict(storyboard="2: fine\nno seconds on this line"), ["storyboard", "line 2"]),
+    (dict(overlap=5), ["overlap", "1 to 4"]),
+])
+def test_long_video_bad_input_names_the_input(host, inputs, words):
+    h = run(host, _graph(**inputs), timeout=120)
+    message = error_message(h)
+    assert message and all(w in message for w in words), message
+
+
+@pytest.fixture(scope="module")
+def tiny(host):
+    from nodes_helpers import write_tiny_models
+    return write_tiny_models(host.base_dir)
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("name", ["wan21_t2v_1.3b_long_video", "wan22_ti2v_5b_long_video"])
+def test_wan_long_video_workflows_run_on_tiny_files(host, tiny, name):
+    """Wan 2.1 T2V (known frames re-noised each step by ComfyUI's noise mask) and Wan 2.2 TI2V
+    (clean known frames at timestep 0) through the node and ComfyUI's sampler: 3 windows of 9
+    frames at 64x64, every frame in the file."""
+    from test_workflows import _with_tiny_files
+
+    from spacetime_video.nodes.video_file import read_video
+    g = _with_tiny_files(json.loads((API / f"{name}_api.json").read_text()), tiny, name.startswith("wan22_ti2v"))
+    (nid,) = [k for k, v in g.items() if v["class_type"] == "SpacetimeLongVideo"]
+    inputs = g[nid]["inputs"]
+    inputs["text_encoder"] = inputs.pop("clip")            # the tiny text encoder stands in for umT5
+    inputs.update(storyboard="1: a kite moves right\n1: a kite moves left", fps=8.0, width=64, height=64, window=9,
+                  steps=2)
+    h = run(host, g, timeout=300)
+    assert error_message(h) is None, error_message(h)
+    (item,) = saved_files(h)
+    frames, _ = read_video(host.base_dir / "output" / item["subfolder"] / item["filename"])
+    assert frames.shape == (17, 64, 64, 3)                  # 2 s at 8 fps: 1 + 4 * 4 frames
