@@ -128,6 +128,12 @@ class WorkerPool:
         if dist.is_initialized():
             raise ParallelError("this process already belongs to a torch.distributed group; one worker pool "
                                 "at a time (close the other first)")
+        with torch.device("meta"):
+            plain = set(WanDiT(self.dit.config).state_dict())
+        extra = sorted(set(self.dit.state_dict()) - plain)
+        if extra:
+            raise ParallelError(f"the parallel DiT takes models stored as plain tensors (bf16, fp16, fp32, fp8 without "
+                                f"scales); this one also has {extra[:3]}...: load a bf16 or fp16 file")
         port = free_port()
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // self.world))}
         self.procs = [subprocess.Popen([sys.executable, "-c", BOOTSTRAP, str(PACKAGE_DIR), str(r), str(self.world),
@@ -141,7 +147,7 @@ class WorkerPool:
             self.n = 0
             c = self.dit
             setup_message({"config": c.config, "compute_dtype": c.compute_dtype, "attention": c.attention,
-                           "cfg": self.cfg})
+                           "cfg": self.cfg, "dtypes": {k: t.dtype for k, t in c.state_dict().items()}})
             send_weights(c)
             groups = ParallelGroups(self.layout, self.timeout_s)
             check_same_weights(c, groups)

@@ -50,6 +50,9 @@ def serve(rank: int, world: int, port: int, timeout_s: float, device: str) -> No
     store = dist.distributed_c10d._get_default_store()
     setup = setup_message(None)
     dit = WanDiT(setup["config"], compute_dtype=setup["compute_dtype"], attention=setup["attention"]).eval()
+    for name, dtype in setup["dtypes"].items():      # the host's storage precision, tensor by tensor
+        t = dit.get_parameter(name) if name in dict(dit.named_parameters()) else dit.get_buffer(name)
+        t.data = t.data.to(dev, dtype)
     dit.to(dev)
     receive_weights(dit)
     parallelize(dit, cfg=setup["cfg"], timeout_s=timeout_s)
