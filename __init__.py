@@ -15,6 +15,10 @@ if __package__:  # pytest may import this file bare (no package) when collecting
 
 __version__ = "0.1.0"
 
+# ComfyUI serves this folder to the web UI: web/spacetime.js shows the text a node reports
+# (the prompt expander's caption and notes, the canvas readout) on the node.
+WEB_DIRECTORY = "./web"
+
 
 async def comfy_entrypoint():
     """ComfyUI V3 entry point: the pack's nodes as one extension."""
@@ -24,4 +28,4 @@ async def comfy_entrypoint():
 
 
 __all__ = ["model", "samplers", "load_vae", "load_dit", "generate", "generate_latent", "generate_embedded", "Known",
-           "expand_prompt", "comfy_entrypoint", "__version__"]
+           "expand_prompt", "comfy_entrypoint", "__version__", "WEB_DIRECTORY"]

@@ -1,6 +1,7 @@
 """Prompt expander node: a short idea -> the detailed caption Wan (or the embedded model) was trained on."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -10,6 +11,8 @@ from comfy_api.latest import io
 from ..model.prompt_expander import FAMILIES, LANGUAGES, ON_ERROR, TASKS, LLMOptions, expand_prompt
 from .errors import node_error
 from .validation import SpacetimeNode
+
+log = logging.getLogger("spacetime.nodes.prompt")
 
 # Shown in the backend menu; expand_prompt accepts these spellings (model/prompt_expander/options.py).
 BACKEND_CHOICES = ["rules", "openai-compatible", "local HF"]
@@ -108,7 +111,14 @@ class SpacetimePromptExpander(SpacetimeNode):
             raise node_error(cls, _input_named(str(e), backend), str(e)) from None
         except PromptExpanderError as e:  # on_error="raise": the server or the local model failed
             raise node_error(cls, "base_url" if backend == "openai-compatible" else "model", str(e)) from None
-        return io.NodeOutput(expanded, prompt, ui={"text": [expanded]})
+        shown = [expanded]
+        if model_family == "embedded" and backend == "rules":   # say what the tiny model could not take as written
+            from ..model.prompt_expander import embedded_notes
+            notes = embedded_notes(prompt, seed)
+            for note in notes:
+                log.warning("Prompt Expander (embedded): %s", note)
+            shown += [f"note: {n}" for n in notes]
+        return io.NodeOutput(expanded, prompt, ui={"text": shown})
 
 
 NODES = [SpacetimePromptExpander]

@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.host, pytest.mark.browser]
 WORKFLOWS = ROOT / "workflows"
 UI_WORKFLOWS = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 PACK = "spacetime"   # the host's custom_nodes folder name, which names the pack's templates
+ASKED = "a green triangle moves up across a white background"   # white: not a background of the embedded world
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +170,9 @@ def test_run_on_embedded_t2v_shows_the_video_preview(ui, ui_host, shots):
     try:
         assert page.evaluate(LOAD_TEMPLATE_JS, [PACK, "embedded_t2v"]) is None
         page.wait_for_timeout(300)
+        # a word the embedded model has not got: the expander must say what it used instead
+        page.evaluate("""p => { const n = window.app.graph._nodes.find(n => n.title === 'Prompt');
+                                n.widgets.find(w => w.name === 'prompt').value = p; }""", ASKED)
         page.evaluate(FIT_VIEW_JS)
         keep_for_docs(save_screenshot(page, shots, "ui_embedded_t2v"))
         before = set(ui_host.client.get_json("/history"))
@@ -191,6 +195,14 @@ def test_run_on_embedded_t2v_shows_the_video_preview(ui, ui_host, shots):
         shown = time.monotonic() - t0
         page.evaluate(FIT_VIEW_JS)
         page.wait_for_timeout(300)
+        readouts = page.evaluate("""() => Object.fromEntries(window.app.graph._nodes
+            .map(n => [n.title || n.type, n.widgets?.find(w => w.name === 'spacetime_readout')?.element?.value])
+            .filter(([, v]) => v))""")
+        assert readouts["Prompt"].startswith("a green triangle moves up across a beige background\nnote: ")
+        assert "'white'" in readouts["Prompt"] and "used 'beige'" in readouts["Prompt"], readouts
+        assert "tokens" in readouts["Canvas / Patchify (Spacetime)"], readouts
+        assert page.evaluate("async () => Object.keys((await window.app.graphToPrompt()).output['2'].inputs)") \
+            == list(json.loads((WORKFLOWS / "api" / "embedded_t2v_api.json").read_text())["2"]["inputs"])
         print(f"embedded t2v: Run -> job finished {finished:.1f}s, -> preview playing {shown:.1f}s")
         keep_for_docs(save_screenshot(page, shots, "ui_embedded_t2v_preview"))
         assert console.unexpected(mark) == []

@@ -359,3 +359,16 @@ def test_expanded_short_prompts_are_followed_better_by_the_embedded_model():
     assert n == 22
     assert round(expanded["colour"] * n) >= round(raw["colour"] * n) + 2
     assert sum(expanded.values()) > sum(raw.values())
+
+
+def test_embedded_notes_name_replaced_words_and_seed_choices():
+    from spacetime_video.model.prompt_expander import embedded_caption, embedded_notes
+    (note,) = embedded_notes("a green triangle moves up across a white background")
+    assert "'white'" in note and "used 'beige'" in note
+    assert embedded_notes("red ball right, navy background") == []
+    open_slots = embedded_notes("a red fox", seed=5)
+    caption = embedded_caption("a red fox", seed=5)
+    assert [n.split(" ")[1] for n in open_slots] == ["shape", "motion", "background"]
+    for n in open_slots:   # each names what the seed chose, which is what the caption says
+        chosen = n.rsplit("used '", 1)[1].split("'")[0]
+        assert chosen in caption or chosen in ("right", "left", "up", "down", "still", "grow", "shrink")

@@ -152,3 +152,13 @@ def test_interrupt_ends_a_hung_llm_call_quickly(host):
     print(f"interrupt -> idle: {latency:.3f}s")
     assert latency <= 1.0, f"back to idle {latency:.3f}s after POST /interrupt (target <= 1 s)"
     assert "execution_interrupted" in kinds, kinds
+
+
+def test_embedded_family_says_which_words_it_replaced(host):
+    """A word outside the embedded model's world is named in the node's text, with what was used."""
+    entry = run(host, graph("a green triangle moves up across a white background", model_family="embedded"))
+    shown = entry["outputs"]["1"]["text"]
+    assert shown[0] == "a green triangle moves up across a beige background"
+    assert len(shown) == 2 and "'white'" in shown[1] and "used 'beige'" in shown[1]
+    full = run(host, graph("red ball left on a navy background", model_family="embedded"))
+    assert full["outputs"]["1"]["text"] == ["a red circle moves to the left across a navy background"]

@@ -13,11 +13,11 @@ from .errors import (BackendUnavailable, DownloadTimedOut, EmptyAnswer, Interrup
                      ServerUnreachable)
 from .expand import expand_prompt
 from .options import BACKENDS, FAMILIES, LANGUAGES, ON_ERROR, TASKS, LLMOptions
-from .scene import Scene, embedded_caption, parse_scene, scene_caption
+from .scene import Scene, embedded_caption, embedded_notes, parse_scene, scene_caption
 from .system_prompts import system_prompt
 
 __all__ = [
-    "expand_prompt", "LLMOptions", "system_prompt", "embedded_caption", "parse_scene", "scene_caption", "Scene",
+    "expand_prompt", "LLMOptions", "system_prompt", "embedded_caption", "embedded_notes", "parse_scene", "scene_caption", "Scene",
     "TASKS", "FAMILIES", "LANGUAGES", "BACKENDS", "ON_ERROR", "clear_memory_cache", "default_cache_dir",
     "PromptExpanderError", "ServerUnreachable", "ServerTimeout", "ServerError", "ModelNotFound",
     "RequestRejected", "MalformedResponse", "EmptyAnswer", "BackendUnavailable", "Interrupted", "DownloadTimedOut",

@@ -126,11 +126,12 @@ def _skip(tokens: list[str], i: int, step: int, skip: set[str]) -> str | None:
     return None
 
 
-def parse_scene(text: str) -> Scene:
+def parse_scene(text: str, notes: list[str] | None = None) -> Scene:
     """Read colour, shape, motion and background out of a free-form prompt (English or Chinese).
 
     A colour word counts as the background when "background" follows it or "on/over/against"
     precedes it, as the shape's colour when a shape follows it, and otherwise by its kind.
+    ``notes`` receives one line per word the world has not got in that role, naming what is used.
     """
     tokens, language = _tokens(text)
     table = _TABLES[language]
@@ -165,16 +166,17 @@ def parse_scene(text: str) -> Scene:
             else:
                 role = kind
             if role == "background" and kind == "colour":
-                name = _as(name, vocab.BACKGROUNDS, _AS_BACKGROUND, "background")
+                name = _as(name, vocab.BACKGROUNDS, _AS_BACKGROUND, "background", notes)
             elif role == "colour" and kind == "background":
-                name = _as(name, vocab.COLOURS, _AS_COLOUR, "shape colour")
+                name = _as(name, vocab.COLOURS, _AS_COLOUR, "shape colour", notes)
             slots.setdefault(role, name)
         else:
             slots.setdefault(kind, name)
     return Scene(slots.get("colour"), slots.get("shape"), slots.get("motion"), slots.get("background"))
 
 
-def _as(name: str, table: dict[str, tuple[int, int, int]], preferred: dict[str, str], role: str) -> str:
+def _as(name: str, table: dict[str, tuple[int, int, int]], preferred: dict[str, str], role: str,
+        notes: list[str] | None = None) -> str:
     """The entry of ``table`` closest to colour ``name`` (explicit choice, else nearest RGB)."""
     if name in preferred:
         out = preferred[name]
@@ -182,6 +184,8 @@ def _as(name: str, table: dict[str, tuple[int, int, int]], preferred: dict[str, 
         rgb = vocab.COLOURS.get(name) or vocab.BACKGROUNDS[name]
         out = min(table, key=lambda k: sum((a - b) ** 2 for a, b in zip(table[k], rgb)))
     log.info("embedded model has no %s %r; using the closest one, %r", role, name, out)
+    if notes is not None:
+        notes.append(f"no {role} '{name}' in the embedded model's world ({', '.join(table)}): used '{out}'")
     return out
 
 
@@ -220,4 +224,22 @@ def embedded_caption(prompt: str, seed: int = 0, hint: str | None = None) -> str
     return scene_caption(full)
 
 
-__all__ = ["Scene", "parse_scene", "complete_scene", "scene_caption", "embedded_caption"]
+_SLOT_WORDS = {"colour": ("shape colour", vocab.COLOURS), "shape": ("shape", vocab.SHAPES),
+               "motion": ("motion", vocab.MOTIONS), "background": ("background", vocab.BACKGROUNDS)}
+
+
+def embedded_notes(prompt: str, seed: int = 0) -> list[str]:
+    """What ``embedded_caption(prompt, seed)`` could not take from the prompt as written: a word
+    the world has not got in that role (and the one used instead), and each slot the prompt left
+    open (and what the seed chose), one line each; empty when the caption says what was asked."""
+    notes: list[str] = []
+    scene = parse_scene(prompt, notes)
+    full = complete_scene(scene, seed)
+    for slot, (role, words) in _SLOT_WORDS.items():
+        if getattr(scene, slot) is None:
+            notes.append(f"no {role} the embedded model knows ({', '.join(words)}) in the prompt: "
+                         f"used '{getattr(full, slot)}' (from the seed)")
+    return notes
+
+
+__all__ = ["Scene", "parse_scene", "complete_scene", "scene_caption", "embedded_caption", "embedded_notes"]

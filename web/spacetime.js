@@ -1,0 +1,39 @@
+// Spacetime: show the text a node reports after it runs (the Prompt Expander's caption and its
+// notes on words outside the embedded model's vocabulary, the Canvas's size/token/memory readout)
+// in a read-only box on the node. The box is not a workflow value: it is never saved or sent.
+import { app } from "../../scripts/app.js";
+
+const READOUT = "spacetime_readout";
+
+function showReadout(node, lines) {
+  let widget = node.widgets?.find((w) => w.name === READOUT);
+  if (!widget) {
+    const box = document.createElement("textarea");
+    box.readOnly = true;
+    box.className = "comfy-multiline-input";
+    box.style.opacity = "0.85";
+    box.title = "what this node reported when it last ran";
+    widget = node.addDOMWidget(READOUT, "spacetime-readout", box, {
+      serialize: false,
+      getValue: () => box.value,
+      setValue: (v) => { box.value = v; },
+    });
+    widget.serialize = false;
+  }
+  widget.element.value = lines.join("\n");
+  const [w, h] = node.computeSize();
+  node.setSize([Math.max(node.size[0], w), Math.max(node.size[1], h)]);
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: "Spacetime.Readout",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!nodeData.name.startsWith("Spacetime")) return;
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (output) {
+      onExecuted?.apply(this, arguments);
+      if (Array.isArray(output?.text) && output.text.length) showReadout(this, output.text.map(String));
+    };
+  },
+});
