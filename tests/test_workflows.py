@@ -72,6 +72,7 @@ def test_templates_folder_holds_only_ui_workflows_each_with_a_card():
     for path in tops:
         data = json.loads(path.read_text())
         assert isinstance(data.get("nodes"), list) and "version" in data, f"{path.name} is not a UI workflow"
+        assert path.with_suffix(".jpg").is_file(), f"{path.name} has no card: run python scripts/make_workflows.py"
         card = Image.open(path.with_suffix(".jpg"))
         assert card.format == "JPEG" and card.size == (320, 240), path.name
     assert {p.stem for p in API.glob("*_api.json")} >= {p.stem + "_api" for p in tops if p.stem in mw.all_workflows()}
