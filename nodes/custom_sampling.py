@@ -65,7 +65,8 @@ class SpacetimeSolver(SpacetimeNode):
             description="Flow-matching solvers as a SAMPLER for SamplerCustomAdvanced: UniPC as in Wan's "
                         "official code, DPM++(2M), Euler, and LCM for step-distilled models.",
             inputs=[
-                io.Combo.Input("solver", options=list(SOLVERS), default="unipc"),
+                io.Combo.Input("solver", options=list(SOLVERS), default="unipc",
+                               tooltip="unipc as in Wan's official code, dpm++ 2m, euler, or lcm for step-distilled models"),
                 io.Int.Input("order", default=2, min=1, max=3,
                              tooltip="UniPC order (Wan uses 2; 3 can help unguided sampling); other solvers ignore it"),
             ],

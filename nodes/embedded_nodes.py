@@ -35,13 +35,14 @@ class SpacetimeEmbeddedLoader(SpacetimeNode):
             category="Spacetime/loaders",
             description="The tiny model shipped with the pack (64x64, 17 frames, synthetic world of "
                         "coloured shapes): runs on a CPU in seconds; `distilled` gives its 4-step version.",
-            inputs=[io.Float.Input("shift", default=emb.DEFAULT_SHIFT, min=0.1, max=100.0, step=0.1),
+            inputs=[io.Float.Input("shift", default=emb.DEFAULT_SHIFT, min=0.1, max=100.0, step=0.1,
+                                   tooltip="schedule shift the MODEL samples with (the model was trained at this default)"),
                     io.Boolean.Input("distilled", default=False, optional=True,
                                      tooltip=f"the DiT with its {emb.DISTILLED_STEPS}-step distilled LoRA merged "
                                              f"in: sample it with {emb.DISTILLED_STEPS} steps at shift "
                                              f"{emb.DEFAULT_SHIFT:g}, cfg 1, solver {emb.DISTILLED_SOLVER} "
                                              "(1 DiT evaluation a step instead of 2)")],
-            outputs=[io.Model.Output(), io.Vae.Output(), TextEncoder.Output("text_encoder")],
+            outputs=[io.Model.Output(), io.Vae.Output(), TextEncoder.Output("text_encoder", display_name="text_encoder")],
         )
 
     @classmethod
@@ -66,8 +67,9 @@ class SpacetimeTextEncoderLoader(SpacetimeNode):
             category="Spacetime/loaders",
             description="A Spacetime tiny text encoder from models/text_encoders (Wan's umT5 loads "
                         "with ComfyUI's own CLIPLoader, type wan).",
-            inputs=[io.Combo.Input("text_encoder_name", options=folder_paths.get_filename_list("text_encoders"))],
-            outputs=[TextEncoder.Output("text_encoder")],
+            inputs=[io.Combo.Input("text_encoder_name", options=folder_paths.get_filename_list("text_encoders"),
+                                   tooltip="a Spacetime text encoder file in models/text_encoders")],
+            outputs=[TextEncoder.Output("text_encoder", display_name="text_encoder")],
         )
 
     @classmethod
@@ -87,7 +89,9 @@ class SpacetimeTextEncode(SpacetimeNode):
             display_name="Text Encode (Spacetime tiny)",
             category="Spacetime/conditioning",
             description="A caption -> CONDITIONING with the embedded model's text encoder.",
-            inputs=[TextEncoder.Input("text_encoder"), io.String.Input("text", multiline=True, default="")],
+            inputs=[TextEncoder.Input("text_encoder", tooltip="from the embedded loader or the Text Encoder loader"),
+                    io.String.Input("text", multiline=True, default="",
+                                    tooltip="the caption, in the embedded model's words (a Prompt Expander writes them)")],
             outputs=[io.Conditioning.Output()],
         )
 

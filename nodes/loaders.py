@@ -49,11 +49,15 @@ class SpacetimeDiTLoader(SpacetimeNode):
             description="A Wan 2.1 / 2.2 diffusion transformer (any variant, official, ComfyUI or "
                         "diffusers layout) from models/diffusion_models, as a ComfyUI MODEL.",
             inputs=[
-                io.Combo.Input("dit_name", options=files),
+                io.Combo.Input("dit_name", options=files, tooltip="a Wan DiT in models/diffusion_models (safetensors, any layout)"),
                 io.Combo.Input("weight_dtype", options=list(DTYPES), default="default",
                                tooltip="storage precision; fp8 halves memory (weights widened per layer)"),
-                io.Combo.Input("compute_dtype", options=["auto", *COMPUTE], default="auto"),
-                io.Combo.Input("attention", options=list(BACKENDS), default="auto"),
+                io.Combo.Input("compute_dtype", options=["auto", *COMPUTE], default="auto",
+                               tooltip="the precision the DiT computes in; auto = what ComfyUI picks for the device "
+                                       "(bf16, fp16 or fp32)"),
+                io.Combo.Input("attention", options=list(BACKENDS), default="auto",
+                               tooltip="attention kernel; auto = flash-attn or SageAttention on CUDA when installed, else SDPA "
+                                       "(chunked math attention on CPU)"),
                 io.Float.Input("shift", default=5.0, min=0.1, max=100.0, step=0.1,
                                tooltip="flow shift used by native samplers (Wan: 5; 2.2 A14B T2V: 12)"),
                 io.Combo.Input("low_noise_dit_name", options=[NONE, *files], default=NONE, optional=True,
@@ -95,8 +99,10 @@ class SpacetimeVAELoader(SpacetimeNode):
             description="A Wan 2.1 / 2.2 video VAE from models/vae as a ComfyUI VAE (streams "
                         "frames chunk by chunk; native VAE nodes accept it too).",
             inputs=[
-                io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae")),
-                io.Combo.Input("dtype", options=["auto", *COMPUTE], default="auto"),
+                io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae"),
+                               tooltip="a Wan 2.1 or 2.2 VAE in models/vae"),
+                io.Combo.Input("dtype", options=["auto", *COMPUTE], default="auto",
+                               tooltip="the VAE's precision; auto = what ComfyUI picks for the VAE's device"),
             ],
             outputs=[io.Vae.Output()],
         )

@@ -97,7 +97,7 @@ class SpacetimeLoraLoader(SpacetimeNode):
                         "that matches nothing of the model or does not fit its shapes is refused by name. "
                         "Step-distill LoRAs (lightx2v 4-step) go with the scheduler's few-step preset.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="a Wan MODEL (ours or ComfyUI's)"),
                 io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
                                tooltip="a .safetensors file in models/loras"),
                 io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,

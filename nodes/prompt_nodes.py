@@ -49,18 +49,21 @@ class SpacetimePromptExpander(SpacetimeNode):
                         "offline rules, any OpenAI-compatible server (Ollama, llama.cpp, LM Studio, vLLM, "
                         "hosted APIs) or a local Qwen2.5 model. Same inputs and seed give the same text.",
             inputs=[
-                io.String.Input("prompt", multiline=True, default="a red fox running through fresh snow"),
+                io.String.Input("prompt", multiline=True, default="a red fox running through fresh snow",
+                                tooltip="a short idea; the node writes the long caption (shown on the node after a run)"),
                 io.Combo.Input("task", options=list(TASKS), default="t2v",
                                tooltip="t2v text only; i2v the image is the first frame; flf2v first and "
                                        "last frame; extend continue a clip (the image is its last frame)"),
                 io.Combo.Input("model_family", options=list(FAMILIES), default="wan2.1",
                                tooltip="the video model the caption is written for; 'embedded' writes "
                                        "captions in the tiny built-in model's vocabulary"),
-                io.Combo.Input("language", options=list(LANGUAGES), default="en"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Combo.Input("language", options=list(LANGUAGES), default="en", tooltip="the caption's language"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="same prompt and seed, same caption; picks what the prompt leaves open"),
                 io.Int.Input("max_words", default=100, min=10, max=1000,
                              tooltip="length limit (Chinese: characters); Wan captions are usually 80-100"),
-                io.Combo.Input("backend", options=BACKEND_CHOICES, default="rules"),
+                io.Combo.Input("backend", options=BACKEND_CHOICES, default="rules",
+                               tooltip="rules: offline, instant; openai-compatible: an LLM server; local HF: a local Qwen2.5"),
                 io.String.Input("base_url", default="http://localhost:11434/v1",
                                 tooltip="openai-compatible: the API root, usually ending in /v1 "
                                         "(Ollama :11434, llama.cpp :8080, LM Studio :1234, vLLM :8000)"),
@@ -76,7 +79,8 @@ class SpacetimePromptExpander(SpacetimeNode):
                                         "the key goes only to localhost or the https hosts in SPACETIME_API_KEY_HOSTS"),
                 io.Combo.Input("on_error", options=list(ON_ERROR), default="fallback",
                                tooltip="fallback: warn and use the offline rules; raise: stop the workflow"),
-                io.Float.Input("temperature", default=0.7, min=0.0, max=2.0, step=0.05, optional=True),
+                io.Float.Input("temperature", default=0.7, min=0.0, max=2.0, step=0.05, optional=True,
+                               tooltip="LLM backends: higher = more varied captions"),
                 io.Image.Input("images", optional=True,
                                tooltip="frames the LLM should look at (i2v: first frame; flf2v: first "
                                        "and last; extend: the clip's last frame)"),

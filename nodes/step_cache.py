@@ -125,7 +125,7 @@ class SpacetimeStepCache(SpacetimeNode):
                         "predictable, stops the unconditional pass after the guided steps and keeps the "
                         "text keys/values for the run. One knob, 'speed'; 'off' samples exactly as without.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="any Wan MODEL; the patched copy goes to any sampler"),
                 io.Combo.Input("speed", options=[*SPEEDS, CUSTOM], default=DEFAULT_SPEED,
                                tooltip="off: exact; quality, balanced, fast: about 1.5x, 2x and 2.4x fewer evaluations on "
                                        "the embedded model at 20 steps (more at more steps; bench/RESULTS.md)"),

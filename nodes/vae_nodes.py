@@ -30,8 +30,8 @@ class SpacetimeVAEEncode(SpacetimeNode):
             category="Spacetime/vae",
             description="Frames [N, H, W, 3] (N = 4k+1) -> a raw Wan latent [1, C, k+1, H/s, W/s].",
             inputs=[
-                io.Image.Input("images"),
-                io.Vae.Input("vae"),
+                io.Image.Input("images", tooltip="frames [N, H, W, 3]; Wan's VAE takes 4k+1 of them"),
+                io.Vae.Input("vae", tooltip="a Wan 2.1 / 2.2 VAE (ours or ComfyUI's)"),
                 _tile_input(),
             ],
             outputs=[io.Latent.Output()],
@@ -55,8 +55,8 @@ class SpacetimeVAEDecode(SpacetimeNode):
             description="A raw Wan latent -> frames, streamed one latent frame at a time (peak "
                         "memory does not grow with clip length).",
             inputs=[
-                io.Latent.Input("samples"),
-                io.Vae.Input("vae"),
+                io.Latent.Input("samples", tooltip="a latent video, e.g. from the Sampler"),
+                io.Vae.Input("vae", tooltip="the VAE the latent was made with"),
                 _tile_input(),
             ],
             outputs=[io.Image.Output()],

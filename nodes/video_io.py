@@ -56,9 +56,11 @@ class SpacetimeSaveVideo(SpacetimeNode):
                         "workflow, the API graph, its seeds and prompts go into the file's metadata.",
             inputs=[
                 io.Image.Input("images", optional=True, tooltip="frames [N, H, W, 3]"),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0),
-                io.String.Input("filename_prefix", default="spacetime/video"),
-                io.Combo.Input("format", options=list(FORMATS), default="mp4"),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="frames per second of the file"),
+                io.String.Input("filename_prefix", default="spacetime/video",
+                                tooltip="file name start inside the output folder; a/b puts it in subfolder a"),
+                io.Combo.Input("format", options=list(FORMATS), default="mp4",
+                               tooltip="mp4 (H.264), webm (VP9) or gif"),
                 io.Video.Input("video", optional=True, tooltip="a ComfyUI VIDEO instead of frames "
                                "(its own frame rate is used)"),
                 io.String.Input("caption", optional=True, force_input=True,
@@ -140,14 +142,14 @@ class SpacetimeLoadVideo(SpacetimeNode):
                         "optionally resized.",
             inputs=[
                 io.Combo.Input("video", options=_input_videos(), tooltip="a video file in ComfyUI's input folder"),
-                io.Int.Input("start_frame", default=0, min=0, max=100000),
+                io.Int.Input("start_frame", default=0, min=0, max=100000, tooltip="the first frame to read (0 = the first)"),
                 io.Int.Input("frame_count", default=0, min=0, max=100000, tooltip="0 = all"),
                 io.Int.Input("stride", default=1, min=1, max=100, tooltip="keep every n-th frame"),
                 io.Int.Input("width", default=0, min=0, max=16384, step=8, tooltip="0 = keep"),
                 io.Int.Input("height", default=0, min=0, max=16384, step=8, tooltip="0 = keep"),
                 allow_large_input(),
             ],
-            outputs=[io.Image.Output("images"), io.Float.Output("fps"),
+            outputs=[io.Image.Output("images", display_name="images"), io.Float.Output("fps", display_name="fps"),
                      io.Int.Output("frames", display_name="frame_count"),
                      io.Video.Output("clip", display_name="video")],
         )

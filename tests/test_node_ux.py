@@ -1,0 +1,41 @@
+"""What the web UI shows of the pack's nodes (read from a live /object_info): one Spacetime/
+category tree, a tooltip on every input, output names that say what they carry."""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.host
+
+# Nodes whose inputs still lack tooltips; remove a node from here once every input has one.
+TOOLTIPS_PENDING = {"SpacetimeLongVideo"}
+
+
+def _ours(object_info: dict) -> dict:
+    nodes = {k: v for k, v in object_info.items() if k.startswith("Spacetime")}
+    assert len(nodes) >= 15
+    return nodes
+
+
+def test_every_node_sits_under_one_spacetime_category_tree(object_info):
+    assert [k for k, v in _ours(object_info).items() if not v["category"].startswith("Spacetime/")] == []
+    assert all("(Spacetime" in v["display_name"] for v in _ours(object_info).values())
+
+
+def test_every_input_has_a_tooltip(object_info):
+    missing = []
+    for node_id, info in _ours(object_info).items():
+        if node_id in TOOLTIPS_PENDING:
+            continue
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                if len(spec) < 2 or not spec[1].get("tooltip"):
+                    missing.append(f"{node_id}.{name}")
+    assert missing == []
+
+
+def test_outputs_are_named_for_what_they_carry(object_info):
+    nodes = _ours(object_info)
+    bad = [f"{k}: {n}" for k, v in nodes.items() for n in v.get("output_name", []) if n.startswith("SPACETIME_")]
+    assert bad == []
+    assert nodes["SpacetimeEmbeddedLoader"]["output_name"] == ["MODEL", "VAE", "text_encoder"]
+    assert nodes["SpacetimeLoadVideo"]["output_name"] == ["images", "fps", "frame_count", "video"]
