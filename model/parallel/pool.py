@@ -10,6 +10,7 @@ the pool then stops every worker and starts afresh on the next call.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -75,9 +76,13 @@ def receive_tensors(device: torch.device) -> list[torch.Tensor | None]:
     return out
 
 
-def weights_version(dit: WanDiT) -> int:
-    """Changes when a parameter is replaced or modified in place (no pass over the data)."""
-    return hash(tuple((id(t), t._version) for t in dit.state_dict().values()))
+def weights_version(dit: WanDiT) -> int | None:
+    """Changes when a parameter is replaced or modified in place (no pass over the data); None
+    when a tensor was made under inference mode (ComfyUI's), which keeps no version count."""
+    tensors = list(dit.state_dict().values())
+    if any(t.is_inference() for t in tensors):
+        return None
+    return hash(tuple((id(t), t._version) for t in tensors))
 
 
 def free_port() -> int:
@@ -146,8 +151,10 @@ class WorkerPool:
             self.store = dist.distributed_c10d._get_default_store()
             self.n = 0
             c = self.dit
-            setup_message({"config": c.config, "compute_dtype": c.compute_dtype, "attention": c.attention,
-                           "cfg": self.cfg, "dtypes": {k: t.dtype for k, t in c.state_dict().items()}})
+            # plain values only: a host may have imported this package under another module name
+            setup_message({"config": dataclasses.asdict(c.config), "compute_dtype": c.compute_dtype,
+                           "attention": c.attention, "cfg": self.cfg,
+                           "dtypes": {k: t.dtype for k, t in c.state_dict().items()}})
             send_weights(c)
             groups = ParallelGroups(self.layout, self.timeout_s)
             check_same_weights(c, groups)
@@ -168,7 +175,7 @@ class WorkerPool:
     def sync_weights(self, dit: WanDiT) -> None:
         """Send the host's weights again when they changed since the workers got them."""
         version = weights_version(dit)
-        if version == self.version:
+        if version is not None and version == self.version:
             return
         fingerprint = weights_fingerprint(dit)
         if not torch.equal(fingerprint, self.fingerprint):

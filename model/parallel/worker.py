@@ -16,6 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..dit.config import DiTConfig
 from ..dit.model import WanDiT
 from ..dit.patches import grid_of, rope_table
 from .pool import receive_tensors, receive_weights, setup_message
@@ -49,7 +50,8 @@ def serve(rank: int, world: int, port: int, timeout_s: float, device: str) -> No
                             rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
     store = dist.distributed_c10d._get_default_store()
     setup = setup_message(None)
-    dit = WanDiT(setup["config"], compute_dtype=setup["compute_dtype"], attention=setup["attention"]).eval()
+    config = DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in setup["config"].items()})
+    dit = WanDiT(config, compute_dtype=setup["compute_dtype"], attention=setup["attention"]).eval()
     for name, dtype in setup["dtypes"].items():      # the host's storage precision, tensor by tensor
         t = dit.get_parameter(name) if name in dict(dit.named_parameters()) else dit.get_buffer(name)
         t.data = t.data.to(dev, dtype)
