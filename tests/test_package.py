@@ -74,6 +74,10 @@ def test_wheel_contains_data_files(tmp_path):
     prompts = [n for n in names if n.startswith("spacetime_video/model/prompt_expander/prompts/")]
     assert prompts and any(n.endswith(".txt") for n in prompts)
     assert any(n.startswith("spacetime_video/workflows/") and n.endswith(".json") for n in names)
+    assert "spacetime_video/workflows/api/models.json" in names
+    assert "spacetime_video/workflows/inputs/spacetime_clip_a.mp4" in names
+    assert "spacetime_video/workflows/embedded_t2v.jpg" in names
+    assert "spacetime_video/web/spacetime.js" in names
     assert "spacetime_video/model/weights/catalog.json" in names
     assert not any("/tests/" in n or n.startswith("spacetime_video/.host") for n in names)
 
