@@ -1,19 +1,21 @@
 """A coherent minute on the embedded model: our long-video loop against naive chaining, side by side.
 
 A 60-second storyboard at 8 fps (481 frames) of 15 four-second segments, one red circle on a
-black background, directions in a fixed cycle (right, left, still, up, down). Same seed, same
-windows (17 frames) for every method:
+black background, directions in a fixed cycle (right, left, still, up, down). Same seeds, same
+windows (17 frames) for every method; each row is the mean over the seeds (``--seeds``):
 
 - ``ours``: ``long_video.generate_long_embedded`` with its defaults (continuity "pixels",
-  overlap 1, anchor 0.5), and the variants named in the table (no anchor, more overlap, one
+  overlap 2, anchor 0.5), and the variants named in the table (overlap 1, no anchor, one
   latent timeline);
 - ``naive``: "extend forward" chained by hand, as the shipped workflow is used: each window is
   ``generate_embedded`` with the last 5 frames known and the prompt of the segment it starts in,
-  with no drift control.
+  with no drift control;
+- ComfyUI's own context windows (``WanContextWindowsManual``, 17 frames, overlap 5) on our MODEL of
+  the embedded model, the whole latent sampled at once under one prompt (the node takes one).
 
 Printed: the measures of ``long_metrics.py`` per method, then the memory and time of ours for
-10 s and for 60 s (each in a fresh process: peak RSS and wall time), as ratios. The run
-takes about 10 minutes on 2 CPU cores.
+10 s and for 60 s (each in a fresh process: peak RSS and wall time), as ratios. With 3 seeds
+the run takes about 40 minutes on 2 CPU cores.
 
     python bench/bench_long_video.py [--parts methods,scaling] [--threads 1]
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -46,8 +49,9 @@ FPS = 8.0
 
 
 def storyboard(seconds: float, segment: float = 4.0) -> tuple[str, list[tuple[float, str, str, str]]]:
-    n = max(1, round(seconds / segment))
-    segs = [(segment, "red", "circle", CYCLE[i % len(CYCLE)]) for i in range(n)]
+    """Segments of about ``segment`` seconds (all equal) that last ``seconds`` together."""
+    n = max(1, math.ceil(seconds / segment - 1e-9))
+    segs = [(seconds / n, "red", "circle", CYCLE[i % len(CYCLE)]) for i in range(n)]
     text = "\n".join(f"{s:g}: a {c} {sh} {PHRASE[d]} on a black background" for s, c, sh, d in segs)
     return text, segs
 
@@ -72,25 +76,65 @@ def naive(text: str, seed: int) -> torch.Tensor:
 
 
 METHODS = {
-    "ours (pixels, overlap 1, anchor 0.5)": dict(),
+    "ours (defaults: pixels, overlap 2, anchor 0.5)": dict(),
+    "ours, overlap 1": dict(overlap=1),
     "ours, no anchor": dict(anchor=0.0),
-    "ours, overlap 2": dict(overlap=2),
-    "ours, one latent timeline (overlap 2)": dict(continuity="latents", overlap=2),
+    "ours, one latent timeline": dict(continuity="latents"),
+    "naive chaining (extend forward, 5 known frames)": "naive",
+    "ComfyUI context windows (WanContextWindowsManual, one prompt)": "native",
 }
 
 
-def methods(seed: int) -> None:
+def native(text: str, seed: int) -> torch.Tensor:
+    """The whole clip sampled at once by ComfyUI's sampler on our MODEL of the embedded model, with
+    ComfyUI's own context windows (17 frames, overlap 5 frames, as ours); native context windows
+    take one conditioning, so the first segment's prompt stands for the storyboard."""
+    import gpu_check
+    from gpu_models import import_comfy
+
+    import_comfy(gpu_check.Device("cpu"))
+    import comfy.sample
+    import comfy.samplers
+    from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
+
+    from spacetime_video import samplers
+    from spacetime_video.model.embedded import config as C
+    from spacetime_video.model.embedded import load_embedded
+    from spacetime_video.nodes.comfy_model import latent_format_for, wrap_dit
+
+    m = load_embedded()
+    fmt = latent_format_for(m.vae.config.z_dim, m.vae.latent_mean.flatten(), m.vae.latent_std.flatten())
+    model = wrap_dit(m.dit, shift=C.DEFAULT_SHIFT, per_token=True, latent_format=fmt, name="embedded")
+    model = WanContextWindowsManualNode.execute(model, context_length=C.FRAMES, context_overlap=5,
+                                                context_schedule="standard_static", context_stride=1,
+                                                closed_loop=False, fuse_method="pyramid").result[0]
+    segs = parse_storyboard(text)
+    frames = 1 + 4 * -(-(round(FPS * sum(s.seconds for s in segs)) - 1) // 4)
+    shape = (1, C.Z_DIM, (frames - 1) // 4 + 1, C.SIZE // 4, C.SIZE // 4)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    pos = [[m.text_encoder.encode([segs[0].prompt]), {}]]
+    neg = [[m.text_encoder.encode([""]), {}]]
+    z = comfy.sample.sample_custom(model, noise, C.DEFAULT_GUIDANCE, comfy.samplers.KSAMPLER(samplers.SOLVERS["unipc"]),
+                                   samplers.flow_sigmas(C.DEFAULT_STEPS, C.DEFAULT_SHIFT), pos, neg,
+                                   torch.zeros(shape), seed=seed)
+    return ((m.vae.decode(z)[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+
+
+def methods(seeds: list[int], names: list[str]) -> None:
+    """Each method on each seed; the table gives the mean of each measure over the seeds."""
     text, segs = storyboard(60)
+    print(f"storyboard: 15 segments of 4 s, cycle {', '.join(CYCLE)}; seeds {seeds}")
     print(L.HEADER)
-    for name, options in METHODS.items():
-        t0 = time.perf_counter()
-        clip = generate_long_embedded(text, seed=seed, **options)
-        m = L.measure(clip.frames, segs, FPS)
-        print(L.row(name, m, f"{clip.windows} windows, {time.perf_counter() - t0:.0f} s"), flush=True)
-    t0 = time.perf_counter()
-    frames = naive(text, seed)
-    print(L.row("naive chaining (extend forward, 5 known frames)", L.measure(frames, segs, FPS),
-                f"{time.perf_counter() - t0:.0f} s"), flush=True)
+    for name in names:
+        options, runs, t0 = METHODS[name], [], time.perf_counter()
+        for seed in seeds:
+            if options in ("naive", "native"):
+                frames = (naive if options == "naive" else native)(text, seed)
+            else:
+                frames = generate_long_embedded(text, seed=seed, **options).frames
+            runs.append(L.measure(frames, segs, FPS))
+        mean = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+        print(L.row(name, mean, f"{(time.perf_counter() - t0) / len(seeds):.0f} s a run"), flush=True)
 
 
 def one_run(seconds: float, seed: int) -> None:
@@ -118,7 +162,10 @@ def scaling(seed: int, threads: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="methods,scaling")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed of the scaling runs")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the methods part")
+    p.add_argument("--methods", default=",".join(str(i) for i in range(len(METHODS))),
+                   help="which rows of the methods part (indices)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--one", type=float, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -127,7 +174,8 @@ def main() -> None:
         one_run(a.one, a.seed)
         return
     if "methods" in a.parts:
-        methods(a.seed)
+        names = list(METHODS)
+        methods([int(x) for x in a.seeds.split(",")], [names[int(i)] for i in a.methods.split(",")])
     if "scaling" in a.parts:
         scaling(a.seed, a.threads)
 

@@ -68,7 +68,8 @@ NODE_SPECS: dict[str, tuple[list, list, list]] = {
     "SpacetimeLongVideo": ([("model", "MODEL"), ("vae", "VAE"), ("text_encoder", "SPACETIME_TEXT_ENCODER"),
                             ("clip", "CLIP")],
                            ["storyboard", "negative", "fps", "seconds", "width", "height", "window", "overlap",
-                            "continuity", "anchor", "blend", "seed", "$control", "steps", "cfg", "solver", "shift",
+                            "continuity", "anchor", "blend", "expand_prompts", "seed", "$control", "steps", "cfg",
+                            "solver", "shift",
                             "filename_prefix"], [("video", "VIDEO"), ("run_folder", "STRING")]),
 }
 # values of widgets not set by a workflow (the frontend needs every widget's value)
@@ -344,7 +345,8 @@ def build_long(family: str) -> Graph:
     g.add("SpacetimeLongVideo", "Long video", model=model, vae=vae, **text,
           storyboard=long_storyboard(LONG_SCENES["embedded" if fam["kind"] == "embedded" else "file"]),
           negative=fam.get("negative", NEGATIVE), fps=float(fam["fps"]), seconds=5.0, width=fam["width"],
-          height=fam["height"], window=fam["length"], overlap=1, continuity="pixels", anchor=0.5, blend=False,
+          height=fam["height"], window=fam["length"], overlap=2, continuity="pixels", anchor=0.5, blend=False,
+          expand_prompts="off",
           seed=42, steps=fam["steps"], cfg=fam["cfg"], solver="unipc", shift=fam["shift"],
           filename_prefix=f"spacetime/{family}_long_video")
     return g

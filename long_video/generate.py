@@ -22,6 +22,7 @@ import torch
 from ..model.dit import WanDiT
 from ..model.embedded import EmbeddedModel, load_embedded
 from ..model.embedded import config as C
+from ..model.prompt_expander import expand_prompt
 from ..model.vae import WanVAE
 from ..pipeline import sample_canvas
 from ..samplers import flow_sigmas
@@ -29,7 +30,7 @@ from .storyboard import Segment, StoryboardError, check_fps, latent_length, pars
 from .timeline import Progress, TimelineRun, WindowSampler
 
 ANCHOR_DEFAULT = 0.5
-OVERLAP_DEFAULT = 1
+OVERLAP_DEFAULT = 2
 
 
 @dataclass
@@ -61,11 +62,12 @@ def long_frames(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text: C
                 solver: str = "unipc", seed: int = 0, negative: str = "", anchor: float = ANCHOR_DEFAULT,
                 blend: bool = False, continuity: str = "pixels", per_token: bool | None = None, speed: str = "off",
                 run_dir: str | Path | None = None, progress: Progress | None = None, model_name: str = "",
-                sample_window: WindowSampler | None = None, patch: tuple[int, int, int] | None = None) -> TimelineRun:
+                sample_window: WindowSampler | None = None, patch: tuple[int, int, int] | None = None,
+                expand: str | None = None) -> TimelineRun:
     """The frames of :func:`generate_long` as an iterable of pieces ``[n, H, W, 3]`` (one per window,
     made when asked for: the caller pulls them into a video file), checked and set up first;
     its ``state`` counts what was made. Same arguments as :func:`generate_long`."""
-    segments = parse_storyboard(storyboard, seconds)
+    segments = expand_segments(parse_storyboard(storyboard, seconds), expand, seed)
     fps = check_fps(fps)
     if not (isinstance(anchor, (int, float)) and math.isfinite(anchor) and 0 <= anchor <= 1):
         raise StoryboardError(f"anchor {anchor!r}: the drift control strength is 0 (off) to 1 (match the first window)")
@@ -96,14 +98,17 @@ def generate_long(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text:
                   blend: bool = False, continuity: str = "pixels", per_token: bool | None = None, speed: str = "off",
                   run_dir: str | Path | None = None, on_frames: Callable[[torch.Tensor], None] | None = None,
                   progress: Progress | None = None, model_name: str = "", sample_window: WindowSampler | None = None,
-                  patch: tuple[int, int, int] | None = None) -> LongClip:
+                  patch: tuple[int, int, int] | None = None, expand: str | None = None) -> LongClip:
     """A clip from ``storyboard`` (``SECONDS: prompt`` lines; or one prompt and ``seconds``) with any
     T2V / TI2V Wan ``dit`` and its ``vae``; ``encode_text(text) -> [1, L, text_dim]``.
 
     ``window``: frames per window (the model's native length, ``1 + 4k``); ``overlap``: latent
     frames each window keeps from the one before (``1 + 4 (overlap - 1)`` video frames);
     ``continuity``: "pixels" or "latents" (``timeline.py``); ``anchor``: drift control strength in 0..1;
-    ``blend``: mix the prompts of the segments a window's new frames lie in. Sampling options as
+    ``blend``: mix the prompts of the segments a window's new frames lie in; ``expand``: a model
+    family ("embedded", "wan2.1", "wan2.2") whose prompt expander (offline rules, seeded by
+    ``seed`` + the segment's index, cached) turns each segment's prompt into a caption first,
+    or None. Sampling options as
     :func:`pipeline.generate_latent`; the window ``i`` draws its noise from ``seed + i``.
 
     ``sample_window`` replaces the sampling of a window by ``dit`` (the ComfyUI node samples with
@@ -114,7 +119,7 @@ def generate_long(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text:
                       seconds=seconds, overlap=overlap, steps=steps, guidance=guidance, shift=shift, solver=solver,
                       seed=seed, negative=negative, anchor=anchor, blend=blend, continuity=continuity,
                       per_token=per_token, speed=speed, run_dir=run_dir, progress=progress, model_name=model_name,
-                      sample_window=sample_window, patch=patch)
+                      sample_window=sample_window, patch=patch, expand=expand)
     pieces = []
     with torch.no_grad():
         for frames in run:
@@ -124,6 +129,14 @@ def generate_long(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text:
                 pieces.append(frames)
     return LongClip(torch.cat(pieces) if pieces else None, run.state.frames_out, run.fps, len(run.windows),
                     run.state.resumed, None if run_dir is None else Path(run_dir))
+
+
+def expand_segments(segments: list[Segment], family: str | None, seed: int) -> list[Segment]:
+    """Each segment's prompt through the prompt expander of ``family`` (None: unchanged)."""
+    if not family:
+        return segments
+    return [Segment(s.seconds, expand_prompt(s.prompt, "t2v", seed + j, model_family=family))
+            for j, s in enumerate(segments)]
 
 
 def _dit_sampler(dit: WanDiT, vae: WanVAE, segments: list[Segment], encode_text: Callable[[str], torch.Tensor],

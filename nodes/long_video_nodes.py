@@ -25,7 +25,7 @@ from PIL import Image
 
 from .. import samplers
 from ..long_video import StoryboardError
-from ..long_video.generate import long_frames
+from ..long_video.generate import expand_segments, long_frames
 from ..long_video.checkpoint import settings_key
 from ..long_video.generate import ANCHOR_DEFAULT, OVERLAP_DEFAULT
 from ..long_video.storyboard import parse_storyboard
@@ -39,6 +39,7 @@ from .validation import SpacetimeNode
 
 log = logging.getLogger("spacetime.nodes")
 
+EXPAND = ("off", "embedded", "wan2.1", "wan2.2")
 RUNS = "spacetime_runs"   # folder of run checkpoints inside ComfyUI's output folder
 STORYBOARD_EXAMPLE = ("4: a red circle moves to the right on a black background\n"
                       "4: a red circle moves to the left on a black background")
@@ -115,6 +116,9 @@ class SpacetimeLongVideo(SpacetimeNode):
                                        "(0 off, 1 matched exactly)"),
                 io.Boolean.Input("blend", default=False,
                                  tooltip="a window that straddles two segments mixes both prompts in proportion"),
+                io.Combo.Input("expand_prompts", options=list(EXPAND), default="off",
+                               tooltip="turn each segment's prompt into a detailed caption for this model family "
+                                       "first (the offline prompt expander, seeded, cached)"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True),
                 io.Int.Input("steps", default=30, min=1, max=1000),
                 io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01),
@@ -131,7 +135,7 @@ class SpacetimeLongVideo(SpacetimeNode):
 
     @classmethod
     def execute(cls, model, vae, storyboard, negative, fps, seconds, width, height, window, overlap, continuity,
-                anchor, blend, seed, steps, cfg, solver, shift, filename_prefix, text_encoder=None,
+                anchor, blend, expand_prompts, seed, steps, cfg, solver, shift, filename_prefix, text_encoder=None,
                 clip=None) -> io.NodeOutput:
         if text_encoder is None and clip is None:
             raise node_error(cls, "text_encoder/clip", "connect a text encoder: the embedded model's (its loader's "
@@ -143,8 +147,9 @@ class SpacetimeLongVideo(SpacetimeNode):
         problem = _prefix_problem(filename_prefix, out_dir)
         if problem:
             raise node_error(cls, "filename_prefix", problem)
+        expand = None if expand_prompts == "off" else expand_prompts
         try:
-            segments = parse_storyboard(storyboard, seconds)
+            segments = expand_segments(parse_storyboard(storyboard, seconds), expand, seed)
         except StoryboardError as e:
             raise node_error(cls, "storyboard", str(e)) from None
         encode = _encoder(text_encoder, clip)
@@ -174,13 +179,15 @@ class SpacetimeLongVideo(SpacetimeNode):
         inner = model.model.diffusion_model
         settings_name = _fingerprint(model, vae)
         run_dir = Path(out_dir) / RUNS / settings_key({"model": settings_name, "storyboard": storyboard, "seed": seed,
-                                                       "size": [width, height, window], "fps": fps})
+                                                       "size": [width, height, window], "fps": fps,
+                                                       "expand": expand})
         try:
             run = long_frames(storyboard, None, vae.wan, None, width=width, height=height, window=window, fps=fps,
                               seconds=seconds, overlap=overlap, steps=steps, guidance=cfg, shift=shift, solver=solver,
                               seed=seed, negative=negative, anchor=anchor, blend=blend, continuity=continuity,
                               run_dir=run_dir, progress=progress, model_name=settings_name,
-                              sample_window=sample_window, patch=tuple(inner.patch_embedding.kernel_size))
+                              sample_window=sample_window, patch=tuple(inner.patch_embedding.kernel_size),
+                              expand=expand)
         except StoryboardError as e:
             raise node_error(cls, _input_of(e), str(e)) from None
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, width, height)

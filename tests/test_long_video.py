@@ -3,6 +3,7 @@ streamed decode, drift control, checkpoints and resume, flat memory; the embedde
 tiny random Wan configs of each layout."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -232,3 +233,18 @@ def test_wan_layouts_keep_the_joint_latents(family):
     for win, tail, out in outs[1:]:
         k = win.known_end - win.start
         assert torch.allclose(out[:, :, :k], tail[:, :, -k:], atol=1e-5)
+
+
+def test_segment_prompts_through_the_prompt_expander_are_seeded_and_recorded(embedded, tmp_path):
+    from safetensors import safe_open
+
+    from spacetime_video.long_video.generate import expand_segments
+    segs = parse_storyboard(SB)
+    once, again = expand_segments(segs, "embedded", 3), expand_segments(segs, "embedded", 3)
+    assert once == again and [s.seconds for s in once] == [2.0, 2.0]
+    assert all(a.prompt != b.prompt for a, b in zip(once, segs))               # rewritten into captions
+    assert expand_segments(segs, None, 3) == segs
+    _run(embedded, run_dir=tmp_path, expand="embedded", seed=3)
+    with safe_open(str(window_path(tmp_path, 0)), framework="pt") as f:
+        recorded = json.loads(f.metadata()["settings"])
+    assert [p for _, p in recorded["storyboard"]] == [s.prompt for s in once]

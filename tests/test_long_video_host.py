@@ -42,8 +42,9 @@ def test_long_video_workflow_streams_checkpoints_and_resumes(host):
     (item2,) = saved_files(h2)
     again, _ = read_video(host.base_dir / "output" / item2["subfolder"] / item2["filename"])
     assert [(run_dir / w).stat().st_mtime_ns for w in windows] == stamps          # read back, not made again
-    assert again.shape == frames.shape
-    assert float((again[:17] - frames[:17]).abs().max()) < 2 / 255                 # the first window, as before
+    # the same latents decoded again: equal up to float rounding, which the lossy H.264 encoder
+    # may turn into a few levels in some pixels of later frames
+    assert again.shape == frames.shape and float((again - frames).abs().mean()) < 1 / 255
 
 
 @pytest.mark.host
@@ -83,3 +84,42 @@ def test_wan_long_video_workflows_run_on_tiny_files(host, tiny, name):
     (item,) = saved_files(h)
     frames, _ = read_video(host.base_dir / "output" / item["subfolder"] / item["filename"])
     assert frames.shape == (17, 64, 64, 3)                  # 2 s at 8 fps: 1 + 4 * 4 frames
+
+
+@pytest.mark.host
+def test_interrupt_keeps_finished_windows_and_the_next_run_resumes(host):
+    """Interrupted after its second window: the checkpoints stay, no partial video is left, the
+    server takes the next job, and queuing the graph again finishes from the third window."""
+    import time
+
+    from nodes_helpers import queue, wait
+
+    from spacetime_video.nodes.video_file import TEMP_PREFIX, read_video
+    storyboard = "\n".join(f"2: a red circle {m} on a black background" for m in
+                           ("moves to the right", "moves to the left", "moves up", "moves down"))
+    graph = _graph(storyboard=storyboard, steps=6, seed=7, filename_prefix="spacetime/interrupted")
+    runs = host.base_dir / "output" / "spacetime_runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    status, body = queue(host, graph)
+    assert status == 200, body
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 240:
+        new = [d for d in (runs.iterdir() if runs.is_dir() else []) if d not in before]
+        if new and (new[0] / "window_00001.safetensors").exists():
+            break
+        time.sleep(0.1)
+    host.client.interrupt()
+    h = wait(host, body["prompt_id"], timeout=240)
+    assert h["status"]["status_str"] == "error" and not saved_files(h)
+    (run_dir,) = new
+    kept = sorted(p.name for p in run_dir.glob("window_*.safetensors"))
+    assert 2 <= len(kept) < 5                                       # 8 s: 5 windows of 17 frames, overlap 2
+    stamps = {k: (run_dir / k).stat().st_mtime_ns for k in kept}
+    out = host.base_dir / "output" / "spacetime"
+    assert not list(out.glob(f"{TEMP_PREFIX}*")) and not list(out.glob("interrupted_*"))
+    h2 = run(host, graph, timeout=300)
+    assert error_message(h2) is None, error_message(h2)
+    assert {k: (run_dir / k).stat().st_mtime_ns for k in kept} == stamps   # finished windows read back
+    (item,) = saved_files(h2)
+    frames, _ = read_video(host.base_dir / "output" / item["subfolder"] / item["filename"])
+    assert frames.shape[0] == 65                                    # 8 s at 8 fps: 1 + 4 * 16
