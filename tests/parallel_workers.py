@@ -165,12 +165,14 @@ MEMORY_CONFIG = FAMILIES["t2v"].__class__(dim=1024, ffn_dim=2048, num_heads=8, n
                                           freq_dim=64, text_len=16)
 
 
-def activation_memory(rank: int, world: int, out: dict) -> None:
+def activation_memory(rank: int, world: int, out: dict, chunking: bool = False, key: str = "memory") -> None:
     """Peak activation bytes of one forward of 4,096 tokens (width 1024, 8 heads of 128 as Wan's,
     SDPA) on this rank, and rank 0's single-process figure. The CPU forward's size-dependent
     paths (FFN chunks and separate q/k/v matmuls above CPU_CHUNK_BYTES) are switched off, as on a
-    GPU, so that both runs take the same path and the comparison is of the sharding alone."""
-    dit_model.CPU_CHUNK_BYTES = 2**40
+    GPU, so that both runs take the same path and the comparison is of the sharding alone
+    (``chunking=True`` keeps them, as the CPU forward runs)."""
+    kept = dit_model.CPU_CHUNK_BYTES
+    dit_model.CPU_CHUNK_BYTES = kept if chunking else 2**40
     torch.manual_seed(0)
     dit = WanDiT(MEMORY_CONFIG, attention="sdpa").eval()
     parallelize(dit, timeout_s=60)
@@ -189,8 +191,9 @@ def activation_memory(rank: int, world: int, out: dict) -> None:
         peaks[mode] = meter.peak
     every = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
     dist.all_gather(every, torch.tensor([float(peaks["parallel"])], dtype=torch.float64))
+    dit_model.CPU_CHUNK_BYTES = kept
     if rank == 0:
-        out["memory"] = {"single": peaks["single"], "ranks": [int(e) for e in every]}
+        out[key] = {"single": peaks["single"], "ranks": [int(e) for e in every]}
 
 
 def vae_decode(rank: int, world: int, out: dict) -> None:
