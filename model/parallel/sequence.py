@@ -77,17 +77,18 @@ class SequenceParallel:
 def weights_fingerprint(module: torch.nn.Module) -> torch.Tensor:
     """Two float64 numbers that differ between unequal weights with near certainty: the sum and
     a position-weighted sum of every parameter and buffer."""
-    acc = torch.zeros(2, dtype=torch.float64)
-    for i, t in enumerate(module.state_dict().values()):
-        f = t.detach().flatten().to("cpu", torch.float64)
+    tensors = list(module.state_dict().values())
+    acc = torch.zeros(2, dtype=torch.float64, device=tensors[0].device if tensors else "cpu")
+    for i, t in enumerate(tensors):   # on the weights' device: no copy of the model to the host
+        f = t.detach().flatten().to(acc.device, torch.float64)
         acc[0] += f.sum()
-        acc[1] += (f * torch.linspace(1, 2, f.numel(), dtype=torch.float64)).sum() * (i + 1)
-    return acc
+        acc[1] += (f * torch.linspace(1, 2, f.numel(), dtype=torch.float64, device=acc.device)).sum() * (i + 1)
+    return acc.cpu()
 
 
 def check_same_weights(dit: WanDiT, groups: ParallelGroups) -> None:
     """Raise ParallelError naming the ranks whose weights differ from rank 0's."""
-    mine = weights_fingerprint(dit).to(next(dit.parameters()).device)
+    mine = weights_fingerprint(dit).to(next(dit.parameters()).device)   # NCCL gathers device tensors
     every = [torch.empty_like(mine) for _ in range(groups.layout.world)]
     groups.wait(dist.all_gather(every, mine, async_op=True), "comparing the weights of the ranks")
     bad = [r for r, f in enumerate(every) if not torch.allclose(f, every[0], rtol=1e-9, atol=0)]
