@@ -28,10 +28,10 @@ import torch.distributed as dist
 
 from ..model.dit import load_dit
 from ..model.embedded import load_embedded
-from ..model.parallel import DEFAULT_TIMEOUT_S, ParallelError, init_distributed, parallelize
+from ..model.parallel import DEFAULT_TIMEOUT_S, ParallelError, init_distributed, parallelize, sharded_decode
 from ..model.vae import load_vae
 from ..model.weights.files import load_state_dict
-from ..pipeline import generate, generate_embedded
+from ..pipeline import generate, generate_embedded, generate_latent
 
 log = logging.getLogger("spacetime.parallel")
 
@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--distilled", action="store_true", help="embedded model: its 4-step distilled LoRA")
     p.add_argument("--cfg-parallel", action="store_true", help="the two halves of CFG on two rank groups")
+    p.add_argument("--vae-bands", action="store_true",
+                   help="with --dit: decode in one horizontal band per rank (less memory per rank; blended seams)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds any collective may take")
     p.add_argument("--out", type=Path, required=True, help=".safetensors or .gif, written by rank 0")
     args = p.parse_args(argv)
@@ -60,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--out {args.out}: write .safetensors or .gif")
     if (args.dit is None) != (args.vae is None) or (args.dit is not None and args.text is None):
         p.error("--dit, --vae and --text go together (a Wan checkpoint, its VAE, the text states)")
+    if args.vae_bands and args.dit is None:
+        p.error("--vae-bands goes with --dit (the embedded model's decode is small)")
     return args
 
 
@@ -82,8 +86,12 @@ def render(args: argparse.Namespace, device: torch.device) -> torch.Tensor:
     parallelize(dit, cfg=cfg, timeout_s=args.timeout)
     opts = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance), ("shift", args.shift))
             if v is not None}
-    return generate(dit, vae, text["context"].to(device), text.get("negative"), frames=args.frames or 81,
-                    height=args.height, width=args.width, seed=args.seed, **opts)
+    negative = text.get("negative")
+    opts.update(frames=args.frames or 81, height=args.height, width=args.width, seed=args.seed)
+    if not args.vae_bands:
+        return generate(dit, vae, text["context"].to(device), negative, **opts)
+    z = generate_latent(dit, vae, text["context"].to(device), negative, **opts)
+    return sharded_decode(vae, z.to(vae.dtype), timeout_s=args.timeout)[0]
 
 
 def write(video: torch.Tensor, out: Path) -> None:

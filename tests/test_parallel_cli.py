@@ -74,3 +74,32 @@ def test_bad_arguments_are_refused(tmp_path):
         P.parse_args(["--out", str(tmp_path / "x.mp4")])
     with pytest.raises(SystemExit):
         P.parse_args(["--out", str(tmp_path / "x.gif"), "--dit", "a.safetensors"])
+
+
+def test_wan_checkpoint_path_with_vae_bands(tmp_path, monkeypatch):
+    """--dit/--vae/--text with --vae-bands on a group of one (torchrun's variables set here): the
+    clip equals generate() with the same files."""
+    from safetensors.torch import save_file
+    from nodes_helpers import write_tiny_models
+
+    from spacetime_video.model.dit import load_dit
+    from spacetime_video.model.vae import load_vae
+    from spacetime_video.pipeline import generate
+
+    names = write_tiny_models(tmp_path)
+    dit_file, vae_file = tmp_path / "models/diffusion_models" / names["dit"], tmp_path / "models/vae" / names["vae"]
+    text = {"context": torch.randn(1, 5, 64), "negative": torch.zeros(1, 5, 64)}
+    save_file(text, str(tmp_path / "states.safetensors"))
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "clip.safetensors"
+    args = ["--dit", str(dit_file), "--vae", str(vae_file), "--text", str(tmp_path / "states.safetensors"),
+            "--frames", "5", "--height", "32", "--width", "32", "--steps", "2", "--vae-bands", "--out", str(out)]
+    assert P.main(args) == 0
+    with torch.no_grad():
+        ref = generate(load_dit(dit_file), load_vae(vae_file), text["context"], text["negative"], frames=5,
+                       height=32, width=32, steps=2, seed=0)
+    got = load_file(out)["video"]
+    assert got.shape == ref.shape == (3, 5, 32, 32)
+    assert rel_err(got, ref.float()) <= 1e-5
