@@ -112,3 +112,28 @@ def test_a_clip_workflow_runs_unmodified_from_a_fresh_host_through_the_cli(tmp_p
     from spacetime_video.nodes.video_file import read_video
     frames, _ = read_video(out)
     assert frames.shape == (17, 64, 64, 3)
+
+
+def _twins() -> list[Path]:
+    return sorted((ROOT / "workflows" / "api").glob("*_api.json"))
+
+
+@pytest.mark.parametrize("twin", _twins(), ids=lambda p: p.name)
+def test_every_shipped_workflow_runs_or_names_its_missing_models(twin, tmp_path, capsys):
+    """From a fresh checkout: a workflow either needs nothing beyond the pack (the embedded model
+    and the example inputs) or `models check` names every missing model and the download command
+    (`run` makes the same check before queueing)."""
+    from spacetime_video.headless.cli import main
+    from spacetime_video.headless.models import load_manifest
+    from spacetime_video.model.weights.catalog import load_catalog
+    needs = load_manifest()[twin.name.replace("_api.json", ".json")]
+    code = main(["models", "check", str(twin), "--models-dir", str(tmp_path / "models")])
+    out, err = capsys.readouterr()
+    if not needs:
+        assert code == 0 and "MISSING" not in out
+        return
+    catalog = load_catalog()
+    assert code == 2
+    for mid in needs:
+        assert f"MISSING  {mid}" in out and catalog[mid].filename in out
+    assert "spacetime-video models download " + " ".join(needs) in err
