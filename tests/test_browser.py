@@ -147,7 +147,7 @@ def test_templates_browser_lists_the_packs_workflows_with_their_cards(ui, ui_hos
         r = page.request.get(f"{ui_host.url}/api/workflow_templates/{PACK}/{name}.jpg")
         assert r.ok and r.headers["content-type"] == "image/jpeg", name
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    page.get_by_text(PACK, exact=True).first.click()
+    page.locator(".p-dialog").get_by_text(PACK, exact=True).first.click()   # Extensions -> the pack
     cards = page.locator("[data-testid^='template-workflow-']")
     cards.first.wait_for(timeout=15_000)
     shown = cards.evaluate_all("els => els.map(e => e.dataset.testid.replace('template-workflow-', ''))")
