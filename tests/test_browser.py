@@ -175,6 +175,8 @@ def test_run_on_embedded_t2v_shows_the_video_preview(ui, ui_host, shots):
                                 n.widgets.find(w => w.name === 'prompt').value = p; }""", ASKED)
         page.evaluate(FIT_VIEW_JS)
         keep_for_docs(save_screenshot(page, shots, "ui_embedded_t2v"))
+        page.evaluate("""() => { window.spacetimeProgress = [];
+            window.app.api.addEventListener('progress', e => window.spacetimeProgress.push(e.detail)); }""")
         before = set(ui_host.client.get_json("/history"))
         t0 = time.monotonic()
         page.locator("[data-testid='queue-button']").click()
@@ -201,6 +203,12 @@ def test_run_on_embedded_t2v_shows_the_video_preview(ui, ui_host, shots):
         assert readouts["Prompt"].startswith("a green triangle moves up across a beige background\nnote: ")
         assert "'white'" in readouts["Prompt"] and "used 'beige'" in readouts["Prompt"], readouts
         assert "tokens" in readouts["Canvas / Patchify (Spacetime)"], readouts
+        # the page got the sampler's step-by-step progress (what draws the node's progress bar)
+        api = json.loads((WORKFLOWS / "api" / "embedded_t2v_api.json").read_text())
+        (sampler,) = [k for k, v in api.items() if v["class_type"] == "SpacetimeSampler"]
+        steps = [(p["value"], p["max"]) for p in page.evaluate("() => window.spacetimeProgress")
+                 if str(p.get("node")) == sampler]
+        assert steps and steps[-1] == (api[sampler]["inputs"]["steps"],) * 2, steps
         assert page.evaluate("async () => Object.keys((await window.app.graphToPrompt()).output['2'].inputs)") \
             == list(json.loads((WORKFLOWS / "api" / "embedded_t2v_api.json").read_text())["2"]["inputs"])
         print(f"embedded t2v: Run -> job finished {finished:.1f}s, -> preview playing {shown:.1f}s")
