@@ -6,10 +6,12 @@ Importable two ways:
     ``comfy_entrypoint`` and only then are the nodes (and ``comfy``) imported.
 
 The public Python API: ``load_vae``, ``load_dit``, ``generate``, ``generate_latent``, ``generate_embedded``,
-``expand_prompt``, and the ``model`` and ``samplers`` packages (README, "Python API").
+``generate_long``, ``generate_long_embedded``, ``expand_prompt``, and the ``model``, ``samplers`` and
+``long_video`` packages (README, "Python API").
 """
 if __package__:  # pytest may import this file bare (no package) when collecting tests/
-    from . import model, samplers
+    from . import long_video, model, samplers
+    from .long_video import generate_long, generate_long_embedded
     from .model import expand_prompt, load_dit, load_vae
     from .pipeline import Known, generate, generate_embedded, generate_latent
 
@@ -27,5 +29,6 @@ async def comfy_entrypoint():
     return extension()
 
 
-__all__ = ["model", "samplers", "load_vae", "load_dit", "generate", "generate_latent", "generate_embedded", "Known",
-           "expand_prompt", "comfy_entrypoint", "__version__", "WEB_DIRECTORY"]
+__all__ = ["model", "samplers", "long_video", "load_vae", "load_dit", "generate", "generate_latent",
+           "generate_embedded", "generate_long", "generate_long_embedded", "Known", "expand_prompt",
+           "comfy_entrypoint", "__version__", "WEB_DIRECTORY"]

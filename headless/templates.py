@@ -66,17 +66,18 @@ NODE_SPECS: dict[str, tuple[list, list, list]] = {
                                 [("expanded", "STRING"), ("original", "STRING")]),
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
     "SpacetimeLongVideo": ([("model", "MODEL"), ("vae", "VAE"), ("text_encoder", "SPACETIME_TEXT_ENCODER"),
-                            ("clip", "CLIP")],
+                            ("clip", "CLIP"), ("image", "IMAGE"), ("clip_vision", "CLIP_VISION"),
+                            ("low_noise_model", "MODEL")],
                            ["storyboard", "negative", "fps", "seconds", "width", "height", "window", "overlap",
                             "continuity", "anchor", "blend", "expand_prompts", "seed", "$control", "steps", "cfg",
-                            "solver", "shift",
-                            "filename_prefix"], [("video", "VIDEO"), ("run_folder", "STRING")]),
+                            "solver", "shift", "filename_prefix", "reanchor", "boundary", "low_noise_cfg"],
+                           [("video", "VIDEO"), ("run_folder", "STRING")]),
 }
 # values of widgets not set by a workflow (the frontend needs every widget's value)
 WIDGET_DEFAULTS = {"allow_large": False, "$control": "fixed", "$upload": "image", "weight_dtype": "default", "compute_dtype": "auto",
                    "attention": "auto", "low_noise_dit_name": "none", "dtype": "auto", "device": "default",
                    "invalid_size": "snap", "frame": 0, "use": "all", "count": 1, "tile": 0, "boundary": WAN22_BOUNDARY["t2v"],
-                   "low_noise_cfg": 3.0, "denoise": 1.0, "solver": "unipc", "start_frame": 0, "frame_count": 0,
+                   "low_noise_cfg": 3.0, "reanchor": True, "denoise": 1.0, "solver": "unipc", "start_frame": 0, "frame_count": 0,
                    "stride": 1, "width": 0, "height": 0, "format": "mp4", "crop": "none",
                    "language": "en", "max_words": 100, "backend": "rules", "base_url": "http://localhost:11434/v1",
                    "model": "", "api_key_env": "OPENAI_API_KEY", "on_error": "fallback", "temperature": 0.7,
@@ -320,7 +321,7 @@ def build(family: str, cap: str) -> Graph:
 
 
 # Long video from a storyboard: a minute of one scene, segments of 4 s in a cycle of directions
-LONG_FAMILIES = ("embedded", "wan21_t2v_1.3b", "wan22_ti2v_5b")
+LONG_FAMILIES = ("embedded", "wan21_t2v_1.3b", "wan22_ti2v_5b", "wan21_i2v_14b", "wan22_t2v_a14b")
 LONG_SCENES = {"embedded": "a red circle {} on a black background",
                "file": "a red kite {} over a green meadow under a clear blue sky, steady camera"}
 LONG_MOTIONS = ("moves to the right", "moves to the left", "stays still", "moves up", "moves down")
@@ -339,13 +340,21 @@ def build_long(family: str) -> Graph:
         loader = g.add("SpacetimeEmbeddedLoader", shift=fam["shift"], distilled=False)
         model, vae, text = (loader, 0), (loader, 1), {"text_encoder": (loader, 2)}
     else:
-        model = (g.add("SpacetimeDiTLoader", dit_name=fam["dit"], shift=fam["shift"], low_noise_dit_name="none"), 0)
+        dit = g.add("SpacetimeDiTLoader", dit_name=fam["dit"], shift=fam["shift"],
+                    low_noise_dit_name=fam.get("low_dit", "none"))
+        model = (dit, 0)
         vae = (g.add("SpacetimeVAELoader", vae_name=fam["vae"]), 0)
         text = {"clip": (g.add("CLIPLoader", clip_name=TEXT_ENCODER, type="wan", device="default"), 0)}
+        if "low_dit" in fam:      # Wan 2.2 A14B: both experts in every window
+            text.update(low_noise_model=(dit, 1), boundary=fam["boundary"], low_noise_cfg=fam["low_cfg"])
+        if fam.get("clip_vision"):  # I2V: the clip starts from an image; each window from the last frame
+            text.update(image=(g.add("LoadImage", "start image", image=IMAGE_IN), 0),
+                        clip_vision=(g.add("CLIPVisionLoader", clip_name=CLIP_VISION), 0), reanchor=True)
     g.add("SpacetimeLongVideo", "Long video", model=model, vae=vae, **text,
           storyboard=long_storyboard(LONG_SCENES["embedded" if fam["kind"] == "embedded" else "file"]),
           negative=fam.get("negative", NEGATIVE), fps=float(fam["fps"]), seconds=5.0, width=fam["width"],
-          height=fam["height"], window=fam["length"], overlap=2, continuity="pixels", anchor=0.5, blend=False,
+          height=fam["height"], window=fam["length"], overlap=1 if fam.get("clip_vision") else 2, continuity="pixels",
+          anchor=0.5, blend=False,
           expand_prompts="off",
           seed=42, steps=fam["steps"], cfg=fam["cfg"], solver="unipc", shift=fam["shift"],
           filename_prefix=f"spacetime/{family}_long_video")

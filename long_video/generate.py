@@ -12,6 +12,7 @@ settings goes on where the first stopped, to the same result bit for bit.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ def long_frames(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text: C
                 blend: bool = False, continuity: str = "pixels", per_token: bool | None = None, speed: str = "off",
                 run_dir: str | Path | None = None, progress: Progress | None = None, model_name: str = "",
                 sample_window: WindowSampler | None = None, patch: tuple[int, int, int] | None = None,
-                expand: str | None = None) -> TimelineRun:
+                expand: str | None = None, start: torch.Tensor | None = None) -> TimelineRun:
     """The frames of :func:`generate_long` as an iterable of pieces ``[n, H, W, 3]`` (one per window,
     made when asked for: the caller pulls them into a video file), checked and set up first;
     its ``state`` counts what was made. Same arguments as :func:`generate_long`."""
@@ -81,13 +82,20 @@ def long_frames(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text: C
     settings = {"storyboard": [[s.seconds, s.prompt] for s in segments], "fps": fps, "size": [width, height],
                 "window": window, "overlap": overlap, "steps": steps, "guidance": guidance, "shift": shift,
                 "solver": solver, "seed": seed, "negative": negative, "anchor": anchor, "blend": blend,
-                "continuity": continuity, "per_token": per_token, "speed": speed, "model": model_name}
+                "continuity": continuity, "per_token": per_token, "speed": speed, "model": model_name,
+                "start": None if start is None else _digest(start)}
     if sample_window is None:
         sample_window = _dit_sampler(dit, vae, segments, encode_text, negative, steps=steps, guidance=guidance,
                                      shift=shift, solver=solver, per_token=per_token, speed=speed)
     return TimelineRun(segments, fps, windows, shape, sample_window, vae, seed=seed, settings=settings,
                        run_dir=None if run_dir is None else Path(run_dir), continuity=continuity,
-                       anchor_strength=anchor, blend=blend, progress=progress)
+                       anchor_strength=anchor, blend=blend, progress=progress, start=start)
+
+
+def _digest(frames: torch.Tensor) -> str:
+    """A short fingerprint of start frames (a checkpoint of another start image is not reused)."""
+    data = (frames.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def generate_long(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text: Callable[[str], torch.Tensor] | None,
@@ -98,7 +106,8 @@ def generate_long(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text:
                   blend: bool = False, continuity: str = "pixels", per_token: bool | None = None, speed: str = "off",
                   run_dir: str | Path | None = None, on_frames: Callable[[torch.Tensor], None] | None = None,
                   progress: Progress | None = None, model_name: str = "", sample_window: WindowSampler | None = None,
-                  patch: tuple[int, int, int] | None = None, expand: str | None = None) -> LongClip:
+                  patch: tuple[int, int, int] | None = None, expand: str | None = None,
+                  start: torch.Tensor | None = None) -> LongClip:
     """A clip from ``storyboard`` (``SECONDS: prompt`` lines; or one prompt and ``seconds``) with any
     T2V / TI2V Wan ``dit`` and its ``vae``; ``encode_text(text) -> [1, L, text_dim]``.
 
@@ -108,7 +117,8 @@ def generate_long(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text:
     ``blend``: mix the prompts of the segments a window's new frames lie in; ``expand``: a model
     family ("embedded", "wan2.1", "wan2.2") whose prompt expander (offline rules, seeded by
     ``seed`` + the segment's index, cached) turns each segment's prompt into a caption first,
-    or None. Sampling options as
+    or None; ``start``: IMAGE frames ``[n, H, W, 3]`` the clip starts with (image to long video).
+    Sampling options as
     :func:`pipeline.generate_latent`; the window ``i`` draws its noise from ``seed + i``.
 
     ``sample_window`` replaces the sampling of a window by ``dit`` (the ComfyUI node samples with
@@ -119,7 +129,7 @@ def generate_long(storyboard: str, dit: WanDiT | None, vae: WanVAE, encode_text:
                       seconds=seconds, overlap=overlap, steps=steps, guidance=guidance, shift=shift, solver=solver,
                       seed=seed, negative=negative, anchor=anchor, blend=blend, continuity=continuity,
                       per_token=per_token, speed=speed, run_dir=run_dir, progress=progress, model_name=model_name,
-                      sample_window=sample_window, patch=patch, expand=expand)
+                      sample_window=sample_window, patch=patch, expand=expand, start=start)
     pieces = []
     with torch.no_grad():
         for frames in run:
@@ -147,11 +157,11 @@ def _dit_sampler(dit: WanDiT, vae: WanVAE, segments: list[Segment], encode_text:
     uncond = encode_text(negative).float() if guidance != 1.0 else None
     sigmas = flow_sigmas(steps, shift)
 
-    def sample_window(win, weights, noise, known, mask):
+    def sample_window(win, weights, noise, place):
         ctx = sum(w * contexts[j] for j, w in weights.items())
-        kept = bool((mask == 0).any())
+        kept = bool((place.mask == 0).any())
         z = sample_canvas(dit, ctx, uncond, noise=noise, sigmas=sigmas,
-                          clean=vae.normalize(known) if kept else None, mask=mask if kept else None,
+                          clean=vae.normalize(place.known) if kept else None, mask=place.mask if kept else None,
                           guidance=guidance, solver=solver, per_token=per_token, speed=speed)
         return vae.denormalize(z)
 

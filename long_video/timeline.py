@@ -41,9 +41,23 @@ from .storyboard import Segment, Window, window_weights
 
 log = logging.getLogger("spacetime.long_video")
 
-# (window, segment weights, noise [1, C, W, h, w], known raw latent [1, C, W, h, w] (zeros where
-# not known), noise mask [1, 1, W, h, w] (1 = generate, 0 = keep)) -> raw latent [1, C, W, h, w]
-WindowSampler = Callable[[Window, dict[int, float], torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WindowCanvas:
+    """What a window keeps: ``known`` raw latent ``[1, C, W, h, w]`` (zeros where not known) and
+    ``mask`` ``[1, 1, W, h, w]`` (ComfyUI's noise mask: 1 = generate, 0 = keep); with pixels
+    continuity also the window's pixel canvas ``[F, H, W, 3]`` and its per-frame known ``flags``
+    (what an I2V model's image channels and CLIP-vision input are made from)."""
+
+    known: torch.Tensor
+    mask: torch.Tensor
+    pixels: torch.Tensor | None = None
+    flags: torch.Tensor | None = None
+
+
+# (window, segment weights, noise [1, C, W, h, w], canvas) -> raw latent [1, C, W, h, w]
+WindowSampler = Callable[[Window, dict[int, float], torch.Tensor, WindowCanvas], torch.Tensor]
 # (windows finished, windows in all) after each window, and at the start
 Progress = Callable[[int, int], None]
 
@@ -72,7 +86,7 @@ def known_count(win: Window) -> int:
     return win.known_end - win.start
 
 
-def latent_canvas(win: Window, tail: torch.Tensor | None, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_canvas(win: Window, tail: torch.Tensor | None, shape: tuple[int, ...]) -> WindowCanvas:
     """(known raw latent, noise mask) of window ``win`` on one latent timeline: its first ``k``
     latent frames are the timeline's last ones, kept (mask 0); the rest is generated (mask 1)."""
     c, t, h, w = shape
@@ -82,25 +96,22 @@ def latent_canvas(win: Window, tail: torch.Tensor | None, shape: tuple[int, ...]
     if k:
         known[:, :, :k] = tail[:, :, -k:]
         mask[:, :, :k] = 0
-    return known, mask
+    return WindowCanvas(known, mask)
 
 
-def pixel_canvas(win: Window, tail: torch.Tensor | None, vae: WanVAE, shape: tuple[int, ...]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(known raw latent, noise mask) of window ``win`` as a clip of its own: the last
-    ``1 + 4 (k - 1)`` frames of the clip so far at its start, encoded with the canvas."""
+def pixel_canvas(frames: torch.Tensor | None, vae: WanVAE, shape: tuple[int, ...]) -> WindowCanvas:
+    """A window as a clip of its own with ``frames`` (IMAGE ``[n, H, W, 3]``: the last frames of
+    the clip so far, or the start frames of the first window) at its start, encoded with the canvas."""
     c, t, h, w = shape
     st, sh, sw = vae.config.stride
     length = 1 + st * (t - 1)
     pixels, flags = canvas.new_pixel_canvas(length, h * sh, w * sw)
-    k = known_count(win)
-    if k:
-        canvas.place(pixels, flags, tail[-(1 + st * (k - 1)):], 0)
-        video = canvas.fill_lead_in(pixels, flags).permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1
-        known = vae.encode(video.to(vae.device, vae.dtype)).float().cpu()
-    else:
-        known = torch.zeros(1, c, t, h, w)
-    return known, canvas.noise_mask(flags, (h, w), st)
+    if frames is None:
+        return WindowCanvas(torch.zeros(1, c, t, h, w), canvas.noise_mask(flags, (h, w), st), pixels, flags)
+    canvas.place(pixels, flags, frames, 0)
+    video = canvas.fill_lead_in(pixels, flags).permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1
+    known = vae.encode(video.to(vae.device, vae.dtype)).float().cpu()
+    return WindowCanvas(known, canvas.noise_mask(flags, (h, w), st), pixels, flags)
 
 
 def window_noise(seed: int, win: Window, shape: tuple[int, ...]) -> torch.Tensor:
@@ -122,7 +133,8 @@ class TimelineRun:
 
     ``shape`` is one window's latent ``(C, W, h, w)``. Options: ``seed``, ``settings`` (what the
     checkpoints record), ``run_dir`` (None: no checkpoints), ``continuity``, ``anchor_strength``,
-    ``blend``, ``progress``. Finished windows found in ``run_dir`` are read back instead of
+    ``blend``, ``progress``, ``start`` (IMAGE frames the clip starts with, kept in the first
+    window: image to long video). Finished windows found in ``run_dir`` are read back instead of
     sampled (and decoded again, so the output is whole); every window sampled is saved there
     before its frames are handed out.
     """
@@ -130,13 +142,13 @@ class TimelineRun:
     def __init__(self, segments: list[Segment], fps: float, windows: list[Window], shape: tuple[int, int, int, int],
                  sample_window: WindowSampler, vae: WanVAE, *, seed: int, settings: dict,
                  run_dir: Path | None = None, continuity: str = "pixels", anchor_strength: float = 0.5,
-                 blend: bool = False, progress: Progress | None = None) -> None:
+                 blend: bool = False, progress: Progress | None = None, start: torch.Tensor | None = None) -> None:
         if continuity not in CONTINUITY:
             raise ValueError(f"continuity {continuity!r}: choose one of {', '.join(CONTINUITY)}")
         self.segments, self.fps, self.windows, self.shape = segments, fps, windows, shape
         self.sample_window, self.vae, self.seed, self.settings = sample_window, vae, seed, settings
         self.run_dir, self.continuity, self.strength, self.blend = run_dir, continuity, anchor_strength, blend
-        self.progress = progress
+        self.progress, self.start = progress, start
         st = vae.config.stride[0]
         self.pixels = continuity == "pixels"
         self.state = Timeline(keep=1 + st * (shape[1] - 2) if self.pixels else shape[1] - 1)
@@ -144,13 +156,20 @@ class TimelineRun:
     def _sample(self, win: Window) -> torch.Tensor:
         """The window's raw latent ``[1, C, end - start, h, w]``, sampled."""
         shape = (*self.shape[:1], win.end - win.start, *self.shape[2:])
-        known, mask = (pixel_canvas(win, self.state.tail, self.vae, shape) if self.pixels
-                       else latent_canvas(win, self.state.tail, shape))
+        k, st = known_count(win), self.vae.config.stride[0]
+        if win.index == 0:
+            place = pixel_canvas(self.start, self.vae, shape)
+            if not self.pixels:               # one latent timeline: the start frames' latents, nothing else
+                place = WindowCanvas(place.known, place.mask)
+        elif self.pixels:
+            place = pixel_canvas(self.state.tail[-(1 + st * (k - 1)):], self.vae, shape)
+        else:
+            place = latent_canvas(win, self.state.tail, shape)
         weights = window_weights(self.segments, self.fps, win, self.blend)
-        out = self.sample_window(win, weights, window_noise(self.seed, win, shape), known, mask).float().cpu()
+        out = self.sample_window(win, weights, window_noise(self.seed, win, shape), place).float().cpu()
         # the kept frames are the known ones exactly (a sampler's way through its normalised space
         # rounds them in the last bit)
-        return torch.where(mask.expand_as(out) == 0, known, out)
+        return torch.where(place.mask.expand_as(out) == 0, place.known, out)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         state, st = self.state, self.vae.config.stride[0]

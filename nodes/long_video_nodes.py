@@ -16,7 +16,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import comfy.model_management
-import comfy.samplers
 import comfy.utils
 import folder_paths
 import torch
@@ -24,15 +23,16 @@ from comfy_api.latest import InputImpl, io, ui
 from PIL import Image
 
 from .. import samplers
-from ..long_video import StoryboardError
+from ..model import canvas
+from ..long_video import CheckpointError, StoryboardError
 from ..long_video.generate import expand_segments, long_frames
 from ..long_video.checkpoint import settings_key
 from ..long_video.generate import ANCHOR_DEFAULT, OVERLAP_DEFAULT
 from ..long_video.storyboard import parse_storyboard
 from ..long_video.timeline import CONTINUITY
 from .embedded_nodes import TextEncoder, _conditioning
-from .errors import node_error
-from .sampler import SpacetimeGuider
+from .errors import SpacetimeNodeError, node_error
+from .sampler import _concat_channels, sample_latent
 from .video_file import VideoWriteError, write_new_video
 from .video_io import _prefix_problem
 from .validation import SpacetimeNode
@@ -60,6 +60,19 @@ def _mix(tensors: list[torch.Tensor], weights: dict[int, float]) -> torch.Tensor
         t = torch.nn.functional.pad(tensors[j].float(), (0, 0, 0, length - tensors[j].shape[1]))
         out = w * t if out is None else out + w * t
     return out
+
+
+def _window_latent(vae, place, i2v: bool, seen) -> dict:
+    """A window as the canvas LATENT the sampler takes: its known latents and noise mask, and for
+    I2V models the image channels (the pixel canvas, grey where unknown) and the CLIP-vision view."""
+    latent = {"samples": place.known, "noise_mask": place.mask}
+    if i2v and place.pixels is not None:
+        st = vae.wan.config.stride[0]
+        latent["concat_latent_image"] = vae.encode(place.pixels)
+        latent["concat_mask"] = canvas.concat_mask(place.flags, tuple(place.known.shape[-2:]), st)
+    if seen is not None:
+        latent["spacetime"] = {"clip_vision": [seen]}
+    return latent
 
 
 def _fingerprint(model, vae) -> str:
@@ -92,17 +105,18 @@ class SpacetimeLongVideo(SpacetimeNode):
                         "window; every window continues the last one's frames, is checkpointed, and is written to "
                         "the video file as soon as it is done. Queue it again to resume after an interrupt.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="any Wan model (Spacetime or native loader); its patches apply"),
                 io.Vae.Input("vae", tooltip="the model family's VAE, loaded by a Spacetime loader"),
                 io.String.Input("storyboard", multiline=True, default=STORYBOARD_EXAMPLE,
                                 tooltip="one segment per line, 'SECONDS: prompt'; blank lines and # comments are "
                                         "skipped. A single prompt without seconds uses the `seconds` input"),
-                io.String.Input("negative", multiline=True, default=""),
-                io.Float.Input("fps", default=16.0, min=1.0, max=60.0, step=1.0),
+                io.String.Input("negative", multiline=True, default="", tooltip="what every window should not show"),
+                io.Float.Input("fps", default=16.0, min=1.0, max=60.0, step=1.0,
+                               tooltip="frames per second of the video; the storyboard's seconds count at this rate"),
                 io.Float.Input("seconds", default=5.0, min=0.1, max=3600.0, step=0.1,
                                tooltip="length of a storyboard that is a single prompt without 'SECONDS:'"),
-                io.Int.Input("width", default=832, min=16, max=4096, step=16),
-                io.Int.Input("height", default=480, min=16, max=4096, step=16),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="pixels; a multiple of 16 (Wan 2.2 5B: 32)"),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="pixels; a multiple of 16 (Wan 2.2 5B: 32)"),
                 io.Int.Input("window", default=81, min=5, max=1001, step=4,
                              tooltip="frames per window: the model's native length, 1 + 4k (Wan: 81; embedded: 17)"),
                 io.Int.Input("overlap", default=OVERLAP_DEFAULT, min=1, max=250,
@@ -119,14 +133,30 @@ class SpacetimeLongVideo(SpacetimeNode):
                 io.Combo.Input("expand_prompts", options=list(EXPAND), default="off",
                                tooltip="turn each segment's prompt into a detailed caption for this model family "
                                        "first (the offline prompt expander, seeded, cached)"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=30, min=1, max=1000),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("solver", options=list(samplers.SOLVERS), default="unipc"),
-                io.Float.Input("shift", default=5.0, min=0.1, max=100.0, step=0.1),
-                io.String.Input("filename_prefix", default="spacetime/long"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
+                             tooltip="window i draws its noise from seed + i"),
+                io.Int.Input("steps", default=30, min=1, max=1000, tooltip="sampling steps of every window"),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="guidance scale"),
+                io.Combo.Input("solver", options=list(samplers.SOLVERS), default="unipc", tooltip="the solver of every window"),
+                io.Float.Input("shift", default=5.0, min=0.1, max=100.0, step=0.1, tooltip="schedule shift (Wan: 5; embedded: 2)"),
+                io.String.Input("filename_prefix", default="spacetime/long",
+                                tooltip="the MP4's name inside the output folder; checkpoints go to spacetime_runs/"),
                 TextEncoder.Input("text_encoder", optional=True, tooltip="the embedded model's text encoder"),
                 io.Clip.Input("clip", optional=True, tooltip="the umT5 text encoder (CLIPLoader, type wan)"),
+                io.Image.Input("image", optional=True,
+                               tooltip="frames the clip starts with (image to long video; I2V models need one)"),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Wan 2.1 I2V: encodes each window's image condition (CLIPVisionLoader)"),
+                io.Boolean.Input("reanchor", default=True, optional=True,
+                                 tooltip="I2V: every window's CLIP-vision condition is the start image (holds the "
+                                         "subject); off: the previous window's last frame"),
+                io.Model.Input("low_noise_model", optional=True, tooltip="Wan 2.2 A14B: the low-noise expert, "
+                                                                         "run after the high-noise one in every window"),
+                io.Float.Input("boundary", default=samplers.WAN22_BOUNDARY["t2v"], min=0.0, max=1.0, step=0.005,
+                               optional=True, tooltip="switch to the low-noise expert below this fraction of 1000 "
+                                                      "timesteps"),
+                io.Float.Input("low_noise_cfg", default=3.0, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="guidance scale of the low-noise expert"),
             ],
             outputs=[io.Video.Output("video"), io.String.Output("run_folder")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
@@ -136,7 +166,8 @@ class SpacetimeLongVideo(SpacetimeNode):
     @classmethod
     def execute(cls, model, vae, storyboard, negative, fps, seconds, width, height, window, overlap, continuity,
                 anchor, blend, expand_prompts, seed, steps, cfg, solver, shift, filename_prefix, text_encoder=None,
-                clip=None) -> io.NodeOutput:
+                clip=None, image=None, clip_vision=None, reanchor=True, low_noise_model=None,
+                boundary=samplers.WAN22_BOUNDARY["t2v"], low_noise_cfg=3.0) -> io.NodeOutput:
         if text_encoder is None and clip is None:
             raise node_error(cls, "text_encoder/clip", "connect a text encoder: the embedded model's (its loader's "
                              "text_encoder output) or a CLIP (CLIPLoader, type wan)")
@@ -156,21 +187,31 @@ class SpacetimeLongVideo(SpacetimeNode):
         conds = [encode(s.prompt) for s in segments]
         uncond = encode(negative)
         sigmas = samplers.flow_sigmas(steps, shift)
-        sampler = comfy.samplers.KSAMPLER(samplers.SOLVERS[solver])
         pbar = comfy.utils.ProgressBar(steps)
         state = {"window": 0, "windows": 1}                    # progress: windows done, windows in all
+        i2v = _concat_channels(model) > 0
+        if i2v and (image is None or continuity != "pixels"):
+            raise node_error(cls, "image" if image is None else "continuity",
+                             "an I2V model makes every window from an image: connect the start `image`, and keep "
+                             "continuity 'pixels' (each window's image is the previous window's last frame)")
+        start = None if image is None else image[..., :3].float().cpu()
+        if start is not None and tuple(start.shape[1:3]) != (height, width):
+            raise node_error(cls, "image", f"the image is {start.shape[2]}x{start.shape[1]} but the video is "
+                             f"{width}x{height}: resize it (e.g. Upscale Image) or set width/height to its size")
+        see = (lambda frame: clip_vision.encode_image(frame[None], crop=False)) if clip_vision is not None else None
+        reference = see(start[0]) if see is not None and start is not None and reanchor else None
 
-        def sample_window(win, weights, noise, known, mask):
-            guider = SpacetimeGuider(model, cfg)
-            guider.set_conds([[_mix(conds, weights), {}]], [[uncond, {}]])
-            kept = bool((mask == 0).any())
+        def sample_window(win, weights, noise, place):
+            latent = _window_latent(vae, place, i2v, (reference or see(place.pixels[place.flags][-1]))
+                                    if see is not None and place.flags is not None and place.flags.any() else None)
 
             def step(i, *_):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 pbar.update_absolute(win.index * steps + i + 1, state["windows"] * steps)
 
-            return guider.sample(noise, known, sampler, sigmas, denoise_mask=mask if kept else None, callback=step,
-                                 seed=seed)
+            return sample_latent(model, [[_mix(conds, weights), {}]], [[uncond, {}]], latent, latent["samples"], noise,
+                                 sigmas, seed=seed, cfg=cfg, solver=solver, low_noise_model=low_noise_model,
+                                 boundary=boundary, low_noise_cfg=low_noise_cfg, callback=step)
 
         def progress(done, total):
             state["window"], state["windows"] = done, total
@@ -178,16 +219,22 @@ class SpacetimeLongVideo(SpacetimeNode):
 
         inner = model.model.diffusion_model
         settings_name = _fingerprint(model, vae)
-        run_dir = Path(out_dir) / RUNS / settings_key({"model": settings_name, "storyboard": storyboard, "seed": seed,
-                                                       "size": [width, height, window], "fps": fps,
-                                                       "expand": expand})
+        # every input that changes the result names the run folder (the file name does not): the
+        # same graph queued again finds its checkpoints, any other setting starts a folder of its own
+        key = dict(model=settings_name, storyboard=storyboard, negative=negative, fps=fps, seconds=seconds,
+                   width=width, height=height, window=window, overlap=overlap, continuity=continuity, anchor=anchor,
+                   blend=blend, expand=expand, seed=seed, steps=steps, cfg=cfg, solver=solver, shift=shift,
+                   image=None if start is None else float(start.double().sum()), clip_vision=clip_vision is not None,
+                   reanchor=reanchor, low_noise=None if low_noise_model is None else _fingerprint(low_noise_model, vae),
+                   boundary=boundary, low_noise_cfg=low_noise_cfg)
+        run_dir = Path(out_dir) / RUNS / settings_key(key)
         try:
             run = long_frames(storyboard, None, vae.wan, None, width=width, height=height, window=window, fps=fps,
                               seconds=seconds, overlap=overlap, steps=steps, guidance=cfg, shift=shift, solver=solver,
                               seed=seed, negative=negative, anchor=anchor, blend=blend, continuity=continuity,
                               run_dir=run_dir, progress=progress, model_name=settings_name,
                               sample_window=sample_window, patch=tuple(inner.patch_embedding.kernel_size),
-                              expand=expand)
+                              expand=expand, start=start)
         except StoryboardError as e:
             raise node_error(cls, _input_of(e), str(e)) from None
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, width, height)
@@ -201,6 +248,8 @@ class SpacetimeLongVideo(SpacetimeNode):
         except VideoWriteError as e:
             raise node_error(cls, "filename_prefix", f"{e}. The finished windows are kept in {RUNS}/{run_dir.name}: "
                              "free some disk space and queue it again to resume") from None
+        except CheckpointError as e:       # a checkpoint that cannot be used: nothing is deleted
+            raise SpacetimeNodeError(f"SpacetimeLongVideo: {e} (in {RUNS}/)") from None
         video = InputImpl.VideoFromFile(str(path))
         saved = ui.SavedResult(path.name, subfolder, io.FolderType.output)
         return io.NodeOutput(video, f"{RUNS}/{run_dir.name}", ui=ui.PreviewVideo([saved]))

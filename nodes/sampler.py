@@ -132,27 +132,45 @@ class SpacetimeSampler(SpacetimeNode):
             elif denoise < 1.0:
                 sigmas = samplers.truncate_for_denoise(sigmas, denoise)
         noise = comfy.sample.prepare_noise(x, seed, latent.get("batch_index"))
-        mask = None if _concat_channels(model) > 0 else latent.get("noise_mask")
-        pos = _canvas_conditioning(positive, latent, clip_vision_output)
-        neg = _canvas_conditioning(negative, latent, clip_vision_output)
         total = len(sigmas) - 1
         callback = latent_preview.prepare_callback(model, total)
-        stages = samplers.expert_stages(sigmas, boundary if low_noise_model is not None else None)
-        experts = [(model, cfg), (low_noise_model, low_noise_cfg)]
-        log.info("SpacetimeSampler: %d steps (%s), latent %s, %d expert(s)", total, solver, tuple(x.shape), len(stages))
-        out = x
-        sampler = comfy.samplers.KSAMPLER(samplers.SOLVERS[solver])
-        for i, stage in enumerate(stages):
-            m, scale = experts[stage.expert]
-            if i > 0:  # the low-noise expert resumes from the high-noise expert's state
-                noise = _resume_noise(m, x, out, float(stage.sigmas[0]))
-            guider = SpacetimeGuider(m, scale)
-            guider.set_conds(pos, neg)
-            cb = (lambda step, x0, xs, n, o=stage.first_step: callback(step + o, x0, xs, total))
-            out = guider.sample(noise, x, sampler, stage.sigmas, denoise_mask=mask, callback=cb, seed=seed)
+        out = sample_latent(model, positive, negative, latent, x, noise, sigmas, seed=seed, cfg=cfg, solver=solver,
+                            low_noise_model=low_noise_model, boundary=boundary, low_noise_cfg=low_noise_cfg,
+                            clip_vision_output=clip_vision_output,
+                            callback=lambda step, x0, xs, n: callback(step, x0, xs, total))
         result = {k: v for k, v in latent.items()}
         result["samples"] = out.to(comfy.model_management.intermediate_device())
         return io.NodeOutput(result)
+
+
+def sample_latent(model, positive, negative, latent: dict, x: torch.Tensor, noise: torch.Tensor,
+                  sigmas: torch.Tensor, *, seed: int, cfg: float, solver: str, low_noise_model=None,
+                  boundary: float = samplers.WAN22_BOUNDARY["t2v"], low_noise_cfg: float = 3.0,
+                  clip_vision_output=None, callback=None) -> torch.Tensor:
+    """Denoise the canvas LATENT ``latent`` (its raw ``x``) from ``noise`` along ``sigmas``: the
+    Sampler node's work, also the Long Video node's for each window. I2V models get the canvas'
+    image channels and CLIP-vision tokens (and no noise mask: they keep the image through those);
+    with a ``low_noise_model`` the Wan 2.2 A14B experts take their stages one after the other.
+    ``callback(step, x0, x, total)`` after each step, counted over all stages."""
+    mask = None if _concat_channels(model) > 0 else latent.get("noise_mask")
+    pos = _canvas_conditioning(positive, latent, clip_vision_output)
+    neg = _canvas_conditioning(negative, latent, clip_vision_output)
+    total = len(sigmas) - 1
+    stages = samplers.expert_stages(sigmas, boundary if low_noise_model is not None else None)
+    experts = [(model, cfg), (low_noise_model, low_noise_cfg)]
+    log.info("Spacetime sampling: %d steps (%s), latent %s, %d expert(s)", total, solver, tuple(x.shape), len(stages))
+    out = x
+    sampler = comfy.samplers.KSAMPLER(samplers.SOLVERS[solver])
+    for i, stage in enumerate(stages):
+        m, scale = experts[stage.expert]
+        if i > 0:  # the low-noise expert resumes from the high-noise expert's state
+            noise = _resume_noise(m, x, out, float(stage.sigmas[0]))
+        guider = SpacetimeGuider(m, scale)
+        guider.set_conds(pos, neg)
+        cb = None if callback is None else \
+            (lambda step, x0, xs, n, o=stage.first_step: callback(step + o, x0, xs, total))
+        out = guider.sample(noise, x, sampler, stage.sigmas, denoise_mask=mask, callback=cb, seed=seed)
+    return out
 
 
 NODES = [SpacetimeSampler]

@@ -98,7 +98,14 @@ def base_graphs(t: dict) -> list[dict]:
     download = {**copy.deepcopy(main), "40": {"class_type": "SpacetimeModelDownload",
                                              "inputs": {"model": "wan2.1-vae"}}}
     download["9"]["inputs"]["caption"] = ["40", 0]          # a STRING consumer on the way to an output
-    return [main, custom, embedded, download]
+    long = {**copy.deepcopy(loaders),
+            "50": {"class_type": "SpacetimeLongVideo", "inputs": {
+                "model": ["1", 0], "vae": ["2", 0], "text_encoder": ["3", 0], "storyboard": "0.5: a red ball",
+                "negative": "", "fps": 8.0, "seconds": 1.0, "width": 32, "height": 32, "window": 5, "overlap": 1,
+                "continuity": "pixels", "anchor": 0.5, "blend": False, "expand_prompts": "off", "seed": 1,
+                "steps": 1, "cfg": 2.0, "solver": "euler", "shift": 2.0, "filename_prefix": "fuzz/long",
+                "reanchor": True, "boundary": 0.875, "low_noise_cfg": 3.0}}}
+    return [main, custom, embedded, download, long]
 
 
 def bad_values(spec: list) -> list:

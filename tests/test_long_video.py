@@ -118,37 +118,48 @@ def _run(embedded, **kw):
 @pytest.mark.parametrize("continuity", ["pixels", "latents"])
 def test_known_frames_are_exactly_the_previous_windows_frames(embedded, continuity, monkeypatch):
     """Every window after the first is sampled with the timeline's own frames as its known part
-    (pixels: the last 1 + 4 (k - 1) frames encoded; latents: the last k latent frames), mask 0 there."""
+    (pixels: the last 1 + 4 (k - 1) frames, placed and encoded; latents: the last k latent
+    frames), mask 0 there, and keeps them exactly."""
     from spacetime_video.long_video import timeline
-    seen, outputs = [], []
+    seen = []
     original = timeline.TimelineRun._sample
 
     def spy(self, win):
-        seen.append((win, None if self.state.tail is None else self.state.tail.clone()))
-        out = original(self, win)
-        outputs.append(out)
-        return out
+        inner = self.sample_window
+
+        def sampler(w, weights, noise, place):
+            out = inner(w, weights, noise, place)
+            seen.append((win, None if self.state.tail is None else self.state.tail.clone(), place, out))
+            return out
+        self.sample_window = sampler
+        try:
+            return original(self, win)
+        finally:
+            self.sample_window = inner
 
     monkeypatch.setattr(timeline.TimelineRun, "_sample", spy)
-    captured = []
-    real_canvas = timeline.pixel_canvas if continuity == "pixels" else timeline.latent_canvas
-
-    def canvas_spy(win, tail, *rest):
-        known, mask = real_canvas(win, tail, *rest)
-        captured.append((known, mask))
-        return known, mask
-    monkeypatch.setattr(timeline, f"{continuity[:-1]}_canvas", canvas_spy)
     clip = _run(embedded, continuity=continuity, overlap=2, anchor=0.0)
     assert clip.windows == len(seen) >= 2
-    for (win, tail), (known, mask), out in zip(seen[1:], captured[1:], outputs[1:]):
+    for win, tail, place, out in seen[1:]:
         k = win.known_end - win.start
-        assert bool((mask[:, :, :k] == 0).all()) and bool((mask[:, :, k:] == 1).all())
+        assert bool((place.mask[:, :, :k] == 0).all()) and bool((place.mask[:, :, k:] == 1).all())
         if continuity == "latents":
-            assert torch.equal(known[:, :, :k], tail[:, :, -k:])          # the timeline's own latents
-            assert torch.equal(out[:, :, :k], known[:, :, :k])             # kept exactly through sampling
+            assert torch.equal(place.known[:, :, :k], tail[:, :, -k:])      # the timeline's own latents
         else:
-            want = embedded.vae.encode((tail[-(1 + 4 * (k - 1)):].permute(3, 0, 1, 2)[None] * 2 - 1))
-            assert torch.allclose(known[:, :, :k], want.float(), atol=1e-5)  # the last frames, encoded
+            n = 1 + 4 * (k - 1)
+            assert torch.equal(place.pixels[:n], tail[-n:]) and bool(place.flags[:n].all())
+            assert not bool(place.flags[n:].any())
+            want = embedded.vae.encode(tail[-n:].permute(3, 0, 1, 2)[None] * 2 - 1)
+            assert torch.allclose(place.known[:, :, :k], want.float(), atol=1e-5)  # the last frames, encoded
+
+
+def test_a_clip_can_start_from_an_image(embedded):
+    from spacetime_video.pipeline import generate_embedded
+    image = ((generate_embedded("a blue square stays still on a white background", steps=3, seed=1)[:, 0]
+              .permute(1, 2, 0) + 1) / 2).clamp(0, 1)[None]                # [1, 64, 64, 3]
+    clip = _run(embedded, start=image)
+    plain = _run(embedded)
+    assert float((clip.frames[0] - image[0]).abs().mean()) < 0.05 < float((plain.frames[0] - image[0]).abs().mean())
 
 
 def test_resume_after_interrupt_is_bit_identical_and_keeps_finished_windows(embedded, tmp_path):

@@ -35,7 +35,7 @@ def test_long_video_workflow_streams_checkpoints_and_resumes(host):
     assert meta["storyboard"] == STORYBOARD and meta["seed"] == 42
     run_dir = host.base_dir / "output" / meta["run_folder"]
     windows = sorted(p.name for p in run_dir.glob("window_*.safetensors"))
-    assert windows == ["window_00000.safetensors", "window_00001.safetensors"]
+    assert windows == [f"window_{i:05d}.safetensors" for i in range(3)]   # 9 latent frames: 3 windows at overlap 2
     stamps = [(run_dir / w).stat().st_mtime_ns for w in windows]
     h2 = run(host, _graph(filename_prefix="spacetime/long_again"), timeout=300)   # same settings: resumes
     assert error_message(h2) is None, error_message(h2)
@@ -60,16 +60,29 @@ def test_long_video_bad_input_names_the_input(host, inputs, words):
 
 @pytest.fixture(scope="module")
 def tiny(host):
-    from nodes_helpers import write_tiny_models
-    return write_tiny_models(host.base_dir)
+    from safetensors.torch import save_file
+
+    from nodes_helpers import write_inputs, write_tiny_models
+    from spacetime_video.model.dit import WanDiT
+    from spacetime_video.model.dit.config import tiny_config
+    from spacetime_video.model.dit.loading import config_metadata
+    names = write_tiny_models(host.base_dir)
+    write_inputs(host.base_dir)
+    cfg = tiny_config(text_dim=64, text_len=24, in_dim=36, out_dim=16, model_type="i2v")
+    names["dit_i2v"] = "tiny_i2v.safetensors"
+    save_file({k: v.contiguous() for k, v in WanDiT(cfg).state_dict().items()},
+              str(host.base_dir / "models" / "diffusion_models" / names["dit_i2v"]), metadata=config_metadata(cfg))
+    return names
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("name", ["wan21_t2v_1.3b_long_video", "wan22_ti2v_5b_long_video"])
+@pytest.mark.parametrize("name", ["wan21_t2v_1.3b_long_video", "wan22_ti2v_5b_long_video", "wan22_t2v_a14b_long_video",
+                                  "wan21_i2v_14b_long_video"])
 def test_wan_long_video_workflows_run_on_tiny_files(host, tiny, name):
-    """Wan 2.1 T2V (known frames re-noised each step by ComfyUI's noise mask) and Wan 2.2 TI2V
-    (clean known frames at timestep 0) through the node and ComfyUI's sampler: 3 windows of 9
-    frames at 64x64, every frame in the file."""
+    """Wan 2.1 T2V (known frames re-noised each step by ComfyUI's noise mask), Wan 2.2 TI2V (clean
+    known frames at timestep 0), Wan 2.2 A14B (both experts in every window) and Wan 2.1 I2V (each
+    window made from the last frame through the image channels) through the node and ComfyUI's
+    sampler: windows of 9 frames at 64x64, every frame in the file."""
     from test_workflows import _with_tiny_files
 
     from spacetime_video.nodes.video_file import read_video
@@ -77,6 +90,11 @@ def test_wan_long_video_workflows_run_on_tiny_files(host, tiny, name):
     (nid,) = [k for k, v in g.items() if v["class_type"] == "SpacetimeLongVideo"]
     inputs = g[nid]["inputs"]
     inputs["text_encoder"] = inputs.pop("clip")            # the tiny text encoder stands in for umT5
+    if "clip_vision" in inputs:                             # no tiny CLIP vision: the I2V DiT runs without it
+        g.pop(inputs.pop("clip_vision")[0])
+        (loader,) = [v for v in g.values() if v["class_type"] == "SpacetimeDiTLoader"]
+        loader["inputs"]["dit_name"] = tiny["dit_i2v"]
+        inputs["overlap"] = 1
     inputs.update(storyboard="1: a kite moves right\n1: a kite moves left", fps=8.0, width=64, height=64, window=9,
                   steps=2)
     h = run(host, g, timeout=300)

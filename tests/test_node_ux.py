@@ -6,10 +6,6 @@ import pytest
 
 pytestmark = pytest.mark.host
 
-# Nodes whose inputs still lack tooltips; remove a node from here once every input has one.
-TOOLTIPS_PENDING = {"SpacetimeLongVideo"}
-
-
 def _ours(object_info: dict) -> dict:
     nodes = {k: v for k, v in object_info.items() if k.startswith("Spacetime")}
     assert len(nodes) >= 15
@@ -24,8 +20,6 @@ def test_every_node_sits_under_one_spacetime_category_tree(object_info):
 def test_every_input_has_a_tooltip(object_info):
     missing = []
     for node_id, info in _ours(object_info).items():
-        if node_id in TOOLTIPS_PENDING:
-            continue
         for section in ("required", "optional"):
             for name, spec in info["input"].get(section, {}).items():
                 if len(spec) < 2 or not spec[1].get("tooltip"):
