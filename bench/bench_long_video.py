@@ -80,9 +80,26 @@ METHODS = {
     "ours, overlap 1": dict(overlap=1),
     "ours, no anchor": dict(anchor=0.0),
     "ours, one latent timeline": dict(continuity="latents"),
+    "ours, prompt of the segment holding most of a window's new frames": "majority",
     "naive chaining (extend forward, 5 known frames)": "naive",
     "ComfyUI context windows (WanContextWindowsManual, one prompt)": "native",
 }
+
+
+def majority(text: str, seed: int) -> torch.Tensor:
+    """Ours with the other rule for a window's prompt: the segment that holds most of its new frames
+    (a window straddling a change takes the next segment's prompt early)."""
+    from spacetime_video.long_video import storyboard as sb
+    from spacetime_video.long_video import timeline
+
+    def weights(segments, fps, win, blend, stride_t=4):
+        w = sb.window_weights(segments, fps, win, True, stride_t)
+        return {max(w, key=lambda j: (w[j], j)): 1.0}
+    timeline.window_weights = weights
+    try:
+        return generate_long_embedded(text, seed=seed).frames
+    finally:
+        timeline.window_weights = sb.window_weights
 
 
 def native(text: str, seed: int) -> torch.Tensor:
@@ -130,6 +147,8 @@ def methods(seeds: list[int], names: list[str]) -> None:
         for seed in seeds:
             if options in ("naive", "native"):
                 frames = (naive if options == "naive" else native)(text, seed)
+            elif options == "majority":
+                frames = majority(text, seed)
             else:
                 frames = generate_long_embedded(text, seed=seed, **options).frames
             runs.append(L.measure(frames, segs, FPS))

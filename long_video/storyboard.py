@@ -11,10 +11,11 @@ before the end of the one before and keeps those frames as they are (they are it
 frames), so ``W - overlap`` latent frames are new per window. The last window is moved back to
 end with the clip (it then keeps more than ``overlap`` frames).
 
-A window is conditioned by the segment that holds most of its new frames (on a tie, the later
-one: the window that straddles a change in the middle already follows the new prompt);
-``blend`` instead mixes the text conditionings of the segments its new frames lie in, in
-proportion.
+A window is conditioned by the segment in which its first new frame lies, so a segment's frames
+are never made under the next segment's prompt; a change of prompt starts with the first window
+that begins in the new segment (bench/RESULTS.md compares it with switching at the window that
+holds most frames of the new segment). ``blend`` instead mixes the text conditionings of the
+segments its new frames lie in, in proportion.
 """
 from __future__ import annotations
 
@@ -159,4 +160,4 @@ def window_weights(segments: list[Segment], fps: float, win: Window, blend: bool
         weights[j] = weights.get(j, 0.0) + 1.0 / len(frames)
     if blend:
         return weights
-    return {max(weights, key=lambda j: (weights[j], j)): 1.0}   # most new frames; a tie: the later
+    return {segment_of(win.known_end): 1.0}

@@ -65,13 +65,14 @@ def test_bad_overlap_or_window_is_refused(window, overlap):
         plan_windows(40, window, overlap)
 
 
-def test_window_prompt_is_the_segment_holding_most_new_frames_and_blend_mixes():
+def test_window_prompt_is_the_segment_of_its_first_new_frame_and_blend_mixes():
     segs = parse_storyboard(SB)                          # changes at frame 16 (8 fps)
     wins = plan_windows(latent_length(segs, 8), 5, 1)
     assert [window_weights(segs, 8, w, False) for w in wins] == [{0: 1.0}, {1: 1.0}]
     segs = parse_storyboard("3: a\n3: b")                # changes at frame 24: latent 6
     win = plan_windows(latent_length(segs, 8), 5, 2)[1]  # new latents 5, 6, 7: frames 20 | 24, 28
-    assert window_weights(segs, 8, win, False) == {1: 1.0}
+    assert window_weights(segs, 8, win, False) == {0: 1.0}
+    assert window_weights(segs, 8, plan_windows(latent_length(segs, 8), 5, 2)[2], False) == {1: 1.0}
     mixed = window_weights(segs, 8, win, True)
     assert set(mixed) == {0, 1} and math.isclose(mixed[0], 1 / 3) and math.isclose(sum(mixed.values()), 1.0)
 
