@@ -211,7 +211,8 @@ class SpacetimeLongVideo(SpacetimeNode):
 
             return sample_latent(model, [[_mix(conds, weights), {}]], [[uncond, {}]], latent, latent["samples"], noise,
                                  sigmas, seed=seed, cfg=cfg, solver=solver, low_noise_model=low_noise_model,
-                                 boundary=boundary, low_noise_cfg=low_noise_cfg, callback=step)
+                                 boundary=boundary, low_noise_cfg=low_noise_cfg, callback=step,
+                                 name=f"SpacetimeLongVideo window {win.index + 1}")
 
         def progress(done, total):
             state["window"], state["windows"] = done, total

@@ -146,19 +146,20 @@ class SpacetimeSampler(SpacetimeNode):
 def sample_latent(model, positive, negative, latent: dict, x: torch.Tensor, noise: torch.Tensor,
                   sigmas: torch.Tensor, *, seed: int, cfg: float, solver: str, low_noise_model=None,
                   boundary: float = samplers.WAN22_BOUNDARY["t2v"], low_noise_cfg: float = 3.0,
-                  clip_vision_output=None, callback=None) -> torch.Tensor:
+                  clip_vision_output=None, callback=None, name: str = "SpacetimeSampler") -> torch.Tensor:
     """Denoise the canvas LATENT ``latent`` (its raw ``x``) from ``noise`` along ``sigmas``: the
     Sampler node's work, also the Long Video node's for each window. I2V models get the canvas'
     image channels and CLIP-vision tokens (and no noise mask: they keep the image through those);
     with a ``low_noise_model`` the Wan 2.2 A14B experts take their stages one after the other.
-    ``callback(step, x0, x, total)`` after each step, counted over all stages."""
+    ``callback(step, x0, x, total)`` after each step, counted over all stages; ``name`` heads the
+    log line."""
     mask = None if _concat_channels(model) > 0 else latent.get("noise_mask")
     pos = _canvas_conditioning(positive, latent, clip_vision_output)
     neg = _canvas_conditioning(negative, latent, clip_vision_output)
     total = len(sigmas) - 1
     stages = samplers.expert_stages(sigmas, boundary if low_noise_model is not None else None)
     experts = [(model, cfg), (low_noise_model, low_noise_cfg)]
-    log.info("Spacetime sampling: %d steps (%s), latent %s, %d expert(s)", total, solver, tuple(x.shape), len(stages))
+    log.info("%s: %d steps (%s), latent %s, %d expert(s)", name, total, solver, tuple(x.shape), len(stages))
     out = x
     sampler = comfy.samplers.KSAMPLER(samplers.SOLVERS[solver])
     for i, stage in enumerate(stages):

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,8 @@ def test_ctrl_c_interrupts_the_servers_job_and_exits_4(host, tmp_path):
                 prompt_id = m.group(1)
                 break
         assert prompt_id, "the CLI never queued the prompt"
+        # keep reading what the CLI writes: a full pipe would block it before it can exit
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
         gate.wait_running(host.client, prompt_id)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 4
