@@ -16,7 +16,6 @@ motion; ``frames`` are IMAGE ``[n, 64, 64, 3]`` in 0..1 and ``segments`` the sto
 from __future__ import annotations
 
 import math
-import statistics
 
 import numpy as np
 import torch
@@ -94,6 +93,3 @@ def row(name: str, m: dict, extra: str = "") -> str:
 HEADER = ("| method | identity (1-s slices) | motion (segments) | one object (frames) | centre step <= 6 px "
           "| largest / median frame change | background drift (1/255) | notes |\n|---|---|---|---|---|---|---|---|")
 
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")

@@ -128,7 +128,7 @@ def plan_windows(total: int, window: int, overlap: int) -> list[Window]:
                               f"window of {window})")
     if total <= window:
         return [Window(0, 0, total, 0)]
-    windows, end, step = [Window(0, 0, window, 0)], window, window - overlap
+    windows, end = [Window(0, 0, window, 0)], window
     while end < total:
         start = min(end - overlap, total - window)
         windows.append(Window(len(windows), start, start + window, end))

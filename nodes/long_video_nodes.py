@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from fractions import Fraction
 from pathlib import Path
 
 import comfy.model_management
@@ -202,8 +201,10 @@ class SpacetimeLongVideo(SpacetimeNode):
         reference = see(start[0]) if see is not None and start is not None and reanchor else None
 
         def sample_window(win, weights, noise, place):
-            latent = _window_latent(vae, place, i2v, (reference or see(place.pixels[place.flags][-1]))
-                                    if see is not None and place.flags is not None and place.flags.any() else None)
+            seen = None
+            if see is not None and place.flags is not None and bool(place.flags.any()):
+                seen = reference if reference is not None else see(place.pixels[place.flags][-1])
+            latent = _window_latent(vae, place, i2v, seen)
 
             def step(i, *_):
                 comfy.model_management.throw_exception_if_processing_interrupted()
