@@ -48,10 +48,6 @@ class Window:
     end: int
     known_end: int
 
-    @property
-    def new(self) -> int:
-        return self.end - self.known_end
-
 
 def parse_storyboard(text: str, seconds: float | None = None) -> list[Segment]:
     """The segments of ``text``. A text with no ``SECONDS:`` line is one prompt: it needs

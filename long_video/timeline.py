@@ -27,7 +27,7 @@ by them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -69,16 +69,13 @@ class Timeline:
     keep: int                                 # what to remember: latent frames, or video frames
     tail: torch.Tensor | None = None          # the clip's last raw latent frames [1, C, t, h, w] or frames [n, H, W, 3]
     anchor: Anchor | None = None              # the first window's statistics
-    windows_done: int = 0
     resumed: int = 0                          # windows read back from checkpoints
     frames_out: int = 0                       # video frames handed out so far
-    files: list[Path] = field(default_factory=list)
 
     def add(self, new: torch.Tensor, dim: int) -> None:
         self.tail = new if self.tail is None else torch.cat([self.tail, new], dim=dim)
         self.tail = self.tail.narrow(dim, max(0, self.tail.shape[dim] - self.keep),
                                      min(self.keep, self.tail.shape[dim])).clone()
-        self.windows_done += 1
 
 
 def known_count(win: Window) -> int:
@@ -186,7 +183,7 @@ class TimelineRun:
                 saved = iter(())              # after the first missing window, every later one is made anew
                 latent = self._sample(win)
                 if self.run_dir is not None:
-                    state.files.append(save_window(self.run_dir, win, latent, self.settings))
+                    save_window(self.run_dir, win, latent, self.settings)
             k = known_count(win)
             if self.pixels:                   # decode the window alone; its new frames follow the known ones
                 frames = to_image(self.vae.decode(latent.to(self.vae.dtype)))[(1 + st * (k - 1)) if k else 0:]

@@ -204,7 +204,6 @@ class DecodeSession:
     def __init__(self, vae: WanVAE) -> None:
         self.vae = vae
         self.cache = CausalCache()
-        self.latent_frames = 0           # latent frames decoded so far
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -214,5 +213,4 @@ class DecodeSession:
         vae.check_latent(z)
         x = vae.conv2(z.to(vae.device, vae.dtype))
         pieces = [vae._unpatchify(p).clamp_(-1, 1) for p in vae._decode_stream(x, self.cache, True)]
-        self.latent_frames += z.shape[2]
         return torch.cat(pieces, dim=2)
