@@ -12,7 +12,7 @@ PROMPT ?=
 
 # the embedded text-to-video workflow, headless through a local ComfyUI; PROMPT goes to its "Prompt" node
 demo: setup
-	$(VENV)/bin/spacetime-video run workflows/embedded_t2v.json --out $(OUT) --base-dir .host/base \
+	$(VENV)/bin/spacetime-video run "workflows/Text to video - Embedded (CPU).json" --out $(OUT) --base-dir .host/base \
 		$(if $(PROMPT),--set "Prompt.prompt=$(PROMPT)")
 
 test: setup

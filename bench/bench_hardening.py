@@ -100,7 +100,7 @@ class HungServer:
 # ------------------------------------------------------------------------------- jobs
 
 def valid_graph(echo_url: str, seed: int) -> dict:
-    graph = json.loads((ROOT / "workflows" / "embedded_t2v_api.json").read_text())
+    graph = json.loads((ROOT / "workflows" / "api" / "embedded_t2v_api.json").read_text())
     graph["2"]["inputs"].update(backend="openai-compatible", base_url=echo_url, model="echo",
                                 api_key_env="BENCH_API_KEY", on_error="raise", model_family="wan2.1",
                                 seed=seed, prompt="red circle left")

@@ -17,19 +17,33 @@ MANIFEST_PATH = PACK_ROOT / "workflows" / "api" / "models.json"
 
 
 def load_manifest(path: str | os.PathLike = MANIFEST_PATH) -> dict[str, list[str]]:
-    """``workflows/api/models.json``: ``{"workflows": {"<file>.json": ["<catalog id>", ...]}}``.
+    """``workflows/api/models.json``: ``{"workflows": {"<file>.json": ["<catalog id>", ...]},
+    "api_twins": {"<name>_api.json": "<file>.json"}}``.
 
-    Keys are UI workflow file names in ``workflows/``; an API twin (in ``workflows/api/``) ``X_api.json`` shares the
-    entry of ``X.json`` unless it has its own. Returns file name -> catalog ids.
+    ``workflows`` keys are UI workflow file names in ``workflows/``; an API twin (in ``workflows/api/``)
+    shares the entry of the UI file ``api_twins`` names, or else of ``X.json`` for ``X_api.json``,
+    unless it has its own. Returns file name -> catalog ids, the twins included.
     """
+    data = _read_manifest(path)
+    entries = {k: list(v) for k, v in (data.get("workflows") or {}).items()}
+    for twin, ui in api_twins(path).items():
+        entries.setdefault(twin, entries.get(ui, []))
+    return entries
+
+
+def api_twins(path: str | os.PathLike = MANIFEST_PATH) -> dict[str, str]:
+    """API twin file name (in ``workflows/api/``) -> the UI workflow file (in ``workflows/``) it is the API form of."""
+    return dict(_read_manifest(path).get("api_twins") or {})
+
+
+def _read_manifest(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.exists():
         return {}
     try:
-        data = json.loads(p.read_text())
+        return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ModelError(f"{p} is not valid JSON: {e}") from e
-    return {k: list(v) for k, v in (data.get("workflows") or {}).items()}
 
 
 def needed_ids(workflow_path: str | os.PathLike, graph: dict, catalog: dict[str, ModelEntry],

@@ -1,11 +1,14 @@
 """Generate the pack's workflows: every Sora capability for every model family, each as a
-UI-format graph (draggable into ComfyUI) and its API-format twin ``NAME_api.json``.
+UI-format graph (draggable into ComfyUI) and its API-format twin.
 
     python scripts/make_workflows.py [--out workflows/]
 
-Layout: ``workflows/NAME.json`` (UI format) with its card picture ``NAME.jpg`` at the top, which
-ComfyUI lists in its templates browser; ``workflows/api/NAME_api.json`` and the models each
-workflow needs, ``workflows/api/models.json``, in a subfolder the browser does not list.
+A workflow has a machine name ``<family>_<capability>`` (``embedded_t2v``) and a title
+("Text to video - Embedded (CPU)", ``title``). Layout: ``workflows/TITLE.json`` (UI format) with
+its card picture ``TITLE.jpg`` at the top, which ComfyUI lists in its templates browser under the
+file name; ``workflows/api/NAME_api.json`` (the machine name, handy on a command line) and
+``workflows/api/models.json`` (the models each workflow needs, and which UI file each API twin
+belongs to) in a subfolder the browser does not list.
 
 Both formats come from one graph description, so they cannot drift apart. ``NODE_SPECS``
 lists each node type's sockets and widgets in ComfyUI's order; tests/test_workflows.py checks
@@ -135,6 +138,50 @@ NEEDS = {
     "wan21_flf2v_14b": ["wan2.1-flf2v-720p-14b", "wan2.1-vae", "umt5-xxl-fp8", "clip-vision-h"],
     "wan22_t2v_a14b": ["wan2.2-t2v-a14b-high", "wan2.2-t2v-a14b-low", "wan2.1-vae", "umt5-xxl-fp8"],
 }
+# A template card's title is its UI file's name: ComfyUI 0.3.75 lists a pack's workflows/*.json by
+# file name, and its front end shows that name as the card's title and sorts by it. So the title is
+# "<capability> - <model>", capability first: an alphabetical list groups by what a workflow does.
+# Plain ASCII words, no character a URL or a file system treats specially.
+CAPABILITIES = {  # capability of a machine name -> the words a user looks for
+    "t2v": "Text to video", "t2v_4step": "Text to video 4-step", "i2v": "Image to video",
+    "extend_forward": "Extend forward", "extend_backward": "Extend backward", "connect": "Connect two clips",
+    "loop": "Loop", "edit": "Edit video", "image": "Text to image", "long_video": "Long video",
+    "test_pattern": "Test pattern",
+}
+MODEL_LABELS = {
+    "embedded": "Embedded (CPU)", "wan21_t2v_1.3b": "Wan 2.1 T2V 1.3B", "wan21_t2v_14b": "Wan 2.1 T2V 14B",
+    "wan22_ti2v_5b": "Wan 2.2 TI2V 5B", "wan21_i2v_14b": "Wan 2.1 I2V 14B", "wan21_flf2v_14b": "Wan 2.1 FLF2V 14B",
+    "wan22_t2v_a14b": "Wan 2.2 T2V A14B", "foundation": "No model",
+}
+TITLE_SEP = " - "
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``(family, capability)`` of a machine name ``<family>_<capability>``; KeyError if not one."""
+    family = next((f for f in sorted(MODEL_LABELS, key=len, reverse=True) if name.startswith(f + "_")), None)
+    cap = name[len(family) + 1:] if family else name
+    if family is None or cap not in CAPABILITIES:
+        raise KeyError(f"{name!r} is not <family>_<capability> of {sorted(MODEL_LABELS)} x {sorted(CAPABILITIES)}")
+    return family, cap
+
+
+def title(name: str) -> str:
+    """The card title, and UI file name without ``.json``, of machine name ``name``."""
+    family, cap = split_name(name)
+    return f"{CAPABILITIES[cap]}{TITLE_SEP}{MODEL_LABELS[family]}"
+
+
+def describe(title: str) -> tuple[str, str]:
+    """(what it does, which model): the two halves of a title."""
+    what, _, model = title.partition(TITLE_SEP)
+    return what, model
+
+
+def ui_file(name: str) -> str:
+    """``workflows/<this>``: the UI workflow of machine name ``name``."""
+    return f"{title(name)}.json"
+
+
 DEFAULT_PROMPT = ("A red fox trots through fresh snow in a quiet birch forest at dawn, soft golden light, "
                   "the camera follows it slowly at eye level, cinematic, detailed fur.")
 
@@ -368,31 +415,49 @@ def all_workflows() -> dict[str, Graph]:
 
 
 API_DIR = "api"   # subfolder of workflows/ for the API twins and models.json
+MANIFEST_DOC = ("Which models each workflow in this folder needs. 'workflows' maps a UI workflow's file name (in "
+                "workflows/) to a list of model ids from model/weights/catalog.json; 'api_twins' maps each API-format "
+                "twin here to its UI file, whose entry it shares. `spacetime-video run` checks them against the "
+                "server's model folders before queueing and prints the `spacetime-video models download ...` command "
+                "for the missing ones. Workflows that need no downloaded model may be listed with an empty list.")
 
 
 def api_path(out_dir: Path, name: str) -> Path:
-    """Where the API twin of ``workflows/<name>.json`` lives."""
+    """Where the API twin of machine name ``name`` lives."""
     return out_dir / API_DIR / f"{name}_api.json"
 
 
+def needs(name: str) -> list[str]:
+    """Catalog ids (model/weights/catalog.json) the workflow of machine name ``name`` needs."""
+    family, cap = split_name(name)
+    fam = FAMILIES[family]
+    return NEEDS[family] + (fam["distill"]["needs"] if cap.endswith("_4step") and "distill" in fam else [])
+
+
 def write_manifest(out_dir: Path) -> Path:
-    """Add this generator's workflows to workflows/api/models.json (other entries are kept)."""
+    """workflows/api/models.json: this generator's workflows added to the entries of others; entries
+    whose UI file is gone dropped; every API twin whose machine name titles a UI file here mapped to it."""
     path = out_dir / API_DIR / "models.json"
     data = json.loads(path.read_text()) if path.is_file() else {"format": 1, "workflows": {}}
-    for family, fam in FAMILIES.items():
-        for cap in fam["caps"]:
-            extra = fam["distill"]["needs"] if cap.endswith("_4step") and "distill" in fam else []
-            data["workflows"][f"{family}_{cap}.json"] = NEEDS[family] + extra
-    for family in LONG_FAMILIES:
-        data["workflows"][f"{family}_long_video.json"] = NEEDS[family]
-    data["workflows"] = dict(sorted(data["workflows"].items()))
+    data["_doc"] = MANIFEST_DOC
+    entries = {**data["workflows"], **{ui_file(name): needs(name) for name in all_workflows()}}
+    data["workflows"] = {k: v for k, v in sorted(entries.items()) if (out_dir / k).is_file()}
+    twins = {}
+    for twin in sorted((out_dir / API_DIR).glob("*_api.json")):
+        try:
+            ui = ui_file(twin.name.removesuffix("_api.json"))
+        except KeyError:       # an API graph not named <family>_<capability>
+            continue
+        if (out_dir / ui).is_file():
+            twins[twin.name] = ui
+    data["api_twins"] = twins
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 
 
 def card_frames() -> dict[str, Callable[[], torch.Tensor]]:
-    """The frame on each embedded workflow's card: the embedded model's first frame for text to
-    video / image, else the frame of the example input that the output starts with."""
+    """The frame on each embedded workflow's card, by title: the embedded model's first frame for
+    text to video / image, else the frame of the example input that the output starts with."""
     from ..model.example_inputs import EXAMPLE_INPUTS_DIR as X
     from ..model.prompt_expander import expand_prompt
     from ..pipeline import generate_embedded
@@ -406,20 +471,20 @@ def card_frames() -> dict[str, Callable[[], torch.Tensor]]:
     placed = {"i2v": lambda: image_frame(X / IMAGE_IN), "extend_forward": lambda: video_frame(X / CLIP_A, -1),
               "connect": lambda: video_frame(X / CLIP_A, -1), "loop": lambda: video_frame(X / CLIP_A, 0),
               "extend_backward": lambda: video_frame(X / CLIP_A, 0), "edit": lambda: video_frame(X / CLIP_A, 0)}
-    cards = {f"embedded_{cap}": placed.get(cap, generated) for cap in FAMILIES["embedded"]["caps"]}
-    cards["embedded_long_video"] = generated
-    return cards
+    caps = [*FAMILIES["embedded"]["caps"], "long_video"]
+    return {title(f"embedded_{cap}"): placed.get(cap, generated) for cap in caps}
 
 
 def write(out_dir: Path, thumbnails: bool = True) -> list[Path]:
     (out_dir / API_DIR).mkdir(parents=True, exist_ok=True)
-    written = [write_manifest(out_dir)]
+    written = []
     for name, graph in all_workflows().items():
-        for path, data in ((out_dir / f"{name}.json", graph.ui()), (api_path(out_dir, name), graph.api())):
+        for path, data in ((out_dir / ui_file(name), graph.ui()), (api_path(out_dir, name), graph.api())):
             path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
             written.append(path)
+    written.append(write_manifest(out_dir))
     if thumbnails:   # a card for every UI workflow at the top, the generator's and any other
-        written += write_thumbnails(out_dir, card_frames())
+        written += write_thumbnails(out_dir, card_frames(), describe)
     return written
 
 

@@ -2,9 +2,10 @@
 
 ComfyUI lists a pack's ``workflows/*.json`` as template cards titled with the file name and asks
 for ``NAME.jpg`` as the picture. A card says in words what the workflow does ("Text to video",
-"Extend forward", "Connect two clips") and which model it needs; an embedded-model card shows a
-frame of that workflow's video (the frame of the example input it starts from, or the embedded
-model's own output), a Wan card a plain panel with the model's name.
+"Extend forward", "Connect two clips") and which model it needs, the two halves of its title
+(``templates.title``); an embedded-model card shows a frame of that workflow's video (the frame of
+the example input it starts from, or the embedded model's own output), a Wan card a plain panel
+with the model's name.
 """
 from __future__ import annotations
 
@@ -18,34 +19,15 @@ import torch
 log = logging.getLogger("spacetime.thumbnails")
 
 SIZE = (320, 240)
-CAPABILITIES = {  # capability suffix of a workflow name -> what a user looks for
-    "t2v": "Text to video", "t2v_4step": "Text to video, 4 steps", "i2v": "Image to video",
-    "extend_forward": "Extend forward", "extend_backward": "Extend backward", "connect": "Connect two clips",
-    "loop": "Seamless loop", "edit": "Edit a video", "image": "Text to image", "test_pattern": "Test pattern",
-    "long_video": "Long video from a storyboard",
-}
-FAMILY_LABELS = {
-    "embedded": "Embedded tiny model, runs on CPU", "wan21_t2v_1.3b": "Wan 2.1 T2V 1.3B",
-    "wan21_t2v_14b": "Wan 2.1 T2V 14B", "wan22_ti2v_5b": "Wan 2.2 TI2V 5B", "wan21_i2v_14b": "Wan 2.1 I2V 14B",
-    "wan21_flf2v_14b": "Wan 2.1 FLF2V 14B", "wan22_t2v_a14b": "Wan 2.2 T2V A14B", "foundation": "No model",
-}
-_PANEL = {"embedded": (28, 34, 64), "wan21": (58, 30, 72), "wan22": (24, 60, 64)}
+_PANEL = {"Embedded": (28, 34, 64), "Wan 2.1": (58, 30, 72), "Wan 2.2": (24, 60, 64)}   # by model label
 
 
-def describe(name: str) -> tuple[str, str]:
-    """(what it does, which model) for a workflow name ``<family>_<capability>``."""
-    family = next((f for f in sorted(FAMILY_LABELS, key=len, reverse=True) if name.startswith(f + "_")), "")
-    cap = name[len(family) + 1:] if family else name
-    title = CAPABILITIES.get(cap, cap.replace("_", " ").capitalize())
-    return title, FAMILY_LABELS.get(family, "")
-
-
-def card(name: str, frame: torch.Tensor | None = None) -> bytes:
-    """A JPEG card; ``frame`` [H, W, 3] in 0..1 is shown enlarged when given."""
+def card(what: str, model: str, frame: torch.Tensor | None = None) -> bytes:
+    """A JPEG card saying what a workflow does and which model it needs; ``frame`` [H, W, 3] in
+    0..1 is shown enlarged when given, else a panel with the model's name."""
     from PIL import Image, ImageDraw, ImageFont
 
-    title, model = describe(name)
-    panel = next((c for k, c in _PANEL.items() if name.startswith(k)), (40, 40, 40))
+    panel = next((c for k, c in _PANEL.items() if model.startswith(k)), (40, 40, 40))
     img = Image.new("RGB", SIZE, panel)
     draw = ImageDraw.Draw(img)
     w, h = SIZE
@@ -60,7 +42,7 @@ def card(name: str, frame: torch.Tensor | None = None) -> bytes:
         text = " ".join(label[:2]) if label and label[0] == "Wan" else model
         draw.text((w // 2, top // 2), text, fill=(235, 235, 245), font=big, anchor="mm")
     draw.rectangle((0, top, w, h), fill=(18, 18, 22))
-    draw.text((12, top + 10), title, fill=(255, 255, 255), font=ImageFont.load_default(size=24))
+    draw.text((12, top + 10), what, fill=(255, 255, 255), font=ImageFont.load_default(size=24))
     draw.text((12, top + 44), model, fill=(170, 180, 200), font=ImageFont.load_default(size=16))
     out = io.BytesIO()
     img.save(out, "JPEG", quality=85, optimize=True)
@@ -83,14 +65,16 @@ def image_frame(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).float() / 255
 
 
-def write_thumbnails(out_dir: Path, frames: dict[str, Callable[[], torch.Tensor]]) -> list[Path]:
-    """``NAME.jpg`` for every UI workflow ``NAME.json`` at the top of ``out_dir``; ``frames`` maps a
-    name to a function giving its picture's frame (others get a panel)."""
+def write_thumbnails(out_dir: Path, frames: dict[str, Callable[[], torch.Tensor]],
+                     describe: Callable[[str], tuple[str, str]]) -> list[Path]:
+    """``TITLE.jpg`` for every UI workflow ``TITLE.json`` at the top of ``out_dir``; ``describe`` maps a
+    title to (what it does, which model), ``frames`` a title to a function giving its picture's frame
+    (others get a panel)."""
     written = []
     for wf in sorted(Path(out_dir).glob("*.json")):
-        name = wf.stem
+        name = wf.name.removesuffix(".json")
         frame = frames[name]() if name in frames else None
-        path = wf.with_suffix(".jpg")
-        path.write_bytes(card(name, frame))
+        path = wf.parent / f"{name}.jpg"
+        path.write_bytes(card(*describe(name), frame))
         written.append(path)
     return written

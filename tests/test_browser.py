@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -19,13 +20,28 @@ import pytest
 from browser_page import (CHROMIUM, DISMISS_BANNER_JS, FIT_VIEW_JS, GRAPH_STATE_JS, LOAD_TEMPLATE_JS, Console,
                           keep_for_docs, require_browser, save_screenshot, seed_user_settings)
 from conftest import COMFY_DIR, ROOT
+from spacetime_video.headless.templates import describe, title
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 
 WORKFLOWS = ROOT / "workflows"
-UI_WORKFLOWS = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+UI_WORKFLOWS = sorted(p.name.removesuffix(".json") for p in WORKFLOWS.glob("*.json"))   # the cards' titles
+T2V = title("embedded_t2v")
 PACK = "spacetime"   # the host's custom_nodes folder name, which names the pack's templates
 ASKED = "a green triangle moves up across a white background"   # white: not a background of the embedded world
+
+ALL_CARD_TITLES_JS = """async () => {
+  // the dialog shows 24 cards and more as its last card scrolls into view: the titles of all, in order
+  const cards = () => document.querySelectorAll("[data-testid^='template-workflow-']");
+  for (let n = -1; n !== cards().length; ) {
+    n = cards().length;
+    cards()[n - 1].scrollIntoView();
+    await new Promise(r => setTimeout(r, 150));
+  }
+  return [...cards()].map(c => c.querySelector('h3').textContent.trim());
+}"""
+CUT_TITLES_JS = """() => [...document.querySelectorAll("[data-testid^='template-workflow-'] h3")]
+  .filter(h => h.scrollWidth > h.clientWidth + 1 || h.scrollHeight > h.clientHeight + 1).map(h => h.textContent)"""
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +168,18 @@ def test_templates_browser_lists_the_packs_workflows_with_their_cards(ui, ui_hos
     cards.first.wait_for(timeout=15_000)
     shown = cards.evaluate_all("els => els.map(e => e.dataset.testid.replace('template-workflow-', ''))")
     assert shown and set(shown) <= set(UI_WORKFLOWS), shown
-    # every card picture on screen has loaded (a card whose NAME.jpg is missing shows a broken image)
+    # sorted A-Z, a user reads every title in full, grouped by capability
+    page.locator(".p-dialog [aria-label='Sort by']").click()
+    page.get_by_role("option", name=re.compile(r"^(A\s*→\s*Z|Alphabetical)")).click()
+    titles = page.evaluate(ALL_CARD_TITLES_JS)
+    assert sorted(titles) == UI_WORKFLOWS
+    assert titles == page.evaluate("ts => [...ts].sort((a, b) => a.localeCompare(b))", titles)
+    groups = [describe(t)[0] for t in titles]
+    assert [g for i, g in enumerate(groups) if groups.index(g) == i] == \
+        [g for i, g in enumerate(groups) if i == 0 or g != groups[i - 1]], groups     # each capability once, together
+    assert page.evaluate(CUT_TITLES_JS) == []
+    page.evaluate("() => document.querySelector(\"[data-testid^='template-workflow-']\").scrollIntoView()")
+    # every card picture on screen has loaded (a card whose TITLE.jpg is missing shows a broken image)
     page.wait_for_timeout(1000)
     images = page.evaluate("""() => [...document.querySelectorAll("[data-testid^='template-workflow-'] img")]
         .filter(i => i.getBoundingClientRect().top < window.innerHeight).map(i => i.naturalWidth)""")
@@ -168,7 +195,7 @@ def test_run_on_embedded_t2v_shows_the_video_preview(ui, ui_host, shots):
     page, console = ui
     mark = console.mark()
     try:
-        assert page.evaluate(LOAD_TEMPLATE_JS, [PACK, "embedded_t2v"]) is None
+        assert page.evaluate(LOAD_TEMPLATE_JS, [PACK, T2V]) is None
         page.wait_for_timeout(300)
         # a word the embedded model has not got: the expander must say what it used instead
         page.evaluate("""p => { const n = window.app.graph._nodes.find(n => n.title === 'Prompt');

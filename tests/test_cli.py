@@ -20,7 +20,7 @@ from spacetime_video.headless.overrides import OverrideError, apply_overrides, s
 from fifo_gate import FifoGate
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_PATTERN_UI = ROOT / "workflows" / "foundation_test_pattern.json"
+TEST_PATTERN_UI = ROOT / "workflows" / "Test pattern - No model.json"
 
 # Runs the CLI of *this* checkout whatever is pip-installed (as conftest does for imports).
 BOOT = ("import importlib.util, sys\n"

@@ -76,7 +76,7 @@ def test_wheel_contains_data_files(tmp_path):
     assert any(n.startswith("spacetime_video/workflows/") and n.endswith(".json") for n in names)
     assert "spacetime_video/workflows/api/models.json" in names
     assert "spacetime_video/workflows/inputs/spacetime_clip_a.mp4" in names
-    assert "spacetime_video/workflows/embedded_t2v.jpg" in names
+    assert "spacetime_video/workflows/Text to video - Embedded (CPU).jpg" in names
     assert "spacetime_video/web/spacetime.js" in names
     assert "spacetime_video/model/weights/catalog.json" in names
     assert not any("/tests/" in n or n.startswith("spacetime_video/.host") for n in names)

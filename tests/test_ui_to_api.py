@@ -194,16 +194,17 @@ def test_stale_widget_values_are_reported():
 # ------------------------------------------------------------------ the pack's own workflows
 
 def _twins() -> list[tuple[Path, Path]]:
-    pairs = []
-    for api in sorted((ROOT / "workflows" / "api").glob("*_api.json")):
-        ui = ROOT / "workflows" / (api.name[: -len("_api.json")] + ".json")
-        if ui.exists():
-            pairs.append((ui, api))
-    return pairs
+    """(UI workflow, its API twin) as ``workflows/api/models.json`` pairs them."""
+    from spacetime_video.headless.models import api_twins
+    return [(ROOT / "workflows" / ui, ROOT / "workflows" / "api" / twin) for twin, ui in sorted(api_twins().items())]
 
 
-def test_foundation_pair_exists():
-    assert (ROOT / "workflows/foundation_test_pattern.json") in [ui for ui, _ in _twins()]
+def test_every_ui_workflow_has_its_api_twin():
+    pairs = _twins()
+    assert all(ui.is_file() and api.is_file() for ui, api in pairs)
+    assert sorted(ui for ui, _ in pairs) == sorted((ROOT / "workflows").glob("*.json"))
+    assert (ROOT / "workflows/Test pattern - No model.json",
+            ROOT / "workflows/api/foundation_test_pattern_api.json") in pairs
 
 
 @pytest.mark.host

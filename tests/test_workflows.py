@@ -48,37 +48,55 @@ def _input_type(info: dict, name: str) -> str | None:
 def test_generated_files_are_current():
     expected = {}
     for name, graph in mw.all_workflows().items():
-        expected[f"{name}.json"] = graph.ui()
-        expected[f"{name}_api.json"] = graph.api()
-    for fname, data in expected.items():
-        path = (API if fname.endswith("_api.json") else WORKFLOWS) / fname
-        assert path.is_file(), f"{fname} missing: run python scripts/make_workflows.py"
-        assert json.loads(path.read_text()) == json.loads(json.dumps(data)), f"{fname} is stale"
-    manifest = json.loads((API / "models.json").read_text())["workflows"]
-    assert all(n in manifest for n in expected if not n.endswith("_api.json"))
-    caps = {n.removeprefix("embedded_") for n in expected if n.startswith("embedded_") and not n.endswith("_api.json")}
+        expected[WORKFLOWS / mw.ui_file(name)] = graph.ui()
+        expected[mw.api_path(WORKFLOWS, name)] = graph.api()
+    for path, data in expected.items():
+        assert path.is_file(), f"{path.name} missing: run python scripts/make_workflows.py"
+        assert json.loads(path.read_text()) == json.loads(json.dumps(data)), f"{path.name} is stale"
+    manifest = json.loads((API / "models.json").read_text())
+    assert {mw.ui_file(n): mw.needs(n) for n in mw.all_workflows()}.items() <= manifest["workflows"].items()
+    assert {f"{n}_api.json": mw.ui_file(n) for n in mw.all_workflows()}.items() <= manifest["api_twins"].items()
     # every capability for the embedded model, and its long video from a storyboard
-    assert {c + ".json" for c in [*mw.FAMILIES["embedded"]["caps"], "long_video"]} == caps
+    caps = {mw.split_name(n)[1] for n in mw.all_workflows() if n.startswith("embedded_")}
+    assert {*mw.FAMILIES["embedded"]["caps"], "long_video"} == caps
 
 
 def test_templates_folder_holds_only_ui_workflows_each_with_a_card():
     """ComfyUI lists every workflows/*.json as a template card: each must open as a UI graph and
-    have its NAME.jpg picture; API twins and the catalog live in workflows/api/."""
+    have its TITLE.jpg picture; API twins and the catalog live in workflows/api/."""
     from PIL import Image
 
-    from spacetime_video.headless.thumbnails import describe
     tops = sorted(WORKFLOWS.glob("*.json"))
     assert len(tops) >= 29 and not [p.name for p in tops if p.name.endswith("_api.json") or p.name == "models.json"]
     for path in tops:
         data = json.loads(path.read_text())
         assert isinstance(data.get("nodes"), list) and "version" in data, f"{path.name} is not a UI workflow"
-        assert path.with_suffix(".jpg").is_file(), f"{path.name} has no card: run python scripts/make_workflows.py"
-        card = Image.open(path.with_suffix(".jpg"))
+        card_path = path.parent / (path.name.removesuffix(".json") + ".jpg")
+        assert card_path.is_file(), f"{path.name} has no card: run python scripts/make_workflows.py"
+        card = Image.open(card_path)
         assert card.format == "JPEG" and card.size == (320, 240), path.name
-    assert {p.stem for p in API.glob("*_api.json")} >= {p.stem + "_api" for p in tops if p.stem in mw.all_workflows()}
-    assert describe("embedded_t2v") == ("Text to video", "Embedded tiny model, runs on CPU")
-    assert describe("wan21_t2v_1.3b_extend_forward") == ("Extend forward", "Wan 2.1 T2V 1.3B")
-    assert describe("wan22_t2v_a14b_t2v_4step")[0] == "Text to video, 4 steps"
+    # every UI workflow has its API twin, and the manifest says which
+    twins = json.loads((API / "models.json").read_text())["api_twins"]
+    assert sorted(twins.values()) == [p.name for p in tops] and all((API / t).is_file() for t in twins)
+
+
+def test_template_titles_say_capability_then_model_in_plain_safe_words():
+    """The front end titles a pack's template card with its file name and sorts by it: each title is
+    unique, ASCII, free of characters a URL or a file system treats specially, and starts with a
+    capability, so an alphabetical list groups workflows by what they do."""
+    titles = [p.name.removesuffix(".json") for p in WORKFLOWS.glob("*.json")]
+    assert len(set(t.lower() for t in titles)) == len(titles)        # unique, also on case-blind disks
+    for t in titles:
+        assert t.isascii() and t.isprintable() and t == t.strip(), t
+        assert not set(t) & set('/\\?#%&:*"<>|+'), t
+        what, model = mw.describe(t)
+        assert what in mw.CAPABILITIES.values() and model in mw.MODEL_LABELS.values(), t
+    assert mw.title("embedded_t2v") == "Text to video - Embedded (CPU)"
+    assert mw.title("wan21_t2v_1.3b_extend_forward") == "Extend forward - Wan 2.1 T2V 1.3B"
+    assert mw.title("wan22_t2v_a14b_t2v_4step") == "Text to video 4-step - Wan 2.2 T2V A14B"
+    # sorted by title, the workflows of one capability sit together
+    order = [mw.describe(t)[0] for t in sorted(titles, key=str.lower)]
+    assert [c for i, c in enumerate(order) if i == 0 or c != order[i - 1]] == sorted(set(order), key=str.lower)
 
 
 @pytest.mark.host
@@ -113,8 +131,9 @@ def _check_api(name: str, graph: dict, object_info: dict) -> None:
 @pytest.mark.host
 def test_every_workflow_validates_against_object_info(object_info):
     generated = list(mw.all_workflows())
-    names = sorted([f"{n}.json" for n in generated] + [f"{n}_api.json" for n in generated])
+    names = sorted([mw.ui_file(n) for n in generated] + [f"{n}_api.json" for n in generated])
     names += sorted(p.name for p in API.glob("*_api.json") if p.name not in names)  # others' API graphs
+    twin_of = {ui: twin for twin, ui in json.loads((API / "models.json").read_text())["api_twins"].items()}
     assert len(generated) >= 29
     for fname in names:
         data = json.loads(((API if fname.endswith("_api.json") else WORKFLOWS) / fname).read_text())
@@ -130,7 +149,7 @@ def test_every_workflow_validates_against_object_info(object_info):
             assert _input_type(object_info[nodes[dst]["type"]], dst_input["name"]) in (typ, "*")
         for n in data["nodes"]:
             assert len(n["widgets_values"]) == len(_widgets(object_info[n["type"]])), f"{fname}: {n['type']}"
-        twin = json.loads((API / fname.replace(".json", "_api.json")).read_text())
+        twin = json.loads((API / twin_of[fname]).read_text())
         assert sorted(twin, key=int) == [str(i) for i in sorted(nodes)]
         for nid, node in twin.items():
             ui = nodes[int(nid)]
