@@ -98,12 +98,35 @@ GRAPH_STATE_JS = """() => {
   }));
 }"""
 
-LOAD_TEMPLATE_JS = """async ([pack, name]) => {
-  const r = await fetch(`/api/workflow_templates/${pack}/${encodeURIComponent(name)}.json`);
-  if (!r.ok) return `HTTP ${r.status}`;
-  await window.app.loadGraphData(await r.json());
-  return null;
+OPEN_CARD_JS = """async ([pack, name]) => {
+  // as a user does: Browse Templates, the pack under Extensions, a click on the card titled `name`;
+  // the dialog closes and the workflow opens as workflows/<name>.json. Null, or what went wrong.
+  const until = async (what, f, ms = 15000) => {
+    for (const end = performance.now() + ms; performance.now() < end; await new Promise(r => setTimeout(r, 20))) {
+      const v = f(); if (v) return v;
+    }
+    throw new Error(`timed out waiting for ${what}`);
+  };
+  try {
+    await window.app.extensionManager.command.execute('Comfy.BrowseTemplates');
+    const nav = await until('the pack in the dialog', () => [...document.querySelectorAll('.p-dialog *')]
+      .find(e => e.children.length === 0 && e.textContent.trim() === pack));
+    nav.click();
+    const card = await until(`the card ${name}`, () => {
+      const all = document.querySelectorAll("[data-testid^='template-workflow-']");
+      const hit = [...all].find(c => c.dataset.testid === `template-workflow-${name}`);
+      if (!hit) all[all.length - 1]?.scrollIntoView();      // the dialog adds cards as its last one shows
+      return hit;
+    });
+    card.scrollIntoView();
+    card.click();
+    await until('the workflow to open', () => !document.querySelector('.p-dialog-mask')
+      && window.app.extensionManager.workflow.activeWorkflow?.path === `workflows/${name}.json`);
+    return null;
+  } catch (e) { return String(e); }
 }"""
+
+CLOSE_WORKFLOW_JS = "() => window.app.extensionManager.command.execute('Workspace.CloseWorkflow')"
 
 
 DISMISS_BANNER_JS = """() => {

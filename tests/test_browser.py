@@ -1,9 +1,10 @@
 """The pack as users see it: ComfyUI's real web UI (comfyui-frontend-package 1.32.9) in Chromium,
-driven by Playwright. Every UI workflow the pack ships opens from the templates browser's URL
-with no missing or errored node and no console error beyond the front end's own known noise
-(``browser_page.KNOWN_FRONTEND_NOISE``); every widget shows the file's value and the schema's
-choices and ranges; the templates browser lists the pack's workflows with their cards; and Run
-on the embedded text-to-video workflow ends in a video preview on the page.
+driven by Playwright. The templates browser lists the pack's workflows with their cards and full
+titles, sorted A-Z by capability; a click on each card opens its workflow with the file's nodes,
+no missing or errored node and no console error beyond the front end's own known noise
+(``browser_page.KNOWN_FRONTEND_NOISE``), every widget showing the file's value and the schema's
+choices and ranges; and Run on the embedded text-to-video workflow ends in a video preview on
+the page.
 
 Screenshots go to a ``browser-screenshots`` folder under pytest's temporary folder (the failure
 message names it); ``SPACETIME_DOCS_SCREENSHOTS=docs`` also copies the README's three there."""
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from browser_page import (CHROMIUM, DISMISS_BANNER_JS, FIT_VIEW_JS, GRAPH_STATE_JS, LOAD_TEMPLATE_JS, Console,
-                          keep_for_docs, require_browser, save_screenshot, seed_user_settings)
+from browser_page import (CHROMIUM, CLOSE_WORKFLOW_JS, DISMISS_BANNER_JS, FIT_VIEW_JS, GRAPH_STATE_JS, OPEN_CARD_JS,
+                          Console, keep_for_docs, require_browser, save_screenshot, seed_user_settings)
 from conftest import COMFY_DIR, ROOT
 from spacetime_video.headless.templates import describe, title
 
@@ -136,22 +137,27 @@ def test_page_lists_the_packs_nodes_with_no_unexpected_console_errors(ui, schema
 
 
 @pytest.mark.parametrize("name", UI_WORKFLOWS)
-def test_workflow_opens_from_its_template_url_with_the_files_values(ui, schema, absent_models, name):
+def test_every_card_opens_its_workflow_with_the_files_nodes_and_values(ui, schema, absent_models, name):
+    """A click on the pack's card opens the file's graph: the same nodes (ids and types), none
+    missing or errored, every widget with the file's value and the schema's choices and ranges."""
     page, console = ui
     mark = console.mark()
-    assert page.evaluate(LOAD_TEMPLATE_JS, [PACK, name]) is None
-    page.wait_for_timeout(150)
-    state = {n["id"]: n for n in page.evaluate(GRAPH_STATE_JS)}
-    saved = json.loads((WORKFLOWS / f"{name}.json").read_text())
-    assert sorted(state) == sorted(n["id"] for n in saved["nodes"])
-    assert [n["type"] for n in state.values() if not n["registered"]] == [], "missing node types"
-    assert [n["type"] for n in state.values() if n["has_errors"]] == [], "nodes shown with errors"
-    for node in saved["nodes"]:
-        shown = state[node["id"]].get("widgets_values") or []
-        assert shown == (node.get("widgets_values") or []), f"{name}: {node['type']}"
-    problems = [p for n in state.values() for p in widget_problems(n["type"], n["widgets"], schema.get(n["type"], {"input": {}}), absent_models)]
-    assert problems == []
-    assert console.unexpected(mark) == []
+    assert page.evaluate(OPEN_CARD_JS, [PACK, name]) is None
+    try:
+        state = {n["id"]: n for n in page.evaluate(GRAPH_STATE_JS)}
+        saved = json.loads((WORKFLOWS / f"{name}.json").read_text())
+        assert sorted((i, n["type"]) for i, n in state.items()) == sorted((n["id"], n["type"]) for n in saved["nodes"])
+        assert [n["type"] for n in state.values() if not n["registered"]] == [], "missing node types"
+        assert [n["type"] for n in state.values() if n["has_errors"]] == [], "nodes shown with errors"
+        for node in saved["nodes"]:
+            shown = state[node["id"]].get("widgets_values") or []
+            assert shown == (node.get("widgets_values") or []), f"{name}: {node['type']}"
+        problems = [p for n in state.values()
+                    for p in widget_problems(n["type"], n["widgets"], schema.get(n["type"], {"input": {}}), absent_models)]
+        assert problems == []
+        assert console.unexpected(mark) == []
+    finally:
+        page.evaluate(CLOSE_WORKFLOW_JS)     # one tab open at a time
 
 
 def test_templates_browser_lists_the_packs_workflows_with_their_cards(ui, ui_host, shots):
@@ -195,8 +201,7 @@ def test_run_on_embedded_t2v_shows_the_video_preview(ui, ui_host, shots):
     page, console = ui
     mark = console.mark()
     try:
-        assert page.evaluate(LOAD_TEMPLATE_JS, [PACK, T2V]) is None
-        page.wait_for_timeout(300)
+        assert page.evaluate(OPEN_CARD_JS, [PACK, T2V]) is None
         # a word the embedded model has not got: the expander must say what it used instead
         page.evaluate("""p => { const n = window.app.graph._nodes.find(n => n.title === 'Prompt');
                                 n.widgets.find(w => w.name === 'prompt').value = p; }""", ASKED)
