@@ -2,20 +2,23 @@
 
 * ``embedded``: the embedded model on the 22 held-out prompts of its evaluation set (11 held-out
   colour/shape/motion combinations x 2, the seeds and backgrounds of ``training/evaluate.py``),
-  20 steps: for every ``speed`` preset, DiT evaluations (one per sample and pass) against the
+  20 steps (``--steps``): for every ``speed`` preset, DiT evaluations (one per sample and pass) against the
   uncached run, PSNR of the video against the uncached video of the same seed, and the prompts
   whose colour, shape and motion the analyser reads correctly.
 * ``easycache``: the same MODEL in ComfyUI's own sampler, our cache without guidance truncation
   against ComfyUI's native EasyCache over a range of thresholds each, on the first ``--prompts``
   prompts: evaluations and PSNR (decoded video against the uncached one), so the two curves can be
   read at equal evaluation counts.
+* ``steps``: which steps can be forecast at all: for each step of the schedule, a run that
+  forecasts that one step only (the cache's own choice of forecast, taken when its predicted
+  error is at most 2), against the uncached run: PSNR and adherent prompts.
 * ``overhead``: the real Wan 2.1 1.3B DiT config with random bf16 weights on a small latent: time
   of one DiT step, the time of the cache's own bookkeeping per step (a cache call whose evaluation
   returns at once), and the wall time of a short run cached / uncached with the default preset.
 
 Run (from the repository root, in the project's environment, after ``make setup``):
 
-    python bench/bench_step_cache.py [--parts embedded,easycache,overhead] [--threads 2]
+    python bench/bench_step_cache.py [--parts embedded,steps,easycache,overhead] [--steps 20] [--threads 2]
 
 Results with date, machine and command: bench/RESULTS.md.
 """
@@ -39,7 +42,6 @@ from spacetime_video.training.train_vae import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFY = Path(os.environ.get("SPACETIME_COMFYUI", ROOT / ".host" / "ComfyUI"))
-STEPS = 20
 
 
 def adheres(video: torch.Tensor, combo: tuple[str, str, str]) -> bool:
@@ -47,14 +49,14 @@ def adheres(video: torch.Tensor, combo: tuple[str, str, str]) -> bool:
     return (a.colour, a.shape, a.motion) == combo
 
 
-def part_embedded(model) -> None:
+def part_embedded(model, steps: int) -> None:
     prompts = heldout_prompts()
-    print(f"\n## embedded model, {len(prompts)} held-out prompts, {STEPS} steps (unipc, guidance on)")
+    print(f"\n## embedded model, {len(prompts)} held-out prompts, {steps} steps (unipc, guidance on)")
     refs, ok_ref = [], 0
     for text, seed, combo in prompts:
-        refs.append(generate_embedded(text, steps=STEPS, seed=seed, model=model))
+        refs.append(generate_embedded(text, steps=steps, seed=seed, model=model))
         ok_ref += adheres(refs[-1], combo)
-    total = 2 * STEPS
+    total = 2 * steps
     print(f"| speed | DiT evaluations (of {total}) | fewer | PSNR mean / min (dB) | adherent prompts |")
     print("|---|---|---|---|---|")
     print(f"| uncached | {total} | 1.00x | - | {ok_ref} / {len(prompts)} |")
@@ -62,13 +64,47 @@ def part_embedded(model) -> None:
         evals, db, ok = [], [], 0
         for (text, seed, combo), ref in zip(prompts, refs):
             cache = StepCache(name)
-            v = generate_embedded(text, steps=STEPS, seed=seed, model=model, speed=cache)
+            v = generate_embedded(text, steps=steps, seed=seed, model=model, speed=cache)
             evals.append(cache.evaluated)
             db.append(psnr(v, ref))
             ok += adheres(v, combo)
         mean = statistics.mean(evals)
         print(f"| {name} | {mean:.1f} | {total / mean:.2f}x | {statistics.mean(db):.2f} / {min(db):.2f} | "
               f"{ok} / {len(prompts)} |", flush=True)
+
+
+class OneStep(StepCache):
+    """A cache that may forecast one step of the schedule only."""
+
+    def __init__(self, only: int) -> None:
+        super().__init__(Speed(threshold=2.0, warmup=0.0, cooldown=0.0, max_skips=1))
+        self.only = only
+
+    def may_skip(self, sigma: float) -> bool:
+        return self.step_of(sigma) == self.only
+
+
+def part_steps(model, steps: int, n_prompts: int) -> None:
+    prompts = heldout_prompts()[:n_prompts]
+    refs = [generate_embedded(text, steps=steps, seed=seed, model=model) for text, seed, _ in prompts]
+    ok_ref = sum(adheres(v, combo) for v, (_, _, combo) in zip(refs, prompts))
+    print(f"\n## embedded model, {len(prompts)} held-out prompts, {steps} steps: one step forecast, all others "
+          f"evaluated (uncached: {ok_ref} / {len(prompts)} adherent)")
+    print("| step | forecast taken | PSNR mean / min (dB) | adherent prompts |")
+    print("|---|---|---|---|")
+    for i in range(steps):
+        taken, db, ok = 0, [], 0
+        for (text, seed, combo), ref in zip(prompts, refs):
+            cache = OneStep(i)
+            v = generate_embedded(text, steps=steps, seed=seed, model=model, speed=cache)
+            taken += cache.skipped > 0
+            db.append(psnr(v, ref))
+            ok += adheres(v, combo)
+        if taken:
+            print(f"| {i} | {taken} / {len(prompts)} | {statistics.mean(db):.2f} / {min(db):.2f} | {ok} / {len(prompts)} |",
+                  flush=True)
+        else:
+            print(f"| {i} | 0 / {len(prompts)} | - | - |", flush=True)
 
 
 def comfy_setup():
@@ -79,7 +115,7 @@ def comfy_setup():
     import comfy.model_management  # noqa: F401
 
 
-def part_easycache(model, n_prompts: int) -> None:
+def part_easycache(model, n_prompts: int, steps: int) -> None:
     comfy_setup()
     import comfy.sample
     import comfy.samplers
@@ -110,16 +146,17 @@ def part_easycache(model, n_prompts: int) -> None:
             noise = torch.randn(latent, generator=torch.Generator().manual_seed(seed))
             out = comfy.sample.sample_custom(patched, noise, C.DEFAULT_GUIDANCE,
                                              comfy.samplers.KSAMPLER(samplers.SOLVERS["unipc"]),
-                                             samplers.flow_sigmas(STEPS, C.DEFAULT_SHIFT), pos, neg,
+                                             samplers.flow_sigmas(steps, C.DEFAULT_SHIFT), pos, neg,
                                              torch.zeros_like(noise), seed=seed)
         finally:
             del inner._forward
-        return vae.decode(out)[0], rows[0]
+        frames = vae.decode(out)[0]                  # ComfyUI IMAGE frames [T, H, W, 3] in 0..1
+        return frames.movedim(-1, 0) * 2 - 1, rows[0]   # as ours: [3, T, H, W] in [-1, 1]
 
     refs = [run(mp, text, seed)[0] for text, seed, _ in prompts]
-    print(f"\n## ComfyUI sampler, embedded MODEL, {len(prompts)} prompts, {STEPS} steps: our cache "
+    print(f"\n## ComfyUI sampler, embedded MODEL, {len(prompts)} prompts, {steps} steps: our cache "
           "(no guidance truncation) against native EasyCache")
-    print("| cache | setting | DiT evaluations (of 40) | PSNR mean (dB) |")
+    print(f"| cache | setting | DiT evaluations (of {2 * steps}) | PSNR mean (dB) |")
     print("|---|---|---|---|")
     curves = {"ours": [], "EasyCache": []}
     settings = [("ours", t, lambda t=t: patch_model(mp, Speed(threshold=t, warmup=0.1, cooldown=0.05, max_skips=5,
@@ -215,16 +252,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", default="embedded,easycache,overhead")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--prompts", type=int, default=8, help="prompts of the EasyCache comparison")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps of the embedded, easycache and steps parts")
+    p.add_argument("--prompts", type=int, default=8, help="prompts of the EasyCache and steps parts")
     p.add_argument("--rounds", type=int, default=2, help="alternated timing rounds of the overhead part")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     parts = a.parts.split(",")
-    model = load_embedded() if {"embedded", "easycache"} & set(parts) else None
+    model = load_embedded() if {"embedded", "easycache", "steps"} & set(parts) else None
     if "embedded" in parts:
-        part_embedded(model)
+        part_embedded(model, a.steps)
+    if "steps" in parts:
+        part_steps(model, a.steps, a.prompts)
     if "easycache" in parts:
-        part_easycache(model, a.prompts)
+        part_easycache(model, a.prompts, a.steps)
     if "overhead" in parts:
         part_overhead(a.threads, a.rounds)
 
