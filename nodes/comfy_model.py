@@ -17,6 +17,7 @@ weight patches work, and every layer checks for an interrupt (``comfy.ops.run_ev
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import comfy.float
 import comfy.latent_formats
@@ -188,16 +189,23 @@ class SpacetimeWan22(comfy.model_base.WAN22):
         return canvas.token_timesteps(denoise_mask, timestep, patch)  # (B, tokens)
 
 
-def latent_format_for(channels: int, mean: torch.Tensor | None = None,
-                      std: torch.Tensor | None = None) -> comfy.latent_formats.LatentFormat:
-    """Wan21 (16 ch) / Wan22 (48 ch) formats, or a custom one from a VAE's statistics."""
+def latent_format_for(channels: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                      rgb: tuple[Sequence[Sequence[float]], Sequence[float]] | None = None,
+                      ) -> comfy.latent_formats.LatentFormat:
+    """Wan21 (16 ch) / Wan22 (48 ch) formats, or a custom one from a VAE's statistics. ``rgb``:
+    (one [r, g, b] row per channel, bias) for ComfyUI's latent previews (``--preview-method``);
+    without it a custom format has none (Wan's own formats bring theirs)."""
     if mean is None and channels in (16, 48):
         return comfy.latent_formats.Wan21() if channels == 16 else comfy.latent_formats.Wan22()
     fmt = comfy.latent_formats.Wan21()
     fmt.latent_channels = channels
     fmt.latents_mean = (mean if mean is not None else torch.zeros(channels)).reshape(1, channels, 1, 1, 1).float()
     fmt.latents_std = (std if std is not None else torch.ones(channels)).reshape(1, channels, 1, 1, 1).float()
-    fmt.latent_rgb_factors = fmt.latent_rgb_factors_bias = None
+    factors, bias = rgb if rgb is not None else (None, None)
+    if factors is not None and len(factors) != channels:
+        raise ValueError(f"{len(factors)} latent-to-RGB rows for a latent of {channels} channels")
+    fmt.latent_rgb_factors = [list(row) for row in factors] if factors is not None else None
+    fmt.latent_rgb_factors_bias = list(bias) if bias is not None else None
     fmt.taesd_decoder_name = None
     return fmt
 

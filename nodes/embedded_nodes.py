@@ -51,7 +51,8 @@ class SpacetimeEmbeddedLoader(SpacetimeNode):
             m = load_embedded(distilled=distilled)
         except (WeightsError, OSError) as e:
             raise node_error(cls, "weights", f"{e} (they ship in {emb.WEIGHTS_DIR})") from None
-        fmt = latent_format_for(m.vae.config.z_dim, m.vae.latent_mean.flatten(), m.vae.latent_std.flatten())
+        fmt = latent_format_for(m.vae.config.z_dim, m.vae.latent_mean.flatten(), m.vae.latent_std.flatten(),
+                                rgb=(emb.LATENT_RGB_FACTORS, emb.LATENT_RGB_BIAS))
         model = wrap_dit(m.dit, shift=shift, per_token=True, latent_format=fmt, name="embedded")
         return io.NodeOutput(model, wrap_vae(m.vae), m.text_encoder)
 

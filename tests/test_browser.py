@@ -3,8 +3,9 @@ driven by Playwright. The templates browser lists the pack's workflows with thei
 titles, sorted A-Z by capability; a click on each card opens its workflow with the file's nodes,
 no missing or errored node and no console error beyond the front end's own known noise
 (``browser_page.KNOWN_FRONTEND_NOISE``), every widget showing the file's value and the schema's
-choices and ranges; and Run on the embedded text-to-video workflow ends in a video preview on
-the page.
+choices and ranges; and Run on the embedded text-to-video workflow shows a latent preview on
+the sampler at each step (ComfyUI started with ``--preview-method auto``) and ends in a video
+preview on the page.
 
 Screenshots go to a ``browser-screenshots`` folder under pytest's temporary folder (the failure
 message names it); ``SPACETIME_DOCS_SCREENSHOTS=docs`` also copies the README's three there."""
@@ -51,7 +52,9 @@ def ui_host(tmp_path_factory):
     from spacetime_video.headless.host import ComfyHost
     base = tmp_path_factory.mktemp("comfy-ui")
     seed_user_settings(base)
-    with ComfyHost(base, comfy_dir=COMFY_DIR, pack_link=PACK, web_ui=True) as host:
+    # latent previews as a user who asks for them starts ComfyUI (its default sends none)
+    with ComfyHost(base, comfy_dir=COMFY_DIR, pack_link=PACK, web_ui=True,
+                   extra_args=("--preview-method", "auto")) as host:
         yield host
 
 
@@ -207,8 +210,15 @@ def test_run_on_embedded_t2v_shows_the_video_preview(ui, ui_host, shots):
                                 n.widgets.find(w => w.name === 'prompt').value = p; }""", ASKED)
         page.evaluate(FIT_VIEW_JS)
         keep_for_docs(save_screenshot(page, shots, "ui_embedded_t2v"))
-        page.evaluate("""() => { window.spacetimeProgress = [];
-            window.app.api.addEventListener('progress', e => window.spacetimeProgress.push(e.detail)); }""")
+        page.evaluate("""() => { window.spacetimeProgress = []; window.spacetimePreviews = [];
+            window.spacetimeExecuted = {};
+            const api = window.app.api;
+            api.addEventListener('progress', e => window.spacetimeProgress.push(e.detail));
+            api.addEventListener('executed', e => { window.spacetimeExecuted[e.detail.node] = performance.now(); });
+            api.addEventListener('b_preview_with_metadata', async e => {
+              const t = performance.now(), image = await createImageBitmap(e.detail.blob);
+              window.spacetimePreviews.push({node: e.detail.displayNodeId, t, size: [image.width, image.height]});
+            }); }""")
         before = set(ui_host.client.get_json("/history"))
         t0 = time.monotonic()
         page.locator("[data-testid='queue-button']").click()
@@ -241,6 +251,12 @@ def test_run_on_embedded_t2v_shows_the_video_preview(ui, ui_host, shots):
         steps = [(p["value"], p["max"]) for p in page.evaluate("() => window.spacetimeProgress")
                  if str(p.get("node")) == sampler]
         assert steps and steps[-1] == (api[sampler]["inputs"]["steps"],) * 2, steps
+        # and a latent preview of each step on the sampler, before the video was saved
+        previews = page.evaluate("() => window.spacetimePreviews")
+        saved_at = page.evaluate("() => window.spacetimeExecuted")[next(k for k, v in api.items()
+                                                                        if v["class_type"] == "SpacetimeSaveVideo")]
+        assert [p["node"] for p in previews] == [sampler] * len(steps), previews
+        assert all(p["size"] == [512, 512] and p["t"] < saved_at for p in previews), previews   # 16 x 16, fit to 512
         assert page.evaluate("async () => Object.keys((await window.app.graphToPrompt()).output['2'].inputs)") \
             == list(json.loads((WORKFLOWS / "api" / "embedded_t2v_api.json").read_text())["2"]["inputs"])
         print(f"embedded t2v: Run -> job finished {finished:.1f}s, -> preview playing {shown:.1f}s")

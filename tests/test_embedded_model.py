@@ -144,3 +144,16 @@ def test_object_mask_marks_the_objects_cells() -> None:
         assert 0.02 < float(m.mean()) < 0.4
         # a blank clip marks nothing
         assert float(object_mask(torch.zeros(1, 3, 17, 64, 64), stride).sum()) == 0
+
+
+def test_latent_rgb_factors_preview_the_colours_of_held_out_clips():
+    """ComfyUI's latent previews of the embedded model (the config's Latent2RGB factors) show the
+    colours a first latent frame covers on clips they were not fitted on, as well as a fresh fit."""
+    from spacetime_video.training.latent_rgb import first_frames, first_latent_frame, fit_latent_rgb, preview
+    vae = load_embedded().vae
+    z, target = first_latent_frame(vae, first_frames(list(range(32)), "heldout"))   # (B, C, h, w), (B, 3, h, w)
+    shipped = (preview(z, C.LATENT_RGB_FACTORS, C.LATENT_RGB_BIAS) - target).abs().mean().item()
+    flat = (target - target.mean(dim=(0, 2, 3), keepdim=True)).abs().mean().item()
+    refit = (preview(z, *fit_latent_rgb(vae, first_frames(list(range(1000, 1128))))) - target).abs().mean().item()
+    assert shipped < 0.16 and shipped < flat / 3, (shipped, flat)
+    assert shipped < refit + 0.02, (shipped, refit)      # not stale: a new fit is no better

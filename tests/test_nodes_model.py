@@ -211,3 +211,20 @@ def test_lora_applies_in_low_vram_mode_too(cm):
     patched.detach()
     assert not torch.allclose(full, plain, atol=1e-3)
     assert torch.allclose(low, full, atol=1e-4), (low - full).abs().max()
+
+
+def test_every_latent_format_has_preview_factors_for_comfyuis_latent2rgb(cm):
+    """ComfyUI previews a latent while sampling (``--preview-method auto``) only when the MODEL's
+    latent format has ``latent_rgb_factors``: Wan's own formats and the embedded model's do."""
+    import latent_preview
+
+    from spacetime_video.model.embedded import config as emb
+    for channels in (16, 48):
+        assert cm.latent_format_for(channels).latent_rgb_factors is not None, channels
+    fmt = cm.latent_format_for(emb.Z_DIM, torch.zeros(emb.Z_DIM), torch.ones(emb.Z_DIM),
+                               rgb=(emb.LATENT_RGB_FACTORS, emb.LATENT_RGB_BIAS))
+    previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)
+    assert previewer.decode_latent_to_preview(torch.zeros(1, emb.Z_DIM, 2, 5, 7)).size == (7, 5)
+    assert cm.latent_format_for(emb.Z_DIM, torch.zeros(emb.Z_DIM), torch.ones(emb.Z_DIM)).latent_rgb_factors is None
+    with pytest.raises(ValueError, match="8 channels"):
+        cm.latent_format_for(emb.Z_DIM, rgb=(emb.LATENT_RGB_FACTORS[:3], emb.LATENT_RGB_BIAS))

@@ -44,3 +44,12 @@ DEFAULT_GUIDANCE = 4.0
 # 20-step schedule, no guidance (one DiT evaluation per step).
 DISTILLED_STEPS = 4
 DISTILLED_SOLVER = "euler"
+
+# ComfyUI's latent previews (Latent2RGB): a colour per latent pixel of the first latent frame,
+# linear in its normalised channels; ridge least squares on the first frames of 512 training clips
+# through the shipped VAE (`python -m spacetime_video.training.latent_rgb --clips 512`).
+# One [r, g, b] row per channel.
+LATENT_RGB_FACTORS = ((-0.3794, -0.3433, -0.2168), (0.4905, 0.379, 0.1375), (-0.3784, -0.3128, -0.1368),
+                      (0.5896, 0.5299, 0.2937), (0.0753, 0.015, 0.0115), (-0.1285, -0.0725, 0.0936),
+                      (-0.511, -0.3897, -0.1045), (0.47, 0.4344, 0.2244))
+LATENT_RGB_BIAS = (-0.1783, -0.2317, -0.2737)
