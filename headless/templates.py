@@ -186,6 +186,24 @@ DEFAULT_PROMPT = ("A red fox trots through fresh snow in a quiet birch forest at
                   "the camera follows it slowly at eye level, cinematic, detailed fur.")
 
 
+# widgets the front end draws as a text box (a taller widget): ("type", "widget")
+MULTILINE = {("SpacetimeTextEncode", "text"), ("CLIPTextEncode", "text"), ("SpacetimePromptExpander", "prompt"),
+             ("SpacetimeLongVideo", "storyboard"), ("SpacetimeLongVideo", "negative")}
+# ComfyUI's front end (1.32.9) sizes a node body as: a margin, a row per input socket or output
+# (whichever are more), a row per widget, a text box's minimum height, an image preview's.
+BODY_MARGIN, SLOT_ROW, WIDGET_ROW, TEXT_BOX, IMAGE_PREVIEW = 14, 20, 24, 54, 224
+NODE_WIDTH = 320                     # wider than any of these nodes' titles, sockets and widgets need
+
+
+def node_size(node_type: str) -> list[int]:
+    """[width, height] that shows every socket and widget of a node, as the front end computes it
+    (``LGraphNode.computeSize``; tests/test_browser.py compares the two)."""
+    sockets, widgets, outputs = NODE_SPECS[node_type]
+    rows = [TEXT_BOX if (node_type, w) in MULTILINE else WIDGET_ROW for w in widgets]
+    preview = IMAGE_PREVIEW if "$upload" in widgets else 0      # LoadImage shows the chosen image
+    return [NODE_WIDTH, BODY_MARGIN + SLOT_ROW * max(len(sockets), len(outputs)) + sum(rows) + preview]
+
+
 @dataclass
 class Node:
     id: int
@@ -221,7 +239,7 @@ class Graph:
         links, depth = [], {}
         for n in self.nodes:  # nodes are added in dependency order
             depth[n.id] = 1 + max((depth[src.id] for src, _ in n.links.values()), default=-1)
-        rows: dict[int, int] = {}
+        tops: dict[int, int] = {}     # column -> where its next node goes
         ui_nodes = []
         for n in self.nodes:
             sockets, widget_names, outputs = NODE_SPECS[n.type]
@@ -245,10 +263,11 @@ class Graph:
                 raise ValueError(f"{n.type}: no widget(s) {sorted(unknown)}")
             # a widget fed by a link keeps a placeholder value, as the frontend saves it
             values = [n.widgets.get(w, "" if w in n.links else WIDGET_DEFAULTS.get(w)) for w in widget_names]
-            col, row = depth[n.id], rows.get(depth[n.id], 0)
-            rows[col] = row + 1
+            col, size = depth[n.id], node_size(n.type)
+            top = tops.get(col, 40)
+            tops[col] = top + size[1] + 60                      # the next node's title bar and a gap
             ui_nodes.append({
-                "id": n.id, "type": n.type, "pos": [40 + 360 * col, 40 + 260 * row], "size": [320, 60 + 26 * len(values)],
+                "id": n.id, "type": n.type, "pos": [40 + 360 * col, top], "size": size,
                 "flags": {}, "order": len(ui_nodes), "mode": 0, "inputs": inputs,
                 "outputs": [{"name": name, "type": typ, "links": [], "slot_index": i} for i, (name, typ) in enumerate(outputs)],
                 "properties": {"Node name for S&R": n.type}, "widgets_values": values,

@@ -89,7 +89,7 @@ GRAPH_STATE_JS = """() => {
   const saved = g.serialize();
   return g._nodes.map(n => ({
     id: n.id, type: n.type, registered: !!LiteGraph.registered_node_types[n.type],
-    has_errors: !!n.has_errors,
+    has_errors: !!n.has_errors, size: [...n.size], min_size: [...n.computeSize()],
     widgets_values: (saved.nodes.find(s => s.id === n.id) || {}).widgets_values,
     widgets: (n.widgets || []).filter(w => !w.name.startsWith('$$')).map(w => ({
       name: w.name, type: w.type, value: w.value,

@@ -3,7 +3,8 @@ driven by Playwright. The templates browser lists the pack's workflows with thei
 titles, sorted A-Z by capability; a click on each card opens its workflow with the file's nodes,
 no missing or errored node and no console error beyond the front end's own known noise
 (``browser_page.KNOWN_FRONTEND_NOISE``), every widget showing the file's value and the schema's
-choices and ranges; and Run on the embedded text-to-video workflow shows a latent preview on
+choices and ranges, every node as large as the front end needs; a node added from the menu shows
+all its widgets; and Run on the embedded text-to-video workflow shows a latent preview on
 the sampler at each step (ComfyUI started with ``--preview-method auto``) and ends in a video
 preview on the page.
 
@@ -158,9 +159,34 @@ def test_every_card_opens_its_workflow_with_the_files_nodes_and_values(ui, schem
         problems = [p for n in state.values()
                     for p in widget_problems(n["type"], n["widgets"], schema.get(n["type"], {"input": {}}), absent_models)]
         assert problems == []
+        # every node of the file is as large as the front end needs to show all it holds, and not
+        # much taller (LoadImage's needs grow once its picture has loaded)
+        sizes = [(n["type"], n["size"], [round(v) for v in state[n["id"]]["min_size"]]) for n in saved["nodes"]]
+        assert [s for s in sizes if s[1][0] < s[2][0] or s[1][1] < s[2][1]] == [], "cut off"
+        assert [s for s in sizes if s[1][1] > s[2][1] + 40 and s[0] != "LoadImage"] == [], "empty space"
         assert console.unexpected(mark) == []
     finally:
         page.evaluate(CLOSE_WORKFLOW_JS)     # one tab open at a time
+
+
+def test_each_node_added_from_the_menu_opens_showing_all_its_widgets_without_empty_space(ui, schema):
+    """A node the front end creates (as the node search and menu do) gets at least the size that
+    shows every socket and widget, and no more height than its text boxes may take."""
+    page, console = ui
+    mark = console.mark()
+    ours = sorted(k for k in schema if k.startswith("Spacetime"))
+    sizes = page.evaluate("""types => types.map(t => {
+        const n = LiteGraph.createNode(t); window.app.graph.add(n);
+        const r = {type: t, size: [...n.size], min: [...n.computeSize()],
+                   text_boxes: (n.widgets || []).filter(w => w.type === 'customtext').length};
+        window.app.graph.remove(n);
+        return r; })""", ours)
+    assert [s["type"] for s in sizes] == ours
+    for s in sizes:
+        (w, h), (min_w, min_h) = s["size"], s["min"]
+        assert w >= min_w - 0.5 and h >= min_h - 0.5, s                     # nothing cut off
+        assert w <= 420 and h <= min_h + (120 if s["text_boxes"] else 0.5), s   # nothing empty
+    assert console.unexpected(mark) == []
 
 
 def test_templates_browser_lists_the_packs_workflows_with_their_cards(ui, ui_host, shots):

@@ -108,6 +108,9 @@ def test_node_specs_match_object_info(object_info):
         assert [(n, t) for n, t, o in _inputs(info) if t not in WIDGET_TYPES or o.get("forceInput")] == sockets, \
             node_type
         assert [t for _, t in outputs] == list(info["output"]), node_type
+        # the text boxes, which the node sizes in the UI files allow for
+        assert {n for n, t, o in _inputs(info) if t == "STRING" and o.get("multiline")} == \
+            {w for t, w in mw.MULTILINE if t == node_type}, node_type
 
 
 def _check_api(name: str, graph: dict, object_info: dict) -> None:
