@@ -49,8 +49,10 @@ class SpacetimeModelDownload(SpacetimeNode):
                         "cache without network) and outputs its file name for a loader.",
             inputs=[io.Combo.Input("model", options=ids, default=ids[0] if ids else None,
                                    tooltip="catalog id (spacetime-video models list)")],
-            outputs=[io.String.Output("file_name", tooltip="name inside the model folder"),
-                     io.String.Output("folder", tooltip="the ComfyUI model folder it went to")],
+            outputs=[io.String.Output("file_name", display_name="file_name",
+                                      tooltip="the file's name inside its model folder, for a loader's file input"),
+                     io.String.Output("folder", display_name="model_folder",
+                                      tooltip="the ComfyUI model folder it went to (diffusion_models, vae, ...)")],
         )
 
     @classmethod

@@ -157,7 +157,9 @@ class SpacetimeLongVideo(SpacetimeNode):
                 io.Float.Input("low_noise_cfg", default=3.0, min=0.0, max=100.0, step=0.1, optional=True,
                                tooltip="guidance scale of the low-noise expert"),
             ],
-            outputs=[io.Video.Output("video"), io.String.Output("run_folder")],
+            outputs=[io.Video.Output("video", display_name="video"),
+                     io.String.Output("run_folder", display_name="run_folder",
+                                      tooltip="the folder of this run's window checkpoints, under output/")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )

@@ -28,8 +28,17 @@ def test_every_input_has_a_tooltip(object_info):
 
 
 def test_outputs_are_named_for_what_they_carry(object_info):
+    """A socket's name is what a user reads on the node: not our internal type names, and a plain
+    value (text, number) says what it is rather than "STRING"; two outputs of a node never share one."""
     nodes = _ours(object_info)
     bad = [f"{k}: {n}" for k, v in nodes.items() for n in v.get("output_name", []) if n.startswith("SPACETIME_")]
     assert bad == []
+    plain = {"STRING", "INT", "FLOAT", "BOOLEAN"}
+    bad = [f"{k}: {n}" for k, v in nodes.items() for t, n in zip(v["output"], v.get("output_name", []))
+           if t in plain and n == t]
+    assert bad == []
+    assert [k for k, v in nodes.items() if len(set(v["output_name"])) < len(v["output_name"])] == []
     assert nodes["SpacetimeEmbeddedLoader"]["output_name"] == ["MODEL", "VAE", "text_encoder"]
     assert nodes["SpacetimeLoadVideo"]["output_name"] == ["images", "fps", "frame_count", "video"]
+    assert nodes["SpacetimeModelDownload"]["output_name"] == ["file_name", "model_folder"]
+    assert nodes["SpacetimeLongVideo"]["output_name"] == ["video", "run_folder"]
