@@ -174,7 +174,7 @@ def generate_embedded(prompt: str, frames: int = C.FRAMES, steps: int | None = N
     guided against ``negative`` (the empty caption by default).
 
     ``distilled``: the model with its 4-step distilled LoRA (``load_embedded(distilled=True)``; a
-    ``model`` given is used as it is), sampled as it was trained: 4 Euler steps without guidance
+    ``model`` given is used as it is), sampled with its defaults: 4 UniPC steps without guidance
     (4 DiT evaluations instead of 40). ``steps`` / ``guidance`` / ``solver`` left None take the
     defaults of the model chosen (20 UniPC steps, guidance 4 without ``distilled``)."""
     m = model or load_embedded(distilled=distilled)

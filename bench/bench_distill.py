@@ -4,7 +4,8 @@ The 22 held-out prompts of the embedded evaluation set (11 held-out colour/shape
 combinations x 2, the seeds and backgrounds of ``training/evaluate.py``), each sampled:
 
 * 20 UniPC steps with guidance 4 (40 DiT evaluations): the reference, what the LoRA was distilled from;
-* 4 Euler steps, cfg 1, with the distilled LoRA (4 evaluations);
+* 4 steps, cfg 1, with the distilled LoRA (4 evaluations): UniPC (the default) and Euler (what it
+  was trained for);
 * 4 Euler steps, cfg 1, without it (4 evaluations), and 4 UniPC steps with guidance 4 (8 evaluations):
   the base model at the same few steps.
 
@@ -12,7 +13,10 @@ For each: the prompts whose colour, shape and motion the analyser reads as asked
 attribute alone), PSNR of the decoded clip against the 20-step clip of the same seed, and the
 wall time of one clip (text, sampling and decode).
 
-    python bench/bench_distill.py [--threads 2]
+``--prompts validation``: the same held-out combinations on 44 other seeds (the
+3rd to 6th of each combination), for choosing sampling settings without looking at the 22.
+
+    python bench/bench_distill.py [--threads 2] [--prompts heldout|validation]
 
 Results with date, machine and command: bench/RESULTS.md.
 """
@@ -34,7 +38,8 @@ from spacetime_video.training.train_vae import psnr
 
 SETTINGS = {  # name -> (DiT evaluations, generate_embedded options)
     "20 steps, unipc, guidance 4": (40, dict(steps=20, guidance=C.DEFAULT_GUIDANCE, solver="unipc")),
-    "4 steps, distilled LoRA, euler, cfg 1": (4, dict(distilled=True)),
+    "4 steps, distilled LoRA, unipc, cfg 1": (4, dict(distilled=True)),
+    "4 steps, distilled LoRA, euler, cfg 1": (4, dict(distilled=True, solver="euler")),
     "4 steps, no LoRA, euler, cfg 1": (4, dict(steps=4, guidance=1.0, solver="euler")),
     "4 steps, no LoRA, unipc, guidance 4": (8, dict(steps=4, guidance=C.DEFAULT_GUIDANCE, solver="unipc")),
 }
@@ -43,13 +48,15 @@ SETTINGS = {  # name -> (DiT evaluations, generate_embedded options)
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompts", choices=("heldout", "validation"), default="heldout")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     base, distilled = load_embedded(), load_embedded(distilled=True)
-    prompts = heldout_prompts()
+    prompts = heldout_prompts() if a.prompts == "heldout" else \
+        [p for i, p in enumerate(heldout_prompts(per_combo=6)) if i % 6 >= 2]
     generate_embedded("a red ball rolls to the left", model=base, steps=2)          # warm-up
     refs: list[torch.Tensor] = []
-    print(f"## embedded model, {len(prompts)} held-out prompts, {a.threads} threads")
+    print(f"## embedded model, {len(prompts)} {a.prompts} prompts, {a.threads} threads")
     print("| sampling | DiT evaluations | adherent prompts (colour, shape, motion all right) | colour / shape / "
           "motion right | PSNR vs 20 steps, mean / min (dB) | wall time a clip (s) |")
     print("|---|---|---|---|---|---|")

@@ -45,6 +45,6 @@ def _load_distilled(folder: str, device: str) -> EmbeddedModel:
 def load_embedded(folder: str | Path | None = None, device: str = "cpu", distilled: bool = False) -> EmbeddedModel:
     """The shipped tiny model (``model/embedded/weights/``), or one saved elsewhere; cached.
     ``distilled``: its DiT with the folder's 4-step LoRA (``config.DISTILL_FILE``) merged in, to be
-    sampled with ``config.DISTILLED_STEPS`` Euler steps and no guidance."""
+    sampled with ``config.DISTILLED_STEPS`` steps of ``config.DISTILLED_SOLVER`` and no guidance."""
     load = _load_distilled if distilled else _load_cached
     return load(str(folder or config.WEIGHTS_DIR), device)
