@@ -301,8 +301,16 @@ def test_node_search_on_an_empty_canvas_finds_the_packs_nodes(ui, shots):
     page.evaluate("() => window.app.graph.clear()")
     page.mouse.dblclick(700, 450)
     page.keyboard.type("Spacetime")
-    page.wait_for_timeout(800)
+    # the search box filters as it is typed (debounced): wait for the whole word's results
+    options = "li[role='option']"
+    try:
+        page.wait_for_function(f"""() => {{
+            const texts = [...document.querySelectorAll("{options}")].map(e => e.innerText).filter(t => t.trim());
+            return texts.length >= 5 && texts.slice(0, 5).every(t => t.includes("Spacetime >"));
+        }}""", timeout=15000)
+    except Exception:  # noqa: BLE001 - the assertion below reports what the box shows
+        pass
     keep_for_docs(save_screenshot(page, shots, "ui_node_search"))
-    results = [r for r in page.locator("li[role='option']").all_inner_texts() if r.strip()]
+    results = [r for r in page.locator(options).all_inner_texts() if r.strip()]
     assert len(results) >= 5 and all("Spacetime >" in r for r in results[:5]), results[:5]
     page.keyboard.press("Escape")
