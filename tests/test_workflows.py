@@ -11,6 +11,7 @@ import pytest
 
 from nodes_helpers import error_message, run, saved_files, write_inputs, write_tiny_models
 from spacetime_video.headless import templates as mw
+from spacetime_video.headless import workflow_graph
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 API = WORKFLOWS / mw.API_DIR   # the API twins and models.json
@@ -101,7 +102,7 @@ def test_template_titles_say_capability_then_model_in_plain_safe_words():
 
 @pytest.mark.host
 def test_node_specs_match_object_info(object_info):
-    for node_type, (sockets, widgets, outputs) in mw.NODE_SPECS.items():
+    for node_type, (sockets, widgets, outputs) in workflow_graph.NODE_SPECS.items():
         info = object_info.get(node_type)
         assert info is not None, f"{node_type} is not registered"
         assert widgets == _widgets(info), node_type
@@ -110,7 +111,7 @@ def test_node_specs_match_object_info(object_info):
         assert [t for _, t in outputs] == list(info["output"]), node_type
         # the text boxes, which the node sizes in the UI files allow for
         assert {n for n, t, o in _inputs(info) if t == "STRING" and o.get("multiline")} == \
-            {w for t, w in mw.MULTILINE if t == node_type}, node_type
+            {w for t, w in workflow_graph.MULTILINE if t == node_type}, node_type
 
 
 def _check_api(name: str, graph: dict, object_info: dict) -> None:
