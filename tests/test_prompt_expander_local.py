@@ -15,7 +15,7 @@ import torch
 
 import spacetime_video as st
 from spacetime_video.model import prompt_expander as pe
-from spacetime_video.model.prompt_expander.backends import hf_local
+from spacetime_video.model.prompt_expander.backends import hf_local, hf_models
 
 REPO = "someone/Big-Model"
 
@@ -24,8 +24,8 @@ REPO = "someone/Big-Model"
 def fresh(tmp_path, monkeypatch):
     pe.clear_memory_cache()
     monkeypatch.setattr(hf_local, "_LOADED", {})
-    monkeypatch.setattr(hf_local, "MEMINFO", str(tmp_path / "meminfo"))
-    monkeypatch.delenv(hf_local.DOWNLOAD_TIMEOUT_ENV, raising=False)
+    monkeypatch.setattr(hf_models, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.delenv(hf_models.DOWNLOAD_TIMEOUT_ENV, raising=False)
     meminfo(tmp_path, 64 * 2**20)
 
 
@@ -42,7 +42,7 @@ def sleeping_child(tmp_path, monkeypatch):
     def command(repo_id, folder, result, max_bytes):
         script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
         return [sys.executable, "-c", script, str(pid_file)]
-    monkeypatch.setattr(hf_local, "_download_command", command)
+    monkeypatch.setattr(hf_models, "_download_command", command)
     return pid_file
 
 
@@ -67,14 +67,14 @@ def test_should_stop_ends_the_download_within_a_second(tmp_path, sleeping_child)
 
 
 def test_the_deadline_ends_the_download(tmp_path, sleeping_child, monkeypatch):
-    monkeypatch.setenv(hf_local.DOWNLOAD_TIMEOUT_ENV, "0.6")
+    monkeypatch.setenv(hf_models.DOWNLOAD_TIMEOUT_ENV, "0.6")
     t0 = time.monotonic()
     with pytest.raises(pe.DownloadTimedOut) as err:
         expand(tmp_path, on_error="raise")
     assert 0.6 <= time.monotonic() - t0 < 1.6
     msg = str(err.value)
     assert REPO in msg and "within 0.6s" in msg and "resumes when run again" in msg
-    assert hf_local.DOWNLOAD_TIMEOUT_ENV in msg and "huggingface-cli download" in msg
+    assert hf_models.DOWNLOAD_TIMEOUT_ENV in msg and "huggingface-cli download" in msg
     assert isinstance(err.value, pe.ServerTimeout) and not err.value.retryable
     assert_ended(sleeping_child)
     assert expand(tmp_path, on_error="fallback", seed=3) == st.model.expand_prompt("a red fox", seed=3)
@@ -82,7 +82,7 @@ def test_the_deadline_ends_the_download(tmp_path, sleeping_child, monkeypatch):
 
 
 def test_a_bad_download_timeout_is_named(tmp_path, sleeping_child, monkeypatch):
-    monkeypatch.setenv(hf_local.DOWNLOAD_TIMEOUT_ENV, "soon")
+    monkeypatch.setenv(hf_models.DOWNLOAD_TIMEOUT_ENV, "soon")
     with pytest.raises(ValueError, match="SPACETIME_DOWNLOAD_TIMEOUT='soon' is not a number of seconds"):
         expand(tmp_path, on_error="fallback")
 
@@ -129,12 +129,12 @@ def test_a_repo_larger_than_the_ram_is_not_downloaded(tmp_path, fake_hub):
 
 
 def test_the_real_child_downloads_only_safetensors_and_tokenizer_files(tmp_path, fake_hub):
-    folder = hf_local.ensure_downloaded(*hf_local.resolve(REPO, tmp_path / "LLM", vision=False))
+    folder = hf_models.ensure_downloaded(*hf_models.resolve(REPO, tmp_path / "LLM", vision=False))
     repo_id, local_dir, patterns = json.loads(fake_hub.read_text())
     assert (repo_id, local_dir, folder) == (REPO, str(tmp_path / "LLM" / "Big-Model"), tmp_path / "LLM" / "Big-Model")
-    assert patterns == hf_local.ALLOW_PATTERNS
+    assert patterns == hf_models.ALLOW_PATTERNS
     assert not any(p.endswith((".bin", ".pt", ".pth", ".pkl", ".py")) or p in ("*", "*.*") for p in patterns)
-    assert (folder / hf_local.REPO_MARKER).read_text().strip() == REPO
+    assert (folder / hf_models.REPO_MARKER).read_text().strip() == REPO
 
 
 def _folder(tmp_path, name: str, gib: float = 0, stored: str = "bfloat16"):
@@ -164,7 +164,7 @@ def test_a_model_larger_than_the_available_ram_is_refused_before_loading(tmp_pat
     meminfo(tmp_path, 1 * 2**20)
     with pytest.raises(pe.BackendUnavailable, match="needs about 3.0 GiB.*only 1.0 GiB"):
         hf_local.check_memory(folder, torch.bfloat16)
-    monkeypatch.setattr(hf_local, "MEMINFO", str(tmp_path / "missing"))  # unreadable: no check
+    monkeypatch.setattr(hf_models, "MEMINFO", str(tmp_path / "missing"))  # unreadable: no check
     hf_local.check_memory(folder, torch.float32)
     assert hf_local.mem_available() is None
 
@@ -209,13 +209,13 @@ def models(tmp_path):
 
 
 def test_local_folders_inside_models_dir_are_used(models):
-    assert hf_local.resolve("mine", models, vision=False) == (None, models / "mine")
-    assert hf_local.resolve(str(models / "mine"), models, vision=False) == (None, models / "mine")
-    assert hf_local.resolve("link-in", models, vision=False) == (None, models / "mine")
-    assert hf_local.resolve("Qwen/Qwen2.5-7B-Instruct", models, vision=False) == \
+    assert hf_models.resolve("mine", models, vision=False) == (None, models / "mine")
+    assert hf_models.resolve(str(models / "mine"), models, vision=False) == (None, models / "mine")
+    assert hf_models.resolve("link-in", models, vision=False) == (None, models / "mine")
+    assert hf_models.resolve("Qwen/Qwen2.5-7B-Instruct", models, vision=False) == \
         ("Qwen/Qwen2.5-7B-Instruct", models / "Qwen2.5-7B-Instruct")
     default = models / "Qwen2.5-VL-3B-Instruct"
-    assert hf_local.resolve("", models, vision=True) == (hf_local.DEFAULT_VISION_MODEL, default)
+    assert hf_models.resolve("", models, vision=True) == (hf_models.DEFAULT_VISION_MODEL, default)
 
 
 @pytest.mark.parametrize("model, words", [
@@ -233,7 +233,7 @@ def test_local_folders_inside_models_dir_are_used(models):
 def test_paths_out_of_models_dir_are_refused(models, tmp_path, model, words):
     model = model.replace("{tmp}", str(tmp_path))
     with pytest.raises(ValueError, match=words):
-        hf_local.resolve(model, models, vision=False)
+        hf_models.resolve(model, models, vision=False)
     with pytest.raises(ValueError, match=words):  # through the library call, fallback or not
         st.model.expand_prompt("a fox", backend="hf", model=model, models_dir=models, on_error="fallback", cache=False)
 
@@ -243,10 +243,10 @@ def test_a_repo_folder_is_not_taken_over_by_another_owner(models):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"")
-    (folder / hf_local.REPO_MARKER).write_text("Qwen/Qwen2.5-3B-Instruct\n")
-    assert hf_local.ensure_downloaded("Qwen/Qwen2.5-3B-Instruct", folder) == folder
+    (folder / hf_models.REPO_MARKER).write_text("Qwen/Qwen2.5-3B-Instruct\n")
+    assert hf_models.ensure_downloaded("Qwen/Qwen2.5-3B-Instruct", folder) == folder
     with pytest.raises(pe.BackendUnavailable, match="holds Qwen/Qwen2.5-3B-Instruct, not evil/Qwen2.5-3B-Instruct"):
-        hf_local.ensure_downloaded("evil/Qwen2.5-3B-Instruct", folder)
+        hf_models.ensure_downloaded("evil/Qwen2.5-3B-Instruct", folder)
 
 
 def test_a_repo_id_downloads_into_models_dir_and_records_its_origin(models, monkeypatch):
@@ -258,13 +258,13 @@ def test_a_repo_id_downloads_into_models_dir_and_records_its_origin(models, monk
                   "(d / 'config.json').write_text('{}'); (d / 'model.safetensors').write_bytes(b''); "
                   "pathlib.Path(sys.argv[2]).write_text(json.dumps({'path': str(d)}))")
         return [sys.executable, "-c", script, str(folder), str(result)]
-    monkeypatch.setattr(hf_local, "_download_command", fake_command)
-    repo_id, folder = hf_local.resolve("Qwen2.5_7B", models, vision=False)
-    assert hf_local.ensure_downloaded(repo_id, folder) == models / "Qwen2.5-7B-Instruct"
+    monkeypatch.setattr(hf_models, "_download_command", fake_command)
+    repo_id, folder = hf_models.resolve("Qwen2.5_7B", models, vision=False)
+    assert hf_models.ensure_downloaded(repo_id, folder) == models / "Qwen2.5-7B-Instruct"
     assert calls == [("Qwen/Qwen2.5-7B-Instruct", models / "Qwen2.5-7B-Instruct")]
-    assert (folder / hf_local.REPO_MARKER).read_text().strip() == "Qwen/Qwen2.5-7B-Instruct"
+    assert (folder / hf_models.REPO_MARKER).read_text().strip() == "Qwen/Qwen2.5-7B-Instruct"
     with pytest.raises(pe.BackendUnavailable, match="not other/Qwen2.5-7B-Instruct"):
-        hf_local.ensure_downloaded(*hf_local.resolve("other/Qwen2.5-7B-Instruct", models, vision=False))
+        hf_models.ensure_downloaded(*hf_models.resolve("other/Qwen2.5-7B-Instruct", models, vision=False))
     assert len(calls) == 1
 
 
