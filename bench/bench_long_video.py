@@ -13,11 +13,15 @@ windows (17 frames) for every method; each row is the mean over the seeds (``--s
 - ComfyUI's own context windows (``WanContextWindowsManual``, 17 frames, overlap 5) on our MODEL of
   the embedded model, the whole latent sampled at once under one prompt (the node takes one).
 
-Printed: the measures of ``long_metrics.py`` per method, then the memory and time of ours for
+Printed: the measures of ``long_metrics.py`` per method (and, per method, how the segments that
+start with little room ahead fare: ``long_metrics.room``), then the memory and time of ours for
 10 s and for 60 s (each in a fresh process: peak RSS and wall time), as ratios. With 3 seeds
 the run takes about 40 minutes on 2 CPU cores.
 
-    python bench/bench_long_video.py [--parts methods,scaling] [--threads 1]
+``--segment 2`` makes the same minute of 30 two-second segments (a segment as long as the
+world's training clips, so its motion fits in the frame).
+
+    python bench/bench_long_video.py [--parts methods,scaling] [--segment 4] [--threads 1]
 """
 from __future__ import annotations
 
@@ -137,13 +141,14 @@ def native(text: str, seed: int) -> torch.Tensor:
     return ((m.vae.decode(z)[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
 
 
-def methods(seeds: list[int], names: list[str]) -> None:
+def methods(seeds: list[int], names: list[str], segment: float = 4.0) -> None:
     """Each method on each seed; the table gives the mean of each measure over the seeds."""
-    text, segs = storyboard(60)
-    print(f"storyboard: 15 segments of 4 s, cycle {', '.join(CYCLE)}; seeds {seeds}")
+    text, segs = storyboard(60, segment)
+    print(f"storyboard: {len(segs)} segments of {segs[0][0]:g} s, cycle {', '.join(CYCLE)}; seeds {seeds}")
     print(L.HEADER)
+    notes = []
     for name in names:
-        options, runs, t0 = METHODS[name], [], time.perf_counter()
+        options, runs, rooms, t0 = METHODS[name], [], [], time.perf_counter()
         for seed in seeds:
             if options in ("naive", "native"):
                 frames = (naive if options == "naive" else native)(text, seed)
@@ -152,8 +157,12 @@ def methods(seeds: list[int], names: list[str]) -> None:
             else:
                 frames = generate_long_embedded(text, seed=seed, **options).frames
             runs.append(L.measure(frames, segs, FPS))
+            rooms += L.room(frames, segs, FPS)
         mean = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
         print(L.row(name, mean, f"{(time.perf_counter() - t0) / len(seeds):.0f} s a run"), flush=True)
+        notes.append(f"{name}: {L.room_line(rooms)}")
+    print("\nWhere the segments that ask for a direction start (travel left before the frame's edge):")
+    print("\n".join(f"- {n}" for n in notes))
 
 
 def one_run(seconds: float, seed: int) -> None:
@@ -185,6 +194,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2", help="seeds of the methods part")
     p.add_argument("--methods", default=",".join(str(i) for i in range(len(METHODS))),
                    help="which rows of the methods part (indices)")
+    p.add_argument("--segment", type=float, default=4.0,
+                   help="seconds of each segment of the methods part's storyboard (the issue's: 4)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--one", type=float, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -194,7 +205,7 @@ def main() -> None:
         return
     if "methods" in a.parts:
         names = list(METHODS)
-        methods([int(x) for x in a.seeds.split(",")], [names[int(i)] for i in a.methods.split(",")])
+        methods([int(x) for x in a.seeds.split(",")], [names[int(i)] for i in a.methods.split(",")], a.segment)
     if "scaling" in a.parts:
         scaling(a.seed, a.threads)
 

@@ -12,6 +12,11 @@ motion; ``frames`` are IMAGE ``[n, 64, 64, 3]`` in 0..1 and ``segments`` the sto
 - seams: the largest mean absolute frame-to-frame change over the median one;
 - drift: the largest per-channel difference (in 1/255) between the background colour (median
   of the border pixels) of the last second and of the first.
+
+``room``: for each segment that asks for a direction, how far (pixels) its object's centre can
+still travel that way from where the segment starts before it leaves the embedded world's tracks
+(which keep a centre ``TRACK_MARGIN`` pixels inside the frame), and whether the segment moved
+that way: where the storyboard asks for more travel than the frame holds.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from spacetime_video.training.analyser import analyse
 FG_DIST = 0.15     # as the analyser: farther than this from the background is an object pixel
 MIN_BLOB = 6       # pixels
 MAX_STEP = 6.0     # pixels between consecutive frames
+TRACK_MARGIN = 12.8  # training/world.py: a track keeps its centre 1.35 r + 2 px inside (r about 8 px)
 
 
 def background(frames: torch.Tensor) -> torch.Tensor:
@@ -83,6 +89,30 @@ def measure(frames: torch.Tensor, segments: list[tuple[float, str, str, str]], f
             "one_object": sum(one) / n, "smooth": sum(steps) / max(len(steps), 1),
             "seam_ratio": float(change.max() / change.median().clamp_min(1e-6)), "drift": float(drift),
             "frames": n}
+
+
+def room(frames: torch.Tensor, segments: list[tuple[float, str, str, str]], fps: float) -> list[tuple[float, bool]]:
+    """(pixels of travel left ahead at the segment's first frame, moved the storyboard's way) per
+    segment with a direction whose first frame shows an object."""
+    n, size, bg, out, start = frames.shape[0], frames.shape[2], background(frames), [], 0.0
+    for s in segments:
+        end = start + s[0] * fps
+        a, b = int(math.ceil(start)), min(n, int(math.floor(end)) + 1)
+        start = end
+        found = blobs(frames[a], bg) if a < n else []
+        if s[3] not in ("left", "right", "up", "down") or not found:
+            continue
+        x, y, _ = max(found, key=lambda t: t[2])
+        ahead = {"right": size - x, "left": x, "up": y, "down": size - y}[s[3]] - TRACK_MARGIN
+        out.append((ahead, analyse(frames[a:b]).motion == s[3]))
+    return out
+
+
+def room_line(rows: list[tuple[float, bool]], split: float = 20.0) -> str:
+    near = [ok for r, ok in rows if r < split]
+    far = [ok for r, ok in rows if r >= split]
+    return (f"segments starting with under {split:g} px of travel left: {sum(near)} / {len(near)} move the right "
+            f"way; with {split:g} px or more: {sum(far)} / {len(far)}")
 
 
 def row(name: str, m: dict, extra: str = "") -> str:
