@@ -120,7 +120,9 @@ class SpacetimeLongVideo(SpacetimeNode):
                              tooltip="frames per window: the model's native length, 1 + 4k (Wan: 81; embedded: 17)"),
                 io.Int.Input("overlap", default=OVERLAP_DEFAULT, min=1, max=250,
                              tooltip="latent frames each window keeps from the one before (1 + 4 (overlap - 1) "
-                                     "video frames); less than the window's latent frames"),
+                                     "video frames); less than the window's latent frames. 1: the last "
+                                     "frame alone, for segments about a window long; 2: five frames, so "
+                                     "the speed carries across joints in longer segments"),
                 io.Combo.Input("continuity", options=list(CONTINUITY), default=CONTINUITY[0],
                                tooltip="pixels: each window is a clip of its own that starts with the last frames "
                                        "(as extend forward); latents: one latent video decoded as one"),
