@@ -44,6 +44,19 @@ STORYBOARD_EXAMPLE = ("4: a red circle moves to the right on a black background\
                       "4: a red circle moves to the left on a black background")
 
 
+def _progress_text(node_id):
+    """text -> a line shown on the node (ComfyUI's progress text, which the front end draws under
+    the node's widgets); a no-op without a server or a node id."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return lambda text: None
+    server = getattr(PromptServer, "instance", None)
+    if server is None or node_id is None:
+        return lambda text: None
+    return lambda text: server.send_progress_text(text, str(node_id))
+
+
 def _encoder(text_encoder, clip):
     """text -> CONDITIONING tensor [1, L, D], from the embedded text encoder or a ComfyUI CLIP."""
     if text_encoder is not None:
@@ -162,7 +175,7 @@ class SpacetimeLongVideo(SpacetimeNode):
             outputs=[io.Video.Output("video", display_name="video"),
                      io.String.Output("run_folder", display_name="run_folder",
                                       tooltip="the folder of this run's window checkpoints, under output/")],
-            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo, io.Hidden.unique_id],
             is_output_node=True,
         )
 
@@ -192,6 +205,7 @@ class SpacetimeLongVideo(SpacetimeNode):
         sigmas = samplers.flow_sigmas(steps, shift)
         pbar = comfy.utils.ProgressBar(steps)
         state = {"window": 0, "windows": 1}                    # progress: windows done, windows in all
+        say, made = _progress_text(cls.hidden.unique_id), {}
         i2v = _concat_channels(model) > 0
         if i2v and (image is None or continuity != "pixels"):
             raise node_error(cls, "image" if image is None else "continuity",
@@ -213,6 +227,7 @@ class SpacetimeLongVideo(SpacetimeNode):
             def step(i, *_):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 pbar.update_absolute(win.index * steps + i + 1, state["windows"] * steps)
+                say(f"window {win.index + 1} of {state['windows']}: step {i + 1} of {steps}")
 
             return sample_latent(model, [[_mix(conds, weights), {}]], [[uncond, {}]], latent, latent["samples"], noise,
                                  sigmas, seed=seed, cfg=cfg, solver=solver, low_noise_model=low_noise_model,
@@ -222,6 +237,8 @@ class SpacetimeLongVideo(SpacetimeNode):
         def progress(done, total):
             state["window"], state["windows"] = done, total
             log.info("SpacetimeLongVideo: window %d of %d done", done, total)
+            resumed = made["run"].state.resumed if "run" in made else 0
+            say(f"{done} of {total} windows done" + (f", {resumed} read back from checkpoints" if resumed else ""))
 
         inner = model.model.diffusion_model
         settings_name = _fingerprint(model, vae)
@@ -243,6 +260,7 @@ class SpacetimeLongVideo(SpacetimeNode):
                               expand=expand, start=start)
         except StoryboardError as e:
             raise node_error(cls, _input_of(e), str(e)) from None
+        made["run"] = run
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, width, height)
         metadata = {"storyboard": storyboard, "seed": seed, "run_folder": f"{RUNS}/{run_dir.name}"}
         if cls.hidden.prompt is not None:
@@ -256,6 +274,9 @@ class SpacetimeLongVideo(SpacetimeNode):
                              "free some disk space and queue it again to resume") from None
         except CheckpointError as e:       # a checkpoint that cannot be used: nothing is deleted
             raise SpacetimeNodeError(f"SpacetimeLongVideo: {e} (in {RUNS}/)") from None
+        st = run.state
+        say(f"done: {state['windows']} windows ({st.resumed} read back from checkpoints), {st.frames_out} frames "
+            f"in {path.name}")
         video = InputImpl.VideoFromFile(str(path))
         saved = ui.SavedResult(path.name, subfolder, io.FolderType.output)
         return io.NodeOutput(video, f"{RUNS}/{run_dir.name}", ui=ui.PreviewVideo([saved]))

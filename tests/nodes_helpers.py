@@ -36,6 +36,47 @@ def run(host, prompt: dict, extra_data: dict | None = None, timeout: float = 120
     return wait(host, body["prompt_id"], timeout)
 
 
+PREVIEW_IMAGE, PROGRESS_TEXT = 1, 3   # ComfyUI's protocol.BinaryEventTypes
+
+
+def run_listening(host, graph: dict, timeout: float = 240.0) -> tuple[list[tuple], dict]:
+    """Queue ``graph`` on a websocket of its own and keep every message until the prompt ends, in
+    order: ("json", event), ("preview", PIL image) or ("text", node id, text: a node's progress
+    text); with the prompt's history entry."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    from spacetime_video.headless.progress import connect, receive
+    client_id = "spacetime-listen-" + uuid.uuid4().hex[:6]
+    ws = connect(host.url, client_id)
+    try:
+        status, body = host.client.post_json("/prompt", {"prompt": graph, "client_id": client_id})
+        assert status == 200, body
+        prompt_id, messages, t0 = body["prompt_id"], [], time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            msg = receive(ws, 1.0)
+            if isinstance(msg, bytes):
+                (event,) = struct.unpack(">I", msg[:4])
+                if event == PREVIEW_IMAGE:
+                    (image_format,) = struct.unpack(">I", msg[4:8])
+                    assert image_format == 1, image_format                     # JPEG
+                    messages.append(("preview", Image.open(io.BytesIO(msg[8:])).convert("RGB")))
+                elif event == PROGRESS_TEXT:
+                    (n,) = struct.unpack(">I", msg[4:8])
+                    messages.append(("text", msg[8:8 + n].decode(), msg[8 + n:].decode()))
+            elif msg:
+                event = json.loads(msg)
+                messages.append(("json", event))
+                if event["type"] in ("execution_success", "execution_error") \
+                        and event["data"].get("prompt_id") == prompt_id:
+                    return messages, wait(host, prompt_id)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{host.log_tail()}")
+    finally:
+        ws.close()
+
+
 def error_message(history: dict) -> str | None:
     for kind, data in history.get("status", {}).get("messages", []):
         if kind == "execution_error":

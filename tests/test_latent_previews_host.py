@@ -8,21 +8,16 @@ is no per-prompt switch), and the session ``host`` runs with ComfyUI's default, 
 """
 from __future__ import annotations
 
-import io
 import json
-import struct
-import time
-import uuid
 
 import pytest
 import torch
 
 from conftest import COMFY_DIR, ROOT
-from nodes_helpers import error_message, saved_files, wait
+from nodes_helpers import error_message, run_listening, saved_files
 
 pytestmark = pytest.mark.host
 
-PREVIEW_IMAGE = 1    # ComfyUI's protocol.BinaryEventTypes: 4-byte event, 4-byte image format, the image
 PREVIEW_SIZE = 256   # --preview-size: the server scales each preview to fit this square
 
 
@@ -34,36 +29,6 @@ def preview_host(tmp_path_factory):
         yield server
 
 
-def _run_collecting_previews(host, graph: dict, timeout: float = 240.0) -> tuple[list[tuple[str, object]], dict]:
-    """Queue ``graph`` on its own websocket; every message in order (("json", event) or
-    ("preview", PIL image)) until the prompt ends, and its history entry."""
-    from PIL import Image
-
-    from spacetime_video.headless.progress import connect, receive
-    client_id = "spacetime-previews-" + uuid.uuid4().hex[:6]
-    ws = connect(host.url, client_id)
-    try:
-        status, body = host.client.post_json("/prompt", {"prompt": graph, "client_id": client_id})
-        assert status == 200, body
-        prompt_id, messages, t0 = body["prompt_id"], [], time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            msg = receive(ws, 1.0)
-            if isinstance(msg, bytes):
-                event, image_format = struct.unpack(">II", msg[:8])
-                if event == PREVIEW_IMAGE:
-                    assert image_format == 1, image_format                     # JPEG
-                    messages.append(("preview", Image.open(io.BytesIO(msg[8:])).convert("RGB")))
-            elif msg:
-                event = json.loads(msg)
-                messages.append(("json", event))
-                if event["type"] in ("execution_success", "execution_error") \
-                        and event["data"].get("prompt_id") == prompt_id:
-                    return messages, wait(host, prompt_id)
-        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{host.log_tail()}")
-    finally:
-        ws.close()
-
-
 def test_embedded_t2v_sends_a_latent_preview_each_step(preview_host):
     import numpy as np
     from PIL import Image
@@ -73,7 +38,7 @@ def test_embedded_t2v_sends_a_latent_preview_each_step(preview_host):
     (sampler,) = [k for k, v in graph.items() if v["class_type"] == "SpacetimeSampler"]
     (canvas,) = [v["inputs"] for v in graph.values() if v["class_type"] == "SpacetimeCanvas"]
     steps = graph[sampler]["inputs"]["steps"] = 4
-    messages, history = _run_collecting_previews(preview_host, graph)
+    messages, history = run_listening(preview_host, graph)
     assert error_message(history) is None, error_message(history)
 
     # one preview per step, all while the sampler runs (after its first progress, before it is done)

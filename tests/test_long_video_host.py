@@ -1,6 +1,6 @@
 """The Long Video node on a real ComfyUI host: the shipped embedded long-video workflow (storyboard
-shortened, few steps) writes one MP4 with every frame, checkpoints every window, resumes when
-queued again, and names the input of a bad storyboard."""
+shortened, few steps) writes one MP4 with every frame, checkpoints every window, says on the node
+which window and step it is on, resumes when queued again, and names the input of a bad storyboard."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes_helpers import error_message, run, saved_files
+from nodes_helpers import error_message, run, run_listening, saved_files
 
 API = Path(__file__).resolve().parents[1] / "workflows" / "api"
 STORYBOARD = "2: a red circle moves to the right on a black background\n" \
@@ -22,11 +22,24 @@ def _graph(**inputs) -> dict:
     return g
 
 
+def _texts(messages: list[tuple], graph: dict) -> list[str]:
+    """The Long Video node's progress texts, in order."""
+    (nid,) = [k for k, v in graph.items() if v["class_type"] == "SpacetimeLongVideo"]
+    return [m[2] for m in messages if m[0] == "text" and m[1] == nid]
+
+
 @pytest.mark.host
 def test_long_video_workflow_streams_checkpoints_and_resumes(host):
     from spacetime_video.nodes.video_file import read_metadata, read_video
-    h = run(host, _graph(), timeout=300)
+    graph = _graph()
+    messages, h = run_listening(host, graph, timeout=300)
     assert error_message(h) is None, error_message(h)
+    # the node says which window and step it is on, then what it wrote
+    texts = _texts(messages, graph)
+    steps = [f"window {w} of 2: step {i} of 3" for w in (1, 2) for i in (1, 2, 3)]
+    assert [t for t in texts if t.startswith("window ")] == steps, texts
+    assert texts.index("1 of 2 windows done") > texts.index(steps[2])
+    assert texts[-1].startswith("done: 2 windows (0 read back from checkpoints), 33 frames in "), texts
     (item,) = saved_files(h)
     path = host.base_dir / "output" / item["subfolder"] / item["filename"]
     frames, fps = read_video(path)
@@ -37,8 +50,12 @@ def test_long_video_workflow_streams_checkpoints_and_resumes(host):
     windows = sorted(p.name for p in run_dir.glob("window_*.safetensors"))
     assert windows == [f"window_{i:05d}.safetensors" for i in range(2)]   # 9 latent frames: 2 windows at overlap 1
     stamps = [(run_dir / w).stat().st_mtime_ns for w in windows]
-    h2 = run(host, _graph(filename_prefix="spacetime/long_again"), timeout=300)   # same settings: resumes
+    again_graph = _graph(filename_prefix="spacetime/long_again")                  # same settings: resumes
+    messages, h2 = run_listening(host, again_graph, timeout=300)
     assert error_message(h2) is None, error_message(h2)
+    texts = _texts(messages, again_graph)
+    assert not [t for t in texts if t.startswith("window ")], texts                  # nothing sampled
+    assert "2 of 2 windows done, 2 read back from checkpoints" in texts, texts
     (item2,) = saved_files(h2)
     again, _ = read_video(host.base_dir / "output" / item2["subfolder"] / item2["filename"])
     assert [(run_dir / w).stat().st_mtime_ns for w in windows] == stamps          # read back, not made again
