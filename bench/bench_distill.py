@@ -5,7 +5,8 @@ combinations x 2, the seeds and backgrounds of ``training/evaluate.py``), each s
 
 * 20 UniPC steps with guidance 4 (40 DiT evaluations): the reference, what the LoRA was distilled from;
 * 4 steps, cfg 1, with the distilled LoRA (4 evaluations): UniPC (the default) and Euler (what it
-  was trained for);
+  was trained for); and the LoRA within the 8 evaluations that 5x fewer allows: 6 UniPC or 8 Euler
+  steps without guidance, or 4 steps with guidance 2;
 * 4 Euler steps, cfg 1, without it (4 evaluations), and 4 UniPC steps with guidance 4 (8 evaluations):
   the base model at the same few steps.
 
@@ -40,6 +41,10 @@ SETTINGS = {  # name -> (DiT evaluations, generate_embedded options)
     "20 steps, unipc, guidance 4": (40, dict(steps=20, guidance=C.DEFAULT_GUIDANCE, solver="unipc")),
     "4 steps, distilled LoRA, unipc, cfg 1": (4, dict(distilled=True)),
     "4 steps, distilled LoRA, euler, cfg 1": (4, dict(distilled=True, solver="euler")),
+    # the 5x allows 8 evaluations: the LoRA at more steps, or with some guidance back
+    "6 steps, distilled LoRA, unipc, cfg 1": (6, dict(distilled=True, steps=6)),
+    "8 steps, distilled LoRA, euler, cfg 1": (8, dict(distilled=True, steps=8, solver="euler")),
+    "4 steps, distilled LoRA, unipc, guidance 2": (8, dict(distilled=True, guidance=2.0)),
     "4 steps, no LoRA, euler, cfg 1": (4, dict(steps=4, guidance=1.0, solver="euler")),
     "4 steps, no LoRA, unipc, guidance 4": (8, dict(steps=4, guidance=C.DEFAULT_GUIDANCE, solver="unipc")),
 }
