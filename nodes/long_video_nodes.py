@@ -275,8 +275,9 @@ class SpacetimeLongVideo(SpacetimeNode):
         except CheckpointError as e:       # a checkpoint that cannot be used: nothing is deleted
             raise SpacetimeNodeError(f"SpacetimeLongVideo: {e} (in {RUNS}/)") from None
         st = run.state
-        say(f"done: {state['windows']} windows ({st.resumed} read back from checkpoints), {st.frames_out} frames "
-            f"in {path.name}")
+        n = state["windows"]
+        say(f"done: {n} window{'s' if n != 1 else ''} ({st.resumed} read back from checkpoints), {st.frames_out} "
+            f"frames in {path.name}")
         video = InputImpl.VideoFromFile(str(path))
         saved = ui.SavedResult(path.name, subfolder, io.FolderType.output)
         return io.NodeOutput(video, f"{RUNS}/{run_dir.name}", ui=ui.PreviewVideo([saved]))

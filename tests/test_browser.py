@@ -6,7 +6,7 @@ no missing or errored node and no console error beyond the front end's own known
 choices and ranges, every node as large as the front end needs; a node added from the menu shows
 all its widgets; and Run on the embedded text-to-video workflow shows a latent preview on
 the sampler at each step (ComfyUI started with ``--preview-method auto``) and ends in a video
-preview on the page.
+preview on the page; Run on the long-video card ends with the node's line saying what it wrote.
 
 Screenshots go to a ``browser-screenshots`` folder under pytest's temporary folder (the failure
 message names it); ``SPACETIME_DOCS_SCREENSHOTS=docs`` also copies the README's three there."""
@@ -290,6 +290,45 @@ def test_run_on_embedded_t2v_shows_the_video_preview(ui, ui_host, shots):
         assert console.unexpected(mark) == []
     except BaseException:
         path = save_screenshot(page, shots, "FAILED_run_embedded_t2v")
+        print(f"screenshot of the failure: {path}")
+        raise
+
+
+def test_run_on_the_long_video_card_says_on_the_node_what_it_wrote(ui, ui_host, shots):
+    """Long video: the node's progress line (ComfyUI progress text) shows on the node in the page."""
+    page, console = ui
+    mark = console.mark()
+    try:
+        assert page.evaluate(OPEN_CARD_JS, [PACK, title("embedded_long_video")]) is None
+        page.evaluate("""() => { const n = window.app.graph._nodes.find(n => n.type === 'SpacetimeLongVideo');
+            n.widgets.find(w => w.name === 'storyboard').value =
+              '2: a red circle moves to the right on a black background';
+            n.widgets.find(w => w.name === 'steps').value = 3; }""")
+        before = set(ui_host.client.get_json("/history"))
+        t0 = time.monotonic()
+        page.locator("[data-testid='queue-button']").click()
+        job = None
+        while time.monotonic() - t0 < 240 and job is None:
+            new = {k: v for k, v in ui_host.client.get_json("/history").items() if k not in before}
+            job = next((v for v in new.values() if v.get("status", {}).get("completed")
+                        or v.get("status", {}).get("status_str") == "error"), None)
+            time.sleep(0.25)
+        assert job and job["status"]["completed"], f"no finished job: {job and job['status']}"
+        page.wait_for_timeout(300)
+        page.evaluate(FIT_VIEW_JS)           # the node's preview is drawn only where the view shows it
+        page.locator("video[src*='embedded_long_video']").first.wait_for(state="visible", timeout=30_000)
+        shown = page.evaluate("""() => window.app.graph._nodes.find(n => n.type === 'SpacetimeLongVideo')
+            .widgets?.find(w => w.name === '$$node-text-preview')?.value""")
+        assert shown and shown.startswith("done: 1 window (0 read back from checkpoints), 17 frames in "
+                                          "embedded_long_video_"), shown
+        # the video, not the last window's preview (drawn before a node's outputs, kept after the run)
+        assert page.evaluate("""() => { const n = window.app.graph._nodes.find(n => n.type === 'SpacetimeLongVideo');
+            return !window.app.nodePreviewImages[String(n.id)] && !n.imgs?.length; }""")
+        page.evaluate(FIT_VIEW_JS)
+        save_screenshot(page, shots, "ui_long_video_done")
+        assert console.unexpected(mark) == []
+    except BaseException:
+        path = save_screenshot(page, shots, "FAILED_run_long_video")
         print(f"screenshot of the failure: {path}")
         raise
 
