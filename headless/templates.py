@@ -272,8 +272,8 @@ def build_long(family: str) -> Graph:
           storyboard=long_storyboard(LONG_SCENES["embedded"], segment=2.0) if fam["kind"] == "embedded"
           else long_storyboard(LONG_SCENES["file"]),
           negative=fam.get("negative", NEGATIVE), fps=float(fam["fps"]), seconds=5.0, width=fam["width"],
-          height=fam["height"], window=fam["length"], overlap=1 if fam.get("clip_vision") or fam["kind"] == "embedded" else 2,
-          continuity="pixels",
+          height=fam["height"], window=fam["length"],
+          overlap=1 if fam.get("clip_vision") or fam["kind"] == "embedded" else 2, continuity="pixels",
           anchor=0.5, blend=False,
           expand_prompts="off",
           seed=42, steps=fam["steps"], cfg=fam["cfg"], solver="unipc", shift=fam["shift"],
