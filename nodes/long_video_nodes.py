@@ -46,15 +46,18 @@ STORYBOARD_EXAMPLE = ("4: a red circle moves to the right on a black background\
 
 def _progress_text(node_id):
     """text -> a line shown on the node (ComfyUI's progress text, which the front end draws under
-    the node's widgets); a no-op without a server or a node id."""
+    the node's widgets), sent to the client that queued the prompt only (as ComfyUI's progress: a
+    broadcast would land on node ``node_id`` of every open page); a no-op without a server, a node
+    id or a client."""
     try:
         from server import PromptServer
     except ImportError:
         return lambda text: None
     server = getattr(PromptServer, "instance", None)
-    if server is None or node_id is None:
+    client = getattr(server, "client_id", None)
+    if server is None or node_id is None or client is None:
         return lambda text: None
-    return lambda text: server.send_progress_text(text, str(node_id))
+    return lambda text: server.send_progress_text(text, str(node_id), client)
 
 
 def _encoder(text_encoder, clip):

@@ -30,10 +30,19 @@ def _texts(messages: list[tuple], graph: dict) -> list[str]:
 
 @pytest.mark.host
 def test_long_video_workflow_streams_checkpoints_and_resumes(host):
+    from spacetime_video.headless.progress import connect, receive
     from spacetime_video.nodes.video_file import read_metadata, read_video
     graph = _graph()
-    messages, h = run_listening(host, graph, timeout=300)
+    other = connect(host.url, "spacetime-another-page")       # a page that did not queue the job
+    try:
+        messages, h = run_listening(host, graph, timeout=300)
+        heard = []
+        while (msg := receive(other, 0.5)) is not None:
+            heard.append(msg)
+    finally:
+        other.close()
     assert error_message(h) is None, error_message(h)
+    assert not [m for m in heard if isinstance(m, bytes) and m[:4] == b"\0\0\0\3"]   # no progress text
     # the node says which window and step it is on, then what it wrote
     texts = _texts(messages, graph)
     steps = [f"window {w} of 2: step {i} of 3" for w in (1, 2) for i in (1, 2, 3)]
