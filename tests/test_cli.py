@@ -105,6 +105,40 @@ def test_progress_bar_draws_node_and_steps_on_a_tty():
     assert "5/10" in last and "Sampler (node 3)" in last and "#" * 14 in last
 
 
+def test_progress_text_is_decoded_and_shown_with_the_node():
+    import struct
+    msg = struct.pack(">II", 3, 1) + b"2" + "window 1 of 2: step 1 of 3".encode()
+    assert P.progress_text(msg) == ("2", "window 1 of 2: step 1 of 3")
+    assert P.progress_text(struct.pack(">II", 1, 1) + b"\xff\xd8jpeg") is None        # a preview image
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    graph = {"1": {}, "2": {"class_type": "SpacetimeLongVideo", "_meta": {"title": "Long video"}}}
+    s = Tty()
+    bar = P.ProgressBar(graph, s)
+    bar.update({"type": "executing", "data": {"node": "2"}})
+    bar._last = 0
+    bar.update({"type": "progress_text", "data": {"node": "2", "text": "window 1 of 2: step 1 of 3"}})
+    assert s.getvalue().split("\r")[-1].rstrip().endswith("Long video (node 2): window 1 of 2: step 1 of 3")
+
+    # not a terminal: a line at most every TEXT_EVERY seconds, and the node's last one when it ends
+    s = io.StringIO()
+    bar = P.ProgressBar(graph, s)
+    bar.update({"type": "executing", "data": {"node": "2"}})
+    for text in ("window 1 of 2: step 1 of 3", "window 1 of 2: step 2 of 3", "1 of 2 windows done",
+                 "done: 2 windows (0 read back from checkpoints), 33 frames in long_00001_.mp4"):
+        bar.update({"type": "progress_text", "data": {"node": "2", "text": text}})
+    bar.update({"type": "progress_text", "data": {"node": "1", "text": "another node's line"}})
+    bar.update({"type": "executing", "data": {"node": None}})
+    bar.finish()
+    lines = [line.strip() for line in s.getvalue().splitlines() if ": " in line]
+    assert lines == ["Long video (node 2): window 1 of 2: step 1 of 3",
+                     "Long video (node 2): done: 2 windows (0 read back from checkpoints), 33 frames in "
+                     "long_00001_.mp4"], s.getvalue()
+
+
 # ------------------------------------------------------------------ against the host
 
 @pytest.mark.host
