@@ -208,7 +208,7 @@ class SpacetimeLongVideo(SpacetimeNode):
         sigmas = samplers.flow_sigmas(steps, shift)
         pbar = comfy.utils.ProgressBar(steps)
         state = {"window": 0, "windows": 1}                    # progress: windows done, windows in all
-        say, made = _progress_text(cls.hidden.unique_id), {}
+        say = _progress_text(cls.hidden.unique_id)
         i2v = _concat_channels(model) > 0
         if i2v and (image is None or continuity != "pixels"):
             raise node_error(cls, "image" if image is None else "continuity",
@@ -240,7 +240,7 @@ class SpacetimeLongVideo(SpacetimeNode):
         def progress(done, total):
             state["window"], state["windows"] = done, total
             log.info("SpacetimeLongVideo: window %d of %d done", done, total)
-            resumed = made["run"].state.resumed if "run" in made else 0
+            resumed = run.state.resumed        # called while ``run`` (below) is iterated
             say(f"{done} of {total} windows done" + (f", {resumed} read back from checkpoints" if resumed else ""))
 
         inner = model.model.diffusion_model
@@ -263,7 +263,6 @@ class SpacetimeLongVideo(SpacetimeNode):
                               expand=expand, start=start)
         except StoryboardError as e:
             raise node_error(cls, _input_of(e), str(e)) from None
-        made["run"] = run
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, width, height)
         metadata = {"storyboard": storyboard, "seed": seed, "run_folder": f"{RUNS}/{run_dir.name}"}
         if cls.hidden.prompt is not None:

@@ -36,7 +36,7 @@ def run(host, prompt: dict, extra_data: dict | None = None, timeout: float = 120
     return wait(host, body["prompt_id"], timeout)
 
 
-PREVIEW_IMAGE, PROGRESS_TEXT = 1, 3   # ComfyUI's protocol.BinaryEventTypes
+PREVIEW_IMAGE = 1   # ComfyUI's protocol.BinaryEventTypes
 
 
 def run_listening(host, graph: dict, timeout: float = 240.0) -> tuple[list[tuple], dict]:
@@ -48,7 +48,7 @@ def run_listening(host, graph: dict, timeout: float = 240.0) -> tuple[list[tuple
 
     from PIL import Image
 
-    from spacetime_video.headless.progress import connect, receive
+    from spacetime_video.headless.progress import connect, progress_text, receive
     client_id = "spacetime-listen-" + uuid.uuid4().hex[:6]
     ws = connect(host.url, client_id)
     try:
@@ -63,9 +63,8 @@ def run_listening(host, graph: dict, timeout: float = 240.0) -> tuple[list[tuple
                     (image_format,) = struct.unpack(">I", msg[4:8])
                     assert image_format == 1, image_format                     # JPEG
                     messages.append(("preview", Image.open(io.BytesIO(msg[8:])).convert("RGB")))
-                elif event == PROGRESS_TEXT:
-                    (n,) = struct.unpack(">I", msg[4:8])
-                    messages.append(("text", msg[8:8 + n].decode(), msg[8 + n:].decode()))
+                elif (text := progress_text(msg)) is not None:
+                    messages.append(("text", *text))
             elif msg:
                 event = json.loads(msg)
                 messages.append(("json", event))
