@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spacetime_video.training import analyser, world
-from spacetime_video.training.train_dit import frame_mask, random_frame_masks
+from spacetime_video.training.train_dit import CONTINUATION_WEIGHTS, flow_loss, frame_mask, random_frame_masks
 from spacetime_video.model.embedded.text_encoder import TinyTextEncoder, Tokenizer, build_vocabulary
 from spacetime_video.model.embedded.vocab import COLOURS, MOTIONS, SHAPES
 
@@ -41,6 +41,69 @@ def test_analyser_reads_ground_truth(split: str) -> None:
         assert got.background == clip.background, clip.caption
         want = sorted((o.colour, o.shape, o.motion) for o in clip.objects)
         assert sorted((o.colour, o.shape, o.motion) for o in got.objects) == want, clip.caption
+
+
+def test_walls_clips_move_at_training_speeds_and_then_rest_at_the_margin() -> None:
+    """A walls clip's object moves its caption's way at a training clip's speed until it reaches
+    the margin the training tracks keep from the edge, then stays put to the last frame."""
+    moved = 0
+    for seed in range(30):
+        clip = world.sample_clip(seed, "walls")
+        (obj,) = clip.objects
+        assert obj.motion in ("left", "right", "up", "down")
+        assert (obj.colour, obj.shape, obj.motion) not in world.HELD_OUT
+        axis = 0 if obj.motion in ("left", "right") else 1
+        toward_high = obj.motion in ("right", "down")
+        margin = 1.35 * obj.size[0] + 2
+        assert obj.end[axis] == pytest.approx(world.SIZE - margin if toward_high else margin)
+        assert obj.end[1 - axis] == obj.start[1 - axis]
+        travel = obj.end[axis] - obj.start[axis]
+        assert travel * (1 if toward_high else -1) >= 0
+        v = clip.video
+        T = v.shape[1]
+        # the frames from the one where it arrives on are all the same; those before all differ
+        rest = next(t for t in range(T) if torch.equal(v[:, t], v[:, -1]))
+        assert all(torch.equal(v[:, t], v[:, -1]) for t in range(rest, T))
+        assert all(not torch.equal(v[:, t], v[:, t + 1]) for t in range(rest))
+        assert rest / (T - 1) == pytest.approx(obj.stop, abs=1 / (T - 1))
+        if rest >= 2:   # its speed is a training clip's: 30-45% of the frame over a clip
+            assert 0.3 * world.SIZE - 1e-6 <= abs(travel) / obj.stop <= 0.45 * world.SIZE + 1e-6
+        if abs(travel) >= 10:
+            moved += 1
+            got = analyser.analyse(v)
+            assert [(o.colour, o.shape, o.motion) for o in got.objects] == [(obj.colour, obj.shape, obj.motion)]
+    assert moved >= 10
+    with pytest.raises(ValueError, match="'walls'"):
+        world.sample_clip(0, "edges")
+
+
+def test_continuation_clips_train_only_from_their_first_frames() -> None:
+    """Samples flagged as continuations get the first one or two latent frames known (the
+    timestep of those tokens is 0) and never text-to-video; unflagged samples keep every mode."""
+    steps = []
+
+    class Probe(torch.nn.Module):      # stands in for the DiT and records per-token timesteps
+        config = type("Cfg", (), {"patch_size": (1, 2, 2)})
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, context):
+            steps.append(t)
+            return x * self.w
+
+    B, T = 64, 5
+    x0 = torch.randn(B, 8, T, 4, 4)
+    flags = torch.arange(B) < B // 2
+    flow_loss(Probe(), TinyTextEncoder(), x0, ["a red ball"] * B, torch.Generator().manual_seed(0),
+              continuation=flags)
+    known = (steps[-1].view(B, T, 4) == 0).all(-1)       # (B, T): tokens at timestep 0
+    firsts = known[flags]
+    assert set(map(tuple, firsts.int().tolist())) == {(1, 0, 0, 0, 0), (1, 1, 0, 0, 0)}
+    assert set(CONTINUATION_WEIGHTS) == {"i2v", "extend"}
+    others = known[~flags]
+    assert bool((~others[:, 0]).any()) and bool(others[:, -1].any())   # text-to-video and known ends
 
 
 def _soften(video: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -24,24 +24,33 @@ def _meta(path) -> dict:
 
 
 def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
-    """`all` with the shipped configs but a few steps per stage, then `export`: every stage
-    leaves its checkpoint at the step count asked for, a resumed `all` keeps to each stage's time
-    limit, and the exported model generates."""
+    """`all` with the shipped configs but a few steps per stage: every stage leaves its checkpoint
+    at the step count asked for, the walls fine-tune starts from the cool-down's export, a resumed
+    `all` keeps to each stage's time limit, and the model it ends with (and `export` of the
+    cool-down) generates."""
     def recipe(more: int = 0) -> dict:
         return {
             "vae": dict(steps=3 + more, minutes=5.0, frames=5, batch=1),
             "latents": dict(clips=8),
             "dit": dict(steps=4 + more, minutes=5.0, batch=2, every=2),
             "cooldown": dict(steps=3 + more, minutes=5.0, batch=2, every=2, lr=1e-4, sigma_shift=3.0),
+            "walls": dict(steps=2 + more, minutes=5.0, batch=2, every=1, lr=1e-4, sigma_shift=3.0, clips=8,
+                          wall_clips=4),
         }
     monkeypatch.setattr(te, "RECIPE", recipe())
     run, out = tmp_path / "run", tmp_path / "weights"
     threads = ["--threads", str(torch.get_num_threads())]
     te.main(["all", "--run", str(run), *threads])
-    files = ["vae_ckpt", "dit_ckpt", "dit_cool"]
+    files = ["vae_ckpt", "dit_ckpt", "dit_cool", "dit_walls"]
     assert _meta(run / "vae_ckpt.safetensors") == {"step": 3}
     assert _meta(run / "dit_ckpt.safetensors") == {"step": 4}
     assert _meta(run / "dit_cool.safetensors") == {"step": 3, "from_dit_step": 4, "lr": 1e-4, "sigma_shift": 3.0}
+    assert _meta(run / "dit_walls.safetensors") == {"step": 2, "lr": 1e-4, "sigma_shift": 3.0, "clips": 8,
+                                                   "wall_clips": 4}
+    cool, walls = load_embedded(run / "cool"), load_embedded(run / "walls")
+    moved = max(float((a - b).abs().max()) for a, b in zip(cool.dit.state_dict().values(),
+                                                           walls.dit.state_dict().values()))
+    assert 0 < moved < 0.01                           # two small steps from the cool-down's weights
     assert not (run / "vae_adapt.safetensors").exists()     # `adapt` is not in the recipe
     with safe_open(str(run / "latents.safetensors"), "pt") as f:
         assert f.get_slice("latents").get_shape() == [8, C.Z_DIM, (C.FRAMES - 1) // 4 + 1, C.SIZE // 4, C.SIZE // 4]
@@ -52,11 +61,15 @@ def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
         te.save_tensors(f, load_file(str(f)), {**te.read_metadata(f), "seconds": 300.0})
     monkeypatch.setattr(te, "RECIPE", recipe(more=5))
     te.main(["all", "--run", str(run), *threads])
-    assert [_step(run / f"{name}.safetensors") for name in files] == [3, 4, 3]
+    assert [_step(run / f"{name}.safetensors") for name in files] == [3, 4, 3, 2]
+    record = te.read_metadata(run / "walls" / C.DIT_FILE)["training"]
+    assert record["dit_cooldown"] == 3 and record["walls"]["steps"] == 2
     te.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
     assert te.read_metadata(out / C.DIT_FILE)["training"]["dit_cooldown"] == 3
-    clip = generate("a red ball rolls left across a black background", steps=2, seed=0, model=load_embedded(out))
-    assert clip.shape == (3, C.FRAMES, C.SIZE, C.SIZE) and torch.isfinite(clip).all()
+    for folder in (out, run / "walls"):
+        clip = generate("a red ball rolls left across a black background", steps=2, seed=0,
+                        model=load_embedded(folder))
+        assert clip.shape == (3, C.FRAMES, C.SIZE, C.SIZE) and torch.isfinite(clip).all()
 
 
 def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
@@ -130,6 +143,35 @@ def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
     assert te.read_metadata(run / "vae_adapt.safetensors")["step"] == 2
     assert any(not torch.equal(resumed[k], two[k]) for k in two)
     torch.testing.assert_close(adapted("dit_ckpt.safetensors"), ckpt_a)
+
+
+def test_walls_fine_tunes_a_finished_model_and_writes_one_that_loads(tmp_path) -> None:
+    """`walls` starts from a finished model's weights (not from scratch), encodes training and
+    walls clips with that model's VAE, resumes its checkpoint, and writes a model folder whose
+    VAE is the one it started from and whose record says what was done."""
+    run = tmp_path / "run"
+    args = ["walls", "--run", str(run), "--clips", "6", "--wall-clips", "2", "--batch", "2", "--every", "1",
+            "--lr", "1e-3", "--threads", str(torch.get_num_threads())]
+    te.main([*args, "--steps", "2"])
+    data = load_file(str(run / "latents_walls.safetensors"))
+    base = load_embedded()
+    vids = torch.stack([te.world.sample_clip(5).video, te.world.sample_clip(1, "walls").video])
+    with torch.no_grad():
+        torch.testing.assert_close(data["latents"][[5, 7]], base.vae.normalize(base.vae.encode(vids)))
+    assert te.read_metadata(run / "dit_walls.safetensors")["step"] == 2
+    te.main([*args, "--steps", "3"])                         # resumes at step 2 and takes one more
+    assert te.read_metadata(run / "dit_walls.safetensors")["step"] == 3
+    out = run / "walls"
+    tuned = load_embedded(out)
+    for a, b in zip(base.vae.state_dict().values(), tuned.vae.state_dict().values()):
+        assert torch.equal(a, b)
+    assert tuned.vae.config.latents_mean == base.vae.config.latents_mean
+    moved = max(float((a - b).abs().max()) for a, b in zip(base.dit.state_dict().values(),
+                                                           tuned.dit.state_dict().values()))
+    assert 0 < moved < 0.05                                  # three small steps from the shipped DiT
+    record = te.read_metadata(out / C.DIT_FILE)["training"]
+    assert record["walls"] == {"steps": 3, "lr": 1e-3, "sigma_shift": 3.0, "clips": 6, "wall_clips": 2}
+    assert record["dit"] == te.read_metadata(C.WEIGHTS_DIR / C.DIT_FILE)["training"]["dit"]
 
 
 def test_compiled_runs_the_same_module_and_puts_it_back() -> None:

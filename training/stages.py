@@ -16,15 +16,21 @@
                                               (after export: a 4-step LoRA distilled from the exported
                                               model's 20-step sampling, into
                                               RUN_DIR/distill_4step_lora.safetensors; training/distill.py)
-    python scripts/train_embedded.py all     --run RUN_DIR [--compile]   (the 2-hour recipe: vae,
-                                              latents, dit, cooldown with the settings in RECIPE;
-                                              --steps, --minutes, --batch, --frames, --clips, --lr,
-                                              --sigma-shift, --dit-file unused)
+    python scripts/train_embedded.py walls   --run RUN_DIR [--weights DIR] [--clips N] [--wall-clips N]
+                                              [--steps N] [--minutes M] [--lr LR] [--compile]
+                                              (a finished model fine-tuned on training clips and the
+                                              world's "walls" clips, into RUN_DIR/walls/)
+    python scripts/train_embedded.py all     --run RUN_DIR [--compile]   (the recipe: vae, latents,
+                                              dit, cooldown, then walls from the cool-down's export
+                                              in RUN_DIR/cool/, with the settings in RECIPE; the
+                                              model ends in RUN_DIR/walls/; --steps, --minutes,
+                                              --batch, --frames, --clips, --lr, --sigma-shift,
+                                              --dit-file unused)
 
 Every stage resumes from RUN_DIR's checkpoint (saved every --every steps and at the end; the
 optimizer starts afresh), so a stage, or `all`, can be stopped and started again. `--minutes`
 caps a stage's wall-clock training time summed over its runs: each checkpoint's metadata holds
-the steps done and the seconds spent, so a resumed `all` stays inside its 2-hour budget and does
+the steps done and the seconds spent, so a resumed `all` stays inside its time budget and does
 not train a stage that its limit already stopped. `adapt` resumes only a checkpoint made against
 the same --dit-file.
 """
@@ -52,15 +58,17 @@ from .train_vae import VAETrainConfig, VAETrainer, heldout_psnr, latent_stats, p
 
 log = logging.getLogger("spacetime.embedded.train")
 
-# The 2-hour recipe (`all`) of the shipped weights (MODEL_CARD.md): each stage's step count and
-# wall-clock limit, sized for a 2-core CPU with --compile (the limits and the latents add up to
-# about 107 minutes). The cool-down draws with seed + 1. The optional `adapt` stage is not part
-# of it: its effect on held-out motion was inconsistent.
+# The recipe (`all`) of the shipped weights (MODEL_CARD.md): each stage's step count and wall-clock
+# limit, sized for a 2-core CPU with --compile (the limits and the two encodings of clips add up to
+# about 137 minutes). The cool-down draws with seed + 1. The optional `adapt` stage is not part of
+# it: its effect on held-out motion was inconsistent.
 RECIPE = {
     "vae": dict(steps=5600, minutes=25.0, frames=17, batch=4),
     "latents": dict(clips=3072),
     "dit": dict(steps=26000, minutes=68.0, batch=16, every=200),
     "cooldown": dict(steps=4000, minutes=11.0, batch=16, every=200, lr=2e-4, sigma_shift=3.0),
+    "walls": dict(steps=6000, minutes=22.0, batch=16, every=500, lr=1e-4, sigma_shift=3.0, clips=3072,
+                  wall_clips=1024),
 }
 
 
@@ -159,32 +167,36 @@ def stage_latents(run: Path, clips: int, seed: int) -> None:
     vae = WanVAE(C.VAE_CONFIG)
     vae.load_state_dict(load_file(str(run / "vae_ckpt.safetensors")))
     mean, std = latent_stats(vae, list(range(10**6, 10**6 + 32)))
-    vae = vae_with_stats(vae, mean, std)
-    out = run / "latents.safetensors"
+    _encode(run / "latents.safetensors", vae_with_stats(vae, mean, std), clips, world.sample_clip,
+            {"mean": mean, "std": std})
+
+
+def _encode(out: Path, vae: WanVAE, clips: int, clip_of, meta: dict) -> None:
+    """The normalized latents and object masks of clips `clip_of(0 .. clips - 1)` into `out`,
+    every 64 clips (a rerun goes on from the clips `out` holds)."""
     done = load_file(str(out)) if out.exists() else {}
     zs = [done["latents"]] if done else []
     masks = [done["object_mask"]] if done else []
     n = done["latents"].shape[0] if done else 0
     t0 = time.time()
     while n < clips:
-        seeds = list(range(n, min(n + 8, clips)))
-        video = world.batch(seeds)[0]
-        zs.append(vae.normalize(vae.encode(video)))
+        video = torch.stack([clip_of(i).video for i in range(n, min(n + 8, clips))])
+        with torch.no_grad():
+            zs.append(vae.normalize(vae.encode(video)))
         masks.append(object_mask(video, vae.config.stride))
-        n += len(seeds)
+        n += video.shape[0]
         if n % 64 == 0 or n >= clips:
-            save_tensors(out, {"latents": torch.cat(zs), "object_mask": torch.cat(masks)},
-                  {"mean": mean, "std": std, "clips": n})
+            save_tensors(out, {"latents": torch.cat(zs), "object_mask": torch.cat(masks)}, {**meta, "clips": n})
             log.info("encoded %d / %d clips (%.0fs)", n, clips, time.time() - t0)
 
 
-def _describer(n: int):
-    """describe(i, rng): a fresh caption of training clip i (its objects are cached, not its pixels)."""
+def _describer(clip_of=world.sample_clip):
+    """describe(i, rng): a fresh caption of training clip `clip_of(i)` (its objects are cached, not its pixels)."""
     cache: dict[int, tuple] = {}
 
     def describe(i: int, rng) -> str:
         if i not in cache:
-            clip = world.sample_clip(i)
+            clip = clip_of(i)
             cache[i] = (clip.objects, clip.background)
         return world.describe(*cache[i], rng)
     return describe
@@ -210,7 +222,7 @@ def _dit_trainer(run: Path, cfg: DiTTrainConfig, dtype: torch.dtype) -> DiTTrain
     data = load_file(str(run / "latents.safetensors"))
     lat = data["latents"]
     dit, text = WanDiT(C.DIT_CONFIG, compute_dtype=dtype), TinyTextEncoder(C.TEXT_CONFIG)
-    return DiTTrainer(dit, text, lat, _describer(lat.shape[0]), cfg, object_mask=data.get("object_mask"))
+    return DiTTrainer(dit, text, lat, _describer(), cfg, object_mask=data.get("object_mask"))
 
 
 def _train_dit(trainer: DiTTrainer, ckpt: Path, meta: dict, steps: int, minutes: float, every: int,
@@ -257,6 +269,52 @@ def stage_cooldown(run: Path, steps: int, minutes: float, every: int, seed: int,
     log.info("cool-down stopped at step %d", trainer.step_no)
 
 
+def stage_walls(run: Path, weights: Path | None, steps: int, minutes: float, every: int, seed: int, batch: int,
+                lr: float, sigma_shift: float, clips: int, wall_clips: int, compile: bool = False) -> Path:
+    """Fine-tune a finished embedded model (`weights`, the shipped one by default) on training
+    clips 0 .. `clips` - 1 and `wall_clips` clips of the world's "walls" split, the latter only as
+    continuations (`train_dit.CONTINUATION_WEIGHTS`), so that a clip that goes on from frames at
+    the frame's margin keeps its object there instead of doubling it or jumping back. Live and EMA
+    weights start from the model's; a cosine from `lr` (warmup 100) with training sigmas shifted
+    by `sigma_shift`, bf16 matmuls, checkpoints in RUN_DIR/dit_walls.safetensors (a rerun
+    resumes). Writes the model (its VAE unchanged, the EMA DiT and text encoder) to
+    RUN_DIR/walls/ and returns that folder."""
+    from ..model.embedded.loading import load_parts
+
+    folder = Path(weights) if weights else C.WEIGHTS_DIR
+    vae, dit0, text0, record = load_parts(folder)
+    lat_file = run / "latents_walls.safetensors"
+    if lat_file.exists() and read_metadata(lat_file).get("clips_train") != clips:
+        raise ValueError(f"{lat_file} holds the latents of {read_metadata(lat_file).get('clips_train')} training "
+                         f"clips, not {clips}: use --clips {read_metadata(lat_file).get('clips_train')} or a new RUN_DIR")
+
+    def clip_of(i: int) -> world.Clip:
+        return world.sample_clip(i) if i < clips else world.sample_clip(i - clips, "walls")
+
+    _encode(lat_file, vae, clips + wall_clips, clip_of, {"clips_train": clips, "clips_walls": wall_clips})
+    data = load_file(str(lat_file))
+    cont = torch.arange(data["latents"].shape[0]) >= clips
+    cfg = DiTTrainConfig(steps=steps, seed=seed, batch=batch, lr=lr, warmup=100, sigma_shift=sigma_shift)
+    torch.manual_seed(seed)
+    dit, text = WanDiT(C.DIT_CONFIG, compute_dtype=torch.bfloat16), TinyTextEncoder(C.TEXT_CONFIG)
+    dit.load_state_dict(dit0.state_dict())
+    text.load_state_dict(text0.state_dict())
+    trainer = DiTTrainer(dit, text, data["latents"], _describer(clip_of), cfg, object_mask=data["object_mask"],
+                         continuation=cont)
+    ckpt = run / "dit_walls.safetensors"
+    if ckpt.exists():
+        trainer.load(load_file(str(ckpt)), read_metadata(ckpt)["step"])
+        log.info("resumed walls fine-tune at step %d", trainer.step_no)
+    trainer.gen.manual_seed(seed + trainer.step_no)
+    meta = {"lr": lr, "sigma_shift": sigma_shift, "clips": clips, "wall_clips": wall_clips}
+    _train_dit(trainer, ckpt, meta, steps, minutes, every, compile, "walls")
+    out = run / "walls"
+    save_embedded(out, vae, trainer.ema_dit, trainer.ema_text,
+                  {**record, "walls": {"steps": trainer.step_no, **meta}})
+    log.info("walls fine-tune stopped at step %d; the model is in %s", trainer.step_no, out)
+    return out
+
+
 def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, batch: int,
                 dit_file: str = "dit_ckpt.safetensors") -> None:
     """Fine-tune the decoder on the DiT's own x0 predictions (sigma 0.05-0.6) of training
@@ -285,7 +343,7 @@ def stage_adapt(run: Path, steps: int, minutes: float, every: int, seed: int, ba
     dit.eval().requires_grad_(False)
     text.eval().requires_grad_(False)
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=2e-4)
-    describe = _describer(lat_file.shape[0])
+    describe = _describer()
     import random as _r
     rng = _r.Random(seed if step == 0 else f"{seed}:{step}")
     _, sh, sw = vae.config.stride
@@ -386,7 +444,7 @@ def stage_export(run: Path, to: Path, live: bool = False, vae_file: str = "vae_c
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["vae", "decoder", "latents", "dit", "adapt", "cooldown", "export", "distill",
-                                      "all"])
+                                      "walls", "all"])
     ap.add_argument("--run", type=Path, required=True, help="the run folder: checkpoints, latents, logs")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=1e9)
@@ -407,10 +465,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dit-file", default="dit_ckpt.safetensors",
                     help="export / adapt: the DiT checkpoint in RUN_DIR (dit_cool.safetensors after `cooldown`)")
     ap.add_argument("--weights", type=Path, default=None,
-                    help="distill: the embedded model folder to distill (default: the shipped weights)")
+                    help="distill / walls: the embedded model folder to start from (default: the shipped weights)")
     ap.add_argument("--trajectories", type=int, default=512, help="distill: teacher trajectories")
     ap.add_argument("--first-steps", type=int, default=1024,
                     help="distill: extra teacher runs stopped after the student's first step")
+    ap.add_argument("--wall-clips", type=int, default=1024, help="walls: clips of the world's walls split")
     ap.add_argument("--rank", type=int, default=16, help="distill: LoRA rank (alpha = rank)")
     ap.add_argument("--live", action="store_true", help="export the live DiT weights, not the EMA")
     ap.add_argument("--vae-file", default="vae_ckpt.safetensors",
@@ -426,8 +485,10 @@ def main(argv: list[str] | None = None) -> None:
         stage_latents(a.run, seed=a.seed, **r["latents"])
         stage_dit(a.run, seed=a.seed, dtype=torch.bfloat16, compile=a.compile, **r["dit"])
         stage_cooldown(a.run, seed=a.seed + 1, compile=a.compile, **r["cooldown"])
-        log.info("recipe done in %.1f minutes; export with: train_embedded.py export --run %s "
-                 "--dit-file dit_cool.safetensors", (time.time() - t0) / 60, a.run)
+        stage_export(a.run, a.run / "cool", dit_file="dit_cool.safetensors")
+        out = stage_walls(a.run, a.run / "cool", seed=a.seed, compile=a.compile, **r["walls"])
+        log.info("recipe done in %.1f minutes; the model is in %s (its files go to model/embedded/weights/)",
+                 (time.time() - t0) / 60, out)
     elif a.stage == "vae":
         stage_vae(a.run, a.steps or 1600, a.minutes, a.every, a.seed, a.frames, a.batch, compile=a.compile)
     elif a.stage == "decoder":  # after `latents`: the encoder is frozen, the latents stay valid
@@ -446,5 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     elif a.stage == "distill":
         stage_distill(a.run, a.weights, a.trajectories, a.first_steps, a.steps or 1600, a.minutes, a.seed, a.rank,
                       torch.bfloat16 if a.bf16 else torch.float32)
+    elif a.stage == "walls":
+        stage_walls(a.run, a.weights, a.steps or 6000, a.minutes, a.every, a.seed, a.batch, a.lr, a.sigma_shift,
+                    a.clips, a.wall_clips, compile=a.compile)
     else:
         stage_export(a.run, a.to, a.live, a.vae_file, a.dit_file)

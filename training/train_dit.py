@@ -38,6 +38,9 @@ MODES: dict[str, tuple[int, int]] = {
 # Training frequency of each mode: text-to-video most often.
 MODE_WEIGHTS: dict[str, float] = {"t2v": 0.4, "i2v": 0.15, "extend": 0.1, "last": 0.05,
                                   "extend_back": 0.1, "connect": 0.12, "connect_clips": 0.08}
+# Modes of clips that only teach how a clip goes on from its first frames (the world's "walls"
+# clips: a caption's motion that has run out of room is not a text-to-video answer to it).
+CONTINUATION_WEIGHTS: dict[str, float] = {"i2v": 0.5, "extend": 0.5}
 
 
 def frame_mask(mode: str, frames: int) -> torch.Tensor:
@@ -52,10 +55,11 @@ def frame_mask(mode: str, frames: int) -> torch.Tensor:
     return m
 
 
-def random_frame_masks(batch: int, frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A mode drawn per sample by `MODE_WEIGHTS`: bool [batch, frames]."""
-    names = list(MODE_WEIGHTS)
-    w = torch.tensor([MODE_WEIGHTS[n] for n in names])
+def random_frame_masks(batch: int, frames: int, generator: torch.Generator | None = None,
+                       weights: dict[str, float] = MODE_WEIGHTS) -> torch.Tensor:
+    """A mode drawn per sample by `weights`: bool [batch, frames]."""
+    names = list(weights)
+    w = torch.tensor([weights[n] for n in names])
     picks = torch.multinomial(w, batch, replacement=True, generator=generator)
     return torch.stack([frame_mask(names[i], frames) for i in picks.tolist()])
 
@@ -88,8 +92,11 @@ def sample_sigmas(batch: int, generator: torch.Generator, shift: float = 1.0) ->
 
 def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: list[str],
               generator: torch.Generator, p_uncond: float = 0.1,
-              cell_weight: torch.Tensor | None = None, sigma_shift: float = 1.0) -> torch.Tensor:
+              cell_weight: torch.Tensor | None = None, sigma_shift: float = 1.0,
+              continuation: torch.Tensor | None = None) -> torch.Tensor:
     """One flow-matching loss on normalized latents x0 [B, C, T, H, W] with random known frames.
+    Samples flagged in `continuation` (bool [B]) draw their known frames from
+    `CONTINUATION_WEIGHTS` instead of `MODE_WEIGHTS`.
 
     `cell_weight` [B, 1, T, H, W] (optional) weighs latent cells: the object covers a few of
     the 64 cells of a frame, and without extra weight the loss is mostly the easy flat
@@ -99,6 +106,8 @@ def flow_loss(dit: WanDiT, text: TinyTextEncoder, x0: torch.Tensor, captions: li
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     context = text.encode(captions)                                       # (B, L, text_dim)
     known = random_frame_masks(B, T, generator)                           # (B, T)
+    if continuation is not None and bool(continuation.any()):
+        known = torch.where(continuation[:, None], random_frame_masks(B, T, generator, CONTINUATION_WEIGHTS), known)
     sigma = sample_sigmas(B, generator, sigma_shift)                      # (B,)
     eps = torch.randn(x0.shape, generator=generator)
     s = sigma.view(B, 1, 1, 1, 1)
@@ -126,12 +135,15 @@ class DiTTrainer:
 
     latents [N, C, T, H, W] are already normalized; `describe(i, rng)` returns a caption
     for clip i (fresh wording every time it is drawn); `object_mask` (optional, see
-    `object_mask()`) raises the loss weight where the objects are.
+    `object_mask()`) raises the loss weight where the objects are; `continuation` (optional,
+    bool [N]) marks the clips trained only as continuations (see `flow_loss`).
     """
 
     def __init__(self, dit: WanDiT, text: TinyTextEncoder, latents: torch.Tensor, describe,
-                 cfg: DiTTrainConfig = DiTTrainConfig(), object_mask: torch.Tensor | None = None) -> None:
+                 cfg: DiTTrainConfig = DiTTrainConfig(), object_mask: torch.Tensor | None = None,
+                 continuation: torch.Tensor | None = None) -> None:
         self.dit, self.text, self.latents, self.describe, self.cfg = dit, text, latents, describe, cfg
+        self.continuation = continuation
         # object_mask [N, 1, T, H, W] in 0..1: where clip i's objects are, on the latent grid
         self.cell_weight = None if object_mask is None else 1 + cfg.object_weight * object_mask
         params = list(dit.parameters()) + list(text.parameters())
@@ -152,7 +164,7 @@ class DiTTrainer:
         self.text.train()
         cw = None if self.cell_weight is None else self.cell_weight[idx]
         loss = flow_loss(self.dit, self.text, self.latents[idx], captions, self.gen, cfg.p_uncond, cw,
-                         cfg.sigma_shift)
+                         cfg.sigma_shift, None if self.continuation is None else self.continuation[idx])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.dit.parameters()) + list(self.text.parameters()), 1.0)
@@ -203,5 +215,5 @@ def eval_loss(dit: WanDiT, text: TinyTextEncoder, latents: torch.Tensor, caption
         return float(flow_loss(dit, text, latents, captions, gen, p_uncond=0.0))
 
 
-__all__ = ["DiTTrainConfig", "DiTTrainer", "MODES", "flow_loss", "eval_loss", "frame_mask", "object_mask",
+__all__ = ["CONTINUATION_WEIGHTS", "DiTTrainConfig", "DiTTrainer", "MODES", "flow_loss", "eval_loss", "frame_mask", "object_mask",
            "random_frame_masks", "sample_sigmas"]

@@ -8,6 +8,11 @@ clips smooth enough for a tiny VAE to reconstruct.
 
 Some (colour, shape, motion) combinations are held out of training (`HELD_OUT`) so that
 evaluation measures composition, not recall.
+
+The "walls" split holds clips of one object that moves left / right / up / down at the same
+speeds until its track reaches the margin the other clips keep from the frame's edge, and rests
+there for the rest of the clip (from the first frame on when it starts at the margin). A long
+video's storyboard can ask for more travel than the frame has; these clips show what happens then.
 """
 from __future__ import annotations
 
@@ -60,6 +65,7 @@ class ObjectSpec:
     start: tuple[float, float]   # centre (x, y) at the first frame
     end: tuple[float, float]     # centre (x, y) at the last frame
     size: tuple[float, float]    # radius-like size at the first and last frame
+    stop: float = 1.0            # fraction of the clip at which the centre reaches `end`, then rests
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,9 @@ def render(objects: tuple[ObjectSpec, ...], background: str, frames: int = FRAME
         col = torch.tensor(COLOURS[obj.colour], dtype=torch.float32).view(3, 1, 1) / 255
         for t in range(frames):
             a = t / max(frames - 1, 1)
-            cx = obj.start[0] + a * (obj.end[0] - obj.start[0])
-            cy = obj.start[1] + a * (obj.end[1] - obj.start[1])
+            w = min(a / obj.stop, 1.0) if obj.stop > 0 else 1.0
+            cx = obj.start[0] + w * (obj.end[0] - obj.start[0])
+            cy = obj.start[1] + w * (obj.end[1] - obj.start[1])
             # Sizes change geometrically so growth looks steady.
             r = obj.size[0] * (obj.size[1] / obj.size[0]) ** a
             cover = (0.5 - _sdf(obj.shape, xx, yy, cx, cy, r)).clamp(0, 1)  # (H, W)
@@ -150,6 +157,24 @@ def _track(rng: random.Random, motion: str, size: int, r: float,
     return start, end, sizes
 
 
+def _wall_track(rng: random.Random, motion: str, size: int, r: float) -> tuple[tuple, tuple, tuple, float]:
+    """Start, end, size pair and stop fraction of a track that moves at a training speed and
+    rests at the margin of the frame once it gets there."""
+    margin = 1.35 * r + 2
+    dist = rng.uniform(0.3, 0.45) * size          # travel over the clip at this speed
+    ahead = rng.uniform(0.0, dist)                # travel left before the margin
+    across = rng.uniform(margin, size - margin)
+    wall = margin if motion in ("left", "up") else size - margin
+    along = (wall + ahead) if motion in ("left", "up") else (wall - ahead)
+    if motion in ("left", "right"):
+        start, end = (along, across), (wall, across)
+    elif motion in ("up", "down"):
+        start, end = (across, along), (across, wall)
+    else:
+        raise ValueError(f"motion {motion!r}: a walls clip moves left, right, up or down")
+    return start, end, (r, r), ahead / dist
+
+
 def _phrase(rng: random.Random, colour: str, shape: str) -> str:
     return f"a {rng.choice(words_for(colour))} {rng.choice(words_for(shape))}"
 
@@ -173,11 +198,20 @@ def sample_clip(seed: int, split: str = "train", frames: int = FRAMES, size: int
                 pair_prob: float = 0.15, combo: tuple[str, str, str] | None = None,
                 background: str | None = None) -> Clip:
     """The clip of a seed. `split` "train" avoids the `HELD_OUT` triples, "heldout" draws
-    only from them (single objects); `combo` forces (colour, shape, motion)."""
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split={split!r}: use 'train' or 'heldout'")
+    only from them (single objects), "walls" is a single object of a training triple that moves
+    until it rests at the frame's margin (see the module's docstring); `combo` forces (colour,
+    shape, motion)."""
+    if split not in ("train", "heldout", "walls"):
+        raise ValueError(f"split={split!r}: use 'train', 'heldout' or 'walls'")
     rng = random.Random(f"{split}:{seed}")
     bg = background or rng.choice(list(BACKGROUNDS))
+    if split == "walls":
+        while combo is None or combo in HELD_OUT:
+            combo = (rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(("left", "right", "up", "down")))
+        r = rng.uniform(0.1, 0.15) * size
+        objs = (ObjectSpec(*combo, *_wall_track(rng, combo[2], size, r)),)
+        labels = {"colour": combo[0], "shape": combo[1], "motion": combo[2], "background": bg, "objects": 1}
+        return Clip(render(objs, bg, frames, size), describe(objs, bg, rng), bg, objs, labels)
     if combo is None:
         if split == "heldout":
             combo = rng.choice(sorted(HELD_OUT))
