@@ -37,7 +37,14 @@ def test_a_teleport_and_a_wrong_direction_are_counted():
     m = L.measure(frames, segs, FPS)
     assert m["motion"] == 0.5
     assert m["smooth"] == pytest.approx(1 - 1 / 64)          # one of 64 frame pairs jumps
-    assert m["seam_ratio"] > 5
+    assert m["seam_ratio"] > 5 and m["seam_ratio_late"] == m["seam_ratio"]
+
+
+def test_a_jump_at_the_first_frame_counts_only_in_the_seam_ratio():
+    frames = clip(("right", (14.0, 32.0), (44.0, 32.0), 33))
+    frames[0] = clip(("still", (30.0, 20.0), (30.0, 20.0), 1))[0]   # the first frame elsewhere
+    m = L.measure(frames, [(33 / FPS, "red", "circle", "right")], FPS)
+    assert m["seam_ratio"] > 5 and m["seam_ratio_late"] < 1.5
 
 
 def test_room_is_the_travel_left_before_the_track_ends():
