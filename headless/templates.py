@@ -235,10 +235,10 @@ def build(family: str, cap: str) -> Graph:
     return g
 
 
-# Long video from a storyboard: a minute of one scene in a cycle of directions. The embedded world's
-# objects cross the frame in about one 2 s window, so its storyboard has 2 s segments, each made by
-# one window that keeps the last frame (overlap 1); Wan's 5 s windows take 4 s segments, with the
-# last five frames kept (overlap 2) so that motion carries across joints (bench/RESULTS.md).
+# Long video from a storyboard: a minute of one scene in 4 s segments, in a cycle of directions, each
+# window keeping the last five frames of the one before (overlap 2) so that motion carries across
+# joints; I2V windows start from the last frame (overlap 1). The embedded model samples its long
+# videos at its own long-video guidance (bench/RESULTS.md).
 LONG_FAMILIES = ("embedded", "wan21_t2v_1.3b", "wan22_ti2v_5b", "wan21_i2v_14b", "wan22_t2v_a14b")
 LONG_SCENES = {"embedded": "a red circle {} on a black background",
                "file": "a red kite {} over a green meadow under a clear blue sky, steady camera"}
@@ -269,15 +269,14 @@ def build_long(family: str) -> Graph:
             text.update(image=(g.add("LoadImage", "start image", image=IMAGE_IN), 0),
                         clip_vision=(g.add("CLIPVisionLoader", clip_name=CLIP_VISION), 0), reanchor=True)
     g.add("SpacetimeLongVideo", "Long video", model=model, vae=vae, **text,
-          storyboard=long_storyboard(LONG_SCENES["embedded"], segment=2.0) if fam["kind"] == "embedded"
-          else long_storyboard(LONG_SCENES["file"]),
+          storyboard=long_storyboard(LONG_SCENES["embedded" if fam["kind"] == "embedded" else "file"]),
           negative=fam.get("negative", NEGATIVE), fps=float(fam["fps"]), seconds=5.0, width=fam["width"],
           height=fam["height"], window=fam["length"],
-          overlap=1 if fam.get("clip_vision") or fam["kind"] == "embedded" else 2, continuity="pixels",
+          overlap=1 if fam.get("clip_vision") else 2, continuity="pixels",
           anchor=0.5, blend=False,
           expand_prompts="off",
-          seed=42, steps=fam["steps"], cfg=fam["cfg"], solver="unipc", shift=fam["shift"],
-          filename_prefix=f"spacetime/{family}_long_video")
+          seed=42, steps=fam["steps"], cfg=EMB.LONG_GUIDANCE if fam["kind"] == "embedded" else fam["cfg"],
+          solver="unipc", shift=fam["shift"], filename_prefix=f"spacetime/{family}_long_video")
     return g
 
 

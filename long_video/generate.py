@@ -170,10 +170,10 @@ def _dit_sampler(dit: WanDiT, vae: WanVAE, segments: list[Segment], encode_text:
 
 def generate_long_embedded(storyboard: str, *, fps: float = 8.0, seconds: float | None = None,
                            overlap: int = OVERLAP_DEFAULT, steps: int = C.DEFAULT_STEPS,
-                           guidance: float = C.DEFAULT_GUIDANCE, seed: int = 0, anchor: float = ANCHOR_DEFAULT,
+                           guidance: float = C.LONG_GUIDANCE, seed: int = 0, anchor: float = ANCHOR_DEFAULT,
                            model: EmbeddedModel | None = None, **options: object) -> LongClip:
     """:func:`generate_long` with the embedded tiny model and its defaults (64x64, 17-frame windows,
-    8 fps: a window is 2 s)."""
+    8 fps: a window is 2 s; guidance ``config.LONG_GUIDANCE``)."""
     m = model or load_embedded()
     return generate_long(storyboard, m.dit, m.vae, lambda text: m.text_encoder.encode([text]), width=C.SIZE,
                          height=C.SIZE, window=C.FRAMES, fps=fps, seconds=seconds, overlap=overlap, steps=steps,

@@ -136,9 +136,9 @@ class SpacetimeLongVideo(SpacetimeNode):
                              tooltip="frames per window: the model's native length, 1 + 4k (Wan: 81; embedded: 17)"),
                 io.Int.Input("overlap", default=OVERLAP_DEFAULT, min=1, max=250,
                              tooltip="latent frames each window keeps from the one before (1 + 4 (overlap - 1) "
-                                     "video frames); less than the window's latent frames. 1: the last "
-                                     "frame alone, for segments about a window long; 2: five frames, so "
-                                     "the speed carries across joints in longer segments"),
+                                     "video frames); less than the window's latent frames. 2: five frames, so "
+                                     "the speed carries across joints; 1: the last frame alone (I2V "
+                                     "families, whose image condition is one frame)"),
                 io.Combo.Input("continuity", options=list(CONTINUITY), default=CONTINUITY[0],
                                tooltip="pixels: each window is a clip of its own that starts with the last frames "
                                        "(as extend forward); latents: one latent video decoded as one"),
@@ -153,7 +153,8 @@ class SpacetimeLongVideo(SpacetimeNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="window i draws its noise from seed + i"),
                 io.Int.Input("steps", default=30, min=1, max=1000, tooltip="sampling steps of every window"),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="guidance scale"),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="guidance scale (Wan: 5; embedded: 2, lower than its single clips' 4)"),
                 io.Combo.Input("solver", options=list(samplers.SOLVERS), default="unipc", tooltip="the solver of every window"),
                 io.Float.Input("shift", default=5.0, min=0.1, max=100.0, step=0.1, tooltip="schedule shift (Wan: 5; embedded: 2)"),
                 io.String.Input("filename_prefix", default="spacetime/long",

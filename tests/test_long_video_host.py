@@ -45,10 +45,10 @@ def test_long_video_workflow_streams_checkpoints_and_resumes(host):
     assert not [m for m in heard if isinstance(m, bytes) and progress_text(m) is not None]   # no progress text
     # the node says which window and step it is on, then what it wrote
     texts = _texts(messages, graph)
-    steps = [f"window {w} of 2: step {i} of 3" for w in (1, 2) for i in (1, 2, 3)]
+    steps = [f"window {w} of 3: step {i} of 3" for w in (1, 2, 3) for i in (1, 2, 3)]
     assert [t for t in texts if t.startswith("window ")] == steps, texts
-    assert texts.index("1 of 2 windows done") > texts.index(steps[2])
-    assert texts[-1].startswith("done: 2 windows (0 read back from checkpoints), 33 frames in "), texts
+    assert texts.index("1 of 3 windows done") > texts.index(steps[2])
+    assert texts[-1].startswith("done: 3 windows (0 read back from checkpoints), 33 frames in "), texts
     (item,) = saved_files(h)
     path = host.base_dir / "output" / item["subfolder"] / item["filename"]
     frames, fps = read_video(path)
@@ -57,14 +57,14 @@ def test_long_video_workflow_streams_checkpoints_and_resumes(host):
     assert meta["storyboard"] == STORYBOARD and meta["seed"] == 42
     run_dir = host.base_dir / "output" / meta["run_folder"]
     windows = sorted(p.name for p in run_dir.glob("window_*.safetensors"))
-    assert windows == [f"window_{i:05d}.safetensors" for i in range(2)]   # 9 latent frames: 2 windows at overlap 1
+    assert windows == [f"window_{i:05d}.safetensors" for i in range(3)]   # 9 latent frames: 5 + 3 + 3 at overlap 2
     stamps = [(run_dir / w).stat().st_mtime_ns for w in windows]
     again_graph = _graph(filename_prefix="spacetime/long_again")                  # same settings: resumes
     messages, h2 = run_listening(host, again_graph, timeout=300)
     assert error_message(h2) is None, error_message(h2)
     texts = _texts(messages, again_graph)
     assert not [t for t in texts if t.startswith("window ")], texts                  # nothing sampled
-    assert "2 of 2 windows done, 2 read back from checkpoints" in texts, texts
+    assert "3 of 3 windows done, 3 read back from checkpoints" in texts, texts
     (item2,) = saved_files(h2)
     again, _ = read_video(host.base_dir / "output" / item2["subfolder"] / item2["filename"])
     assert [(run_dir / w).stat().st_mtime_ns for w in windows] == stamps          # read back, not made again
@@ -157,7 +157,7 @@ def test_interrupt_keeps_finished_windows_and_the_next_run_resumes(host):
     assert h["status"]["status_str"] == "error" and not saved_files(h)
     (run_dir,) = new
     kept = sorted(p.name for p in run_dir.glob("window_*.safetensors"))
-    assert 2 <= len(kept) < 4                                       # 8 s: 4 windows of 17 frames, overlap 1
+    assert 2 <= len(kept) < 5                                       # 8 s: 5 windows of 17 frames, overlap 2
     stamps = {k: (run_dir / k).stat().st_mtime_ns for k in kept}
     out = host.base_dir / "output" / "spacetime"
     assert not list(out.glob(f"{TEMP_PREFIX}*")) and not list(out.glob("interrupted_*"))

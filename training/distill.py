@@ -69,7 +69,7 @@ class DistillConfig:
     trajectories: int = 512      # teacher runs from noise, one training caption each
     rank: int = 16
     alpha: float = 16.0
-    steps: int = 1600            # student optimizer steps
+    steps: int = 2800            # student optimizer steps
     batch: int = 16              # (trajectory, student step) pairs per optimizer step
     lr: float = 2e-3
     warmup: int = 50

@@ -505,8 +505,9 @@ def main(argv: list[str] | None = None) -> None:
         stage_cooldown(a.run, a.steps or 4000, a.minutes, a.every, a.seed, a.batch, a.lr, a.sigma_shift,
                        compile=a.compile)
     elif a.stage == "distill":
-        stage_distill(a.run, a.weights, a.trajectories, a.first_steps, a.steps or 1600, a.minutes, a.seed, a.rank,
-                      torch.bfloat16 if a.bf16 else torch.float32)
+        from .distill import DistillConfig
+        stage_distill(a.run, a.weights, a.trajectories, a.first_steps, a.steps or DistillConfig.steps, a.minutes,
+                      a.seed, a.rank, torch.bfloat16 if a.bf16 else torch.float32)
     elif a.stage == "walls":
         stage_walls(a.run, a.weights, a.steps or 6000, a.minutes, a.every, a.seed, a.batch, a.lr, a.sigma_shift,
                     a.clips, a.wall_clips, compile=a.compile)

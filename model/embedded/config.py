@@ -39,6 +39,10 @@ DIT_CONFIG = DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=Z
 DEFAULT_STEPS = 20
 DEFAULT_SHIFT = 2.0
 DEFAULT_GUIDANCE = 4.0
+# Guidance of a long video's windows (long_video.generate_long_embedded): at 4 the caption's
+# motion, amplified, carries an object past the frame's margin, and a minute of 4 s segments keeps
+# its object and its directions in fewer segments than at 2 (bench/RESULTS.md).
+LONG_GUIDANCE = 2.0
 
 # The 4-step distilled LoRA's sampling: every fifth sigma of the 20-step schedule, no guidance (one
 # DiT evaluation per step). It was trained for Euler steps (training/distill.py); UniPC on the same
