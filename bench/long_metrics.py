@@ -12,7 +12,8 @@ motion; ``frames`` are IMAGE ``[n, 64, 64, 3]`` in 0..1 and ``segments`` the sto
 - seams: the largest mean absolute frame-to-frame change over the median one; and the same
   without the clip's first change (frame 0 to 1), which the causal VAE's first frame, decoded
   alone, makes large in any clip of this model, a single window or a VAE round trip of a clip
-  drawn by the world alike;
+  drawn by the world alike; and, given the frames where one window's new frames begin (``joints``:
+  the change from frame j to j + 1), the largest change at a joint over the median one;
 - drift: the largest per-channel difference (in 1/255) between the background colour (median
   of the border pixels) of the last second and of the first.
 
@@ -54,7 +55,8 @@ def blobs(frame: torch.Tensor, bg: torch.Tensor) -> list[tuple[float, float, int
     return out
 
 
-def measure(frames: torch.Tensor, segments: list[tuple[float, str, str, str]], fps: float) -> dict:
+def measure(frames: torch.Tensor, segments: list[tuple[float, str, str, str]], fps: float,
+            joints: list[int] | None = None) -> dict:
     n = frames.shape[0]
     second = int(round(fps))
     # identity per 1-second slice
@@ -91,7 +93,9 @@ def measure(frames: torch.Tensor, segments: list[tuple[float, str, str, str]], f
     return {"identity": sum(ident) / max(len(ident), 1), "motion": sum(motion) / len(motion),
             "one_object": sum(one) / n, "smooth": sum(steps) / max(len(steps), 1),
             "seam_ratio": float(change.max() / change.median().clamp_min(1e-6)),
-            "seam_ratio_late": float(change[1:].max() / change.median().clamp_min(1e-6)), "drift": float(drift),
+            "seam_ratio_late": float(change[1:].max() / change.median().clamp_min(1e-6)),
+            "seam_ratio_joints": float(change[list(joints)].max() / change.median().clamp_min(1e-6)) if joints
+            else float("nan"), "drift": float(drift),
             "frames": n}
 
 
@@ -121,10 +125,11 @@ def room_line(rows: list[tuple[float, bool]], split: float = 20.0) -> str:
 
 def row(name: str, m: dict, extra: str = "") -> str:
     return (f"| {name} | {100 * m['identity']:.0f}% | {100 * m['motion']:.0f}% | {100 * m['one_object']:.0f}% | "
-            f"{100 * m['smooth']:.0f}% | {m['seam_ratio']:.2f} ({m['seam_ratio_late']:.2f}) | {m['drift']:.1f} | "
-            f"{extra} |")
+            f"{100 * m['smooth']:.0f}% | {m['seam_ratio']:.2f} ({m['seam_ratio_late']:.2f}; "
+            f"{'-' if math.isnan(m['seam_ratio_joints']) else format(m['seam_ratio_joints'], '.2f')}) | "
+            f"{m['drift']:.1f} | {extra} |")
 
 
 HEADER = ("| method | identity (1-s slices) | motion (segments) | one object (frames) | centre step <= 6 px "
-          "| largest / median frame change (from frame 1 on) | background drift (1/255) | notes |\n|---|---|---|---|---|---|---|---|")
+          "| largest / median frame change (from frame 1 on; at joints) | background drift (1/255) | notes |\n|---|---|---|---|---|---|---|---|")
 

@@ -34,7 +34,9 @@ def test_a_teleport_and_a_wrong_direction_are_counted():
     # the second segment asks for "left" but the object jumps back 25 px and moves right again
     frames = clip(("right", (14.0, 32.0), (44.0, 32.0), 33), ("right", (19.0, 32.0), (49.0, 32.0), 32))
     segs = [(33 / FPS, "red", "circle", "right"), (32 / FPS, "red", "circle", "left")]
-    m = L.measure(frames, segs, FPS)
+    m = L.measure(frames, segs, FPS, joints=[32])
+    assert m["seam_ratio_joints"] == m["seam_ratio"]            # the jump is at the joint (frame 32 to 33)
+    assert L.measure(frames, segs, FPS, joints=[10, 20])["seam_ratio_joints"] < 1.5
     assert m["motion"] == 0.5
     assert m["smooth"] == pytest.approx(1 - 1 / 64)          # one of 64 frame pairs jumps
     assert m["seam_ratio"] > 5 and m["seam_ratio_late"] == m["seam_ratio"]
