@@ -131,5 +131,6 @@ def row(name: str, m: dict, extra: str = "") -> str:
 
 
 HEADER = ("| method | identity (1-s slices) | motion (segments) | one object (frames) | centre step <= 6 px "
-          "| largest / median frame change (from frame 1 on; at joints) | background drift (1/255) | notes |\n|---|---|---|---|---|---|---|---|")
+          "| largest / median frame change (from frame 1 on; at joints) | background drift (1/255) | notes |\n"
+          "|---|---|---|---|---|---|---|---|")
 

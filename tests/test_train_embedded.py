@@ -2,6 +2,7 @@
 weights the pipeline loads; torch.compile leaves the trained modules' weights and names alone."""
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -172,6 +173,9 @@ def test_walls_fine_tunes_a_finished_model_and_writes_one_that_loads(tmp_path) -
     record = te.read_metadata(out / C.DIT_FILE)["training"]
     assert record["walls"] == {"steps": 3, "lr": 1e-3, "sigma_shift": 3.0, "clips": 6, "wall_clips": 2}
     assert record["dit"] == te.read_metadata(C.WEIGHTS_DIR / C.DIT_FILE)["training"]["dit"]
+    # latents of another split of training and walls clips are not mixed in: the error says what fits
+    with pytest.raises(ValueError, match="holds the latents of 6 training clips, not 5: use --clips 6"):
+        te.main([*args, "--steps", "4", "--clips", "5"])
 
 
 def test_compiled_runs_the_same_module_and_puts_it_back() -> None:

@@ -284,9 +284,10 @@ def stage_walls(run: Path, weights: Path | None, steps: int, minutes: float, eve
     folder = Path(weights) if weights else C.WEIGHTS_DIR
     vae, dit0, text0, record = load_parts(folder)
     lat_file = run / "latents_walls.safetensors"
-    if lat_file.exists() and read_metadata(lat_file).get("clips_train") != clips:
-        raise ValueError(f"{lat_file} holds the latents of {read_metadata(lat_file).get('clips_train')} training "
-                         f"clips, not {clips}: use --clips {read_metadata(lat_file).get('clips_train')} or a new RUN_DIR")
+    held = read_metadata(lat_file).get("clips_train") if lat_file.exists() else clips
+    if held != clips:
+        raise ValueError(f"{lat_file} holds the latents of {held} training clips, not {clips}: use --clips {held} "
+                         "or a new RUN_DIR")
 
     def clip_of(i: int) -> world.Clip:
         return world.sample_clip(i) if i < clips else world.sample_clip(i - clips, "walls")

@@ -215,5 +215,5 @@ def eval_loss(dit: WanDiT, text: TinyTextEncoder, latents: torch.Tensor, caption
         return float(flow_loss(dit, text, latents, captions, gen, p_uncond=0.0))
 
 
-__all__ = ["CONTINUATION_WEIGHTS", "DiTTrainConfig", "DiTTrainer", "MODES", "flow_loss", "eval_loss", "frame_mask", "object_mask",
-           "random_frame_masks", "sample_sigmas"]
+__all__ = ["CONTINUATION_WEIGHTS", "DiTTrainConfig", "DiTTrainer", "MODES", "flow_loss", "eval_loss", "frame_mask",
+           "object_mask", "random_frame_masks", "sample_sigmas"]
