@@ -8,6 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from spacetime_video.model.embedded import config as C
+from spacetime_video.training import recipe as cli
 from spacetime_video.training import stages as te
 from spacetime_video.model.embedded import load_embedded
 from spacetime_video.pipeline import generate_embedded as generate
@@ -38,10 +39,10 @@ def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
             "walls": dict(steps=2 + more, minutes=5.0, batch=2, every=1, lr=1e-4, sigma_shift=3.0, clips=8,
                           wall_clips=4),
         }
-    monkeypatch.setattr(te, "RECIPE", recipe())
+    monkeypatch.setattr(cli, "RECIPE", recipe())
     run, out = tmp_path / "run", tmp_path / "weights"
     threads = ["--threads", str(torch.get_num_threads())]
-    te.main(["all", "--run", str(run), *threads])
+    cli.main(["all", "--run", str(run), *threads])
     files = ["vae_ckpt", "dit_ckpt", "dit_cool", "dit_walls"]
     assert _meta(run / "vae_ckpt.safetensors") == {"step": 3}
     assert _meta(run / "dit_ckpt.safetensors") == {"step": 4}
@@ -60,12 +61,12 @@ def test_the_recipe_runs_every_stage_and_exports(tmp_path, monkeypatch) -> None:
     for name in files:
         f = run / f"{name}.safetensors"
         te.save_tensors(f, load_file(str(f)), {**te.read_metadata(f), "seconds": 300.0})
-    monkeypatch.setattr(te, "RECIPE", recipe(more=5))
-    te.main(["all", "--run", str(run), *threads])
+    monkeypatch.setattr(cli, "RECIPE", recipe(more=5))
+    cli.main(["all", "--run", str(run), *threads])
     assert [_step(run / f"{name}.safetensors") for name in files] == [3, 4, 3, 2]
     record = te.read_metadata(run / "walls" / C.DIT_FILE)["training"]
     assert record["dit_cooldown"] == 3 and record["walls"]["steps"] == 2
-    te.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
+    cli.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
     assert te.read_metadata(out / C.DIT_FILE)["training"]["dit_cooldown"] == 3
     for folder in (out, run / "walls"):
         clip = generate("a red ball rolls left across a black background", steps=2, seed=0,
@@ -78,40 +79,40 @@ def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
     resumes its own checkpoint, and `export --dit-file` ships its EMA weights."""
     run, out = tmp_path / "run", tmp_path / "weights"
     threads = ["--threads", str(torch.get_num_threads())]
-    te.main(["vae", "--run", str(run), "--steps", "1", "--frames", "5", "--batch", "1", *threads])
-    te.main(["latents", "--run", str(run), "--clips", "8", *threads])
+    cli.main(["vae", "--run", str(run), "--steps", "1", "--frames", "5", "--batch", "1", *threads])
+    cli.main(["latents", "--run", str(run), "--clips", "8", *threads])
     # `decoder` continues the VAE's checkpoint on a clock of its own: the VAE's spent minutes
     # do not stop it, and it leaves them as they were
     vae_file = run / "vae_ckpt.safetensors"
     te.save_tensors(vae_file, load_file(str(vae_file)), {**te.read_metadata(vae_file), "seconds": 600.0})
-    te.main(["decoder", "--run", str(run), "--steps", "2", "--minutes", "1", "--frames", "5", "--batch", "1",
+    cli.main(["decoder", "--run", str(run), "--steps", "2", "--minutes", "1", "--frames", "5", "--batch", "1",
              *threads])
     vae_meta = te.read_metadata(vae_file)
     assert vae_meta["step"] == 2 and vae_meta["seconds"] == 600.0 and 0 <= vae_meta["decoder_seconds"] < 60
-    te.main(["dit", "--run", str(run), "--steps", "3", "--batch", "2", *threads])
+    cli.main(["dit", "--run", str(run), "--steps", "3", "--batch", "2", *threads])
     key = "dit.blocks.0.ffn.0.weight"
     before = load_file(str(run / "dit_ckpt.safetensors"))
     before[key] += 0.5     # a mark no fresh initialisation has: the cool-down must start from it
     te.save_tensors(run / "dit_ckpt.safetensors", before, te.read_metadata(run / "dit_ckpt.safetensors"))
     cool = ["cooldown", "--run", str(run), "--batch", "2", "--every", "1", "--lr", "1e-3", *threads]
-    te.main([*cool, "--steps", "2"])
+    cli.main([*cool, "--steps", "2"])
     first = load_file(str(run / "dit_cool.safetensors"))
     assert _meta(run / "dit_cool.safetensors") == {"step": 2, "from_dit_step": 3, "lr": 1e-3, "sigma_shift": 3.0}
     moved = (first[key] - before[key]).abs().max()
     assert 0 < moved < 0.01                         # two small steps away from the DiT's weights
     torch.testing.assert_close(load_file(str(run / "dit_ckpt.safetensors"))[key], before[key])
-    te.main([*cool, "--steps", "3"])                # resumes at step 2 and takes one more
+    cli.main([*cool, "--steps", "3"])                # resumes at step 2 and takes one more
     assert te.read_metadata(run / "dit_cool.safetensors")["step"] == 3
     # --minutes caps the stage's time summed over its runs: a stage whose checkpoint says its
     # minutes are spent takes no more steps, however many it was asked for
     spent = te.read_metadata(run / "dit_cool.safetensors")
     te.save_tensors(run / "dit_cool.safetensors", load_file(str(run / "dit_cool.safetensors")), {**spent, "seconds": 60.0})
-    te.main([*cool, "--steps", "9", "--minutes", "1"])
+    cli.main([*cool, "--steps", "9", "--minutes", "1"])
     assert te.read_metadata(run / "dit_cool.safetensors")["step"] == 3
-    te.main([*cool, "--steps", "4", "--minutes", "1.5"])   # half a minute left: one more step
+    cli.main([*cool, "--steps", "4", "--minutes", "1.5"])   # half a minute left: one more step
     assert te.read_metadata(run / "dit_cool.safetensors")["step"] == 4
     assert te.read_metadata(run / "dit_cool.safetensors")["seconds"] > 60
-    te.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
+    cli.main(["export", "--run", str(run), "--to", str(out), "--dit-file", "dit_cool.safetensors", *threads])
     shipped = load_file(str(out / C.DIT_FILE))
     torch.testing.assert_close(shipped["blocks.0.ffn.0.weight"],
                                load_file(str(run / "dit_cool.safetensors"))["ema_" + key])
@@ -120,7 +121,7 @@ def test_cooldown_continues_the_dit_into_its_own_file(tmp_path) -> None:
     # `adapt --dit-file` must run the decoder against that file's EMA DiT: the same seed with
     # the same weights gives the same decoder, with the other file's weights a different one.
     def adapted(dit_file: str, steps: int = 1) -> dict[str, torch.Tensor]:
-        te.main(["adapt", "--run", str(run), "--steps", str(steps), "--batch", "1", "--every", "1",
+        cli.main(["adapt", "--run", str(run), "--steps", str(steps), "--batch", "1", "--every", "1",
                  "--dit-file", dit_file, *threads])
         assert te.read_metadata(run / "vae_adapt.safetensors")["dit_file"] == dit_file
         return load_file(str(run / "vae_adapt.safetensors"))
@@ -153,14 +154,14 @@ def test_walls_fine_tunes_a_finished_model_and_writes_one_that_loads(tmp_path) -
     run = tmp_path / "run"
     args = ["walls", "--run", str(run), "--clips", "6", "--wall-clips", "2", "--batch", "2", "--every", "1",
             "--lr", "1e-3", "--threads", str(torch.get_num_threads())]
-    te.main([*args, "--steps", "2"])
+    cli.main([*args, "--steps", "2"])
     data = load_file(str(run / "latents_walls.safetensors"))
     base = load_embedded()
     vids = torch.stack([te.world.sample_clip(5).video, te.world.sample_clip(1, "walls").video])
     with torch.no_grad():
         torch.testing.assert_close(data["latents"][[5, 7]], base.vae.normalize(base.vae.encode(vids)))
     assert te.read_metadata(run / "dit_walls.safetensors")["step"] == 2
-    te.main([*args, "--steps", "3"])                         # resumes at step 2 and takes one more
+    cli.main([*args, "--steps", "3"])                         # resumes at step 2 and takes one more
     assert te.read_metadata(run / "dit_walls.safetensors")["step"] == 3
     out = run / "walls"
     tuned = load_embedded(out)
@@ -175,7 +176,7 @@ def test_walls_fine_tunes_a_finished_model_and_writes_one_that_loads(tmp_path) -
     assert record["dit"] == te.read_metadata(C.WEIGHTS_DIR / C.DIT_FILE)["training"]["dit"]
     # latents of another split of training and walls clips are not mixed in: the error says what fits
     with pytest.raises(ValueError, match="holds the latents of 6 training clips, not 5: use --clips 6"):
-        te.main([*args, "--steps", "4", "--clips", "5"])
+        cli.main([*args, "--steps", "4", "--clips", "5"])
 
 
 def test_compiled_runs_the_same_module_and_puts_it_back() -> None:
