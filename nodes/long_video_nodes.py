@@ -24,14 +24,13 @@ from PIL import Image
 from .. import samplers
 from ..model import canvas
 from ..long_video import CheckpointError, StoryboardError
-from ..long_video.generate import expand_segments, long_frames
 from ..long_video.checkpoint import settings_key
-from ..long_video.generate import ANCHOR_DEFAULT, OVERLAP_DEFAULT
+from ..long_video.generate import ANCHOR_DEFAULT, OVERLAP_DEFAULT, expand_segments, long_frames
 from ..long_video.storyboard import parse_storyboard
 from ..long_video.timeline import CONTINUITY
 from .embedded_nodes import TextEncoder, _conditioning
 from .errors import SpacetimeNodeError, node_error
-from .sampler import _concat_channels, sample_latent
+from .sampler import CLIP_VISION_HINT, _concat_channels, _needs_clip_vision, sample_latent
 from .video_file import VideoWriteError, write_new_video
 from .video_io import _prefix_problem
 from .validation import SpacetimeNode
@@ -93,8 +92,8 @@ def _window_latent(vae, place, i2v: bool, seen) -> dict:
 def _fingerprint(model, vae) -> str:
     """What identifies the weights in a run's settings (cheap: shapes and a few sums)."""
     inner = model.model.diffusion_model
-    w = inner.patch_embedding.weight
-    z = vae.wan.conv2.weight
+    w = inner.patch_embedding.weight.detach()
+    z = vae.wan.conv2.weight.detach()
     patches = sorted(str(k) for k in getattr(model, "patches", {}))
     return f"{type(inner).__name__}:{tuple(w.shape)}:{float(w.float().sum()):.6e}:{float(z.float().sum()):.6e}:" \
            f"{len(patches)}:{hash(tuple(patches)) & 0xffffffff:x}"
@@ -215,6 +214,8 @@ class SpacetimeLongVideo(SpacetimeNode):
             raise node_error(cls, "image" if image is None else "continuity",
                              "an I2V model makes every window from an image: connect the start `image`, and keep "
                              "continuity 'pixels' (each window's image is the previous window's last frame)")
+        if clip_vision is None and _needs_clip_vision(model):
+            raise node_error(cls, "clip_vision", CLIP_VISION_HINT)
         start = None if image is None else image[..., :3].float().cpu()
         if start is not None and tuple(start.shape[1:3]) != (height, width):
             raise node_error(cls, "image", f"the image is {start.shape[2]}x{start.shape[1]} but the video is "

@@ -61,6 +61,17 @@ def _concat_channels(model) -> int:
     return inner.patch_embedding.weight.shape[1] - channels
 
 
+def _needs_clip_vision(model) -> bool:
+    """Our DiT with a CLIP-vision branch (Wan 2.1 I2V / FLF2V), which does not run without it (native
+    Wan models skip the branch when no view comes)."""
+    return getattr(model.model.diffusion_model, "img_emb", None) is not None and \
+        hasattr(model.model.diffusion_model, "embed_image")
+
+
+CLIP_VISION_HINT = ("this Wan 2.1 I2V/FLF2V model also takes a CLIP-vision view of its image: load "
+                    "clip_vision_h.safetensors with Load CLIP Vision and connect it")
+
+
 class SpacetimeGuider(comfy.samplers.CFGGuider):
     """ComfyUI's CFG guider with the step's scale from ``samplers.guidance_scale`` (ComfyUI's CFG
     function still combines the predictions, so native CFG patches apply)."""
@@ -126,6 +137,11 @@ class SpacetimeSampler(SpacetimeNode):
                              f"denoises [B, {want}, T, H, W] latents: use the VAE of the model's family "
                              f"(Wan 2.1: 16 channels, Wan 2.2 TI2V: 48)")
         x = comfy.sample.fix_empty_latent_channels(model, x)
+        if _needs_clip_vision(model) and clip_vision_output is None and \
+                not (latent.get("spacetime") or {}).get("clip_vision") and \
+                not any("clip_vision_output" in c[1] for c in list(positive) + list(negative)):
+            raise node_error(cls, "clip_vision_output", CLIP_VISION_HINT + " (CLIP Vision Encode of the image into "
+                             "clip_vision_output, or Place Frames' clip_vision_output)")
         with blamed_on(cls, "sigmas" if sigmas is not None else "steps/shift/denoise"):
             if sigmas is None:
                 sigmas = samplers.flow_sigmas(steps, shift, denoise=denoise)

@@ -116,7 +116,7 @@ def test_wan_long_video_workflows_run_on_tiny_files(host, tiny, name):
     (nid,) = [k for k, v in g.items() if v["class_type"] == "SpacetimeLongVideo"]
     inputs = g[nid]["inputs"]
     inputs["text_encoder"] = inputs.pop("clip")            # the tiny text encoder stands in for umT5
-    if "clip_vision" in inputs:                             # no tiny CLIP vision: the I2V DiT runs without it
+    if "clip_vision" in inputs:    # the tiny I2V DiT has no CLIP-vision branch (test_long_video_clip_vision.py has one)
         g.pop(inputs.pop("clip_vision")[0])
         (loader,) = [v for v in g.values() if v["class_type"] == "SpacetimeDiTLoader"]
         loader["inputs"]["dit_name"] = tiny["dit_i2v"]
