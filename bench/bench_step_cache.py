@@ -4,7 +4,11 @@
   colour/shape/motion combinations x 2, the seeds and backgrounds of ``training/evaluate.py``),
   20 steps (``--steps``): for every ``speed`` preset, DiT evaluations (one per sample and pass) against the
   uncached run, PSNR of the video against the uncached video of the same seed, and the prompts
-  whose colour, shape and motion the analyser reads correctly.
+  whose colour, shape and motion the analyser reads correctly. ``--solver`` picks the solver of
+  every run (the uncached reference too), ``--set validation`` the 44 validation prompts instead
+  (for choosing settings without looking at the 22), ``--speeds`` adds rows of settings of one's own.
+* ``trajectory``: how smooth the guided output is along UniPC's and Euler's trajectories (what a
+  forecast has to follow), per step, on the first ``--prompts`` held-out prompts.
 * ``easycache``: the same MODEL in ComfyUI's own sampler, our cache without guidance truncation
   against ComfyUI's native EasyCache over a range of thresholds each, on the first ``--prompts``
   prompts: evaluations and PSNR (decoded video against the uncached one), so the two curves can be
@@ -18,7 +22,8 @@
 
 Run (from the repository root, in the project's environment, after ``make setup``):
 
-    python bench/bench_step_cache.py [--parts embedded,steps,easycache,overhead] [--steps 20] [--threads 2]
+    python bench/bench_step_cache.py [--parts embedded,steps,trajectory,easycache,overhead] [--steps 20]
+        [--threads 2] [--solver unipc] [--set heldout] [--speeds 'name:threshold=0.2,...']
 
 Results with date, machine and command: bench/RESULTS.md.
 """
@@ -49,22 +54,42 @@ def adheres(video: torch.Tensor, combo: tuple[str, str, str]) -> bool:
     return (a.colour, a.shape, a.motion) == combo
 
 
-def part_embedded(model, steps: int) -> None:
-    prompts = heldout_prompts()
-    print(f"\n## embedded model, {len(prompts)} held-out prompts, {steps} steps (unipc, guidance on)")
+def prompt_set(name: str) -> list[tuple[str, int, tuple[str, str, str]]]:
+    """The 22 held-out prompts, or the 44 validation prompts (the same held-out combinations on
+    the 3rd to 6th seeds of each, as bench/bench_distill.py) for choosing settings."""
+    return heldout_prompts() if name == "heldout" else \
+        [p for i, p in enumerate(heldout_prompts(per_combo=6)) if i % 6 >= 2]
+
+
+def parse_speeds(text: str) -> dict[str, Speed]:
+    """``name:field=value,...;name:...`` -> named ``Speed`` settings (fields as in ``Speed``)."""
+    out = {}
+    for spec in filter(None, (t.strip() for t in text.split(";"))):
+        name, _, fields = spec.partition(":")
+        values = {k: (int(v) if k == "max_skips" else v == "1" if k == "reuse_text" else float(v))
+                  for k, v in (f.split("=") for f in fields.split(",") if f)}
+        out[name] = Speed(**values)
+    return out
+
+
+def part_embedded(model, steps: int, solver: str = "unipc", prompts_name: str = "heldout",
+                  extra: dict[str, Speed] | None = None) -> None:
+    prompts = prompt_set(prompts_name)
+    print(f"\n## embedded model, {len(prompts)} {prompts_name} prompts, {steps} steps ({solver}, guidance on)")
     refs, ok_ref = [], 0
     for text, seed, combo in prompts:
-        refs.append(generate_embedded(text, steps=steps, seed=seed, model=model))
+        refs.append(generate_embedded(text, steps=steps, seed=seed, model=model, solver=solver))
         ok_ref += adheres(refs[-1], combo)
     total = 2 * steps
     print(f"| speed | DiT evaluations (of {total}) | fewer | PSNR mean / min (dB) | adherent prompts |")
     print("|---|---|---|---|---|")
     print(f"| uncached | {total} | 1.00x | - | {ok_ref} / {len(prompts)} |")
-    for name in [n for n in SPEEDS if n != "off"]:
+    settings = {n: s for n, s in SPEEDS.items() if n != "off"} | (extra or {})
+    for name, speed in settings.items():
         evals, db, ok = [], [], 0
         for (text, seed, combo), ref in zip(prompts, refs):
-            cache = StepCache(name)
-            v = generate_embedded(text, steps=steps, seed=seed, model=model, speed=cache)
+            cache = StepCache(speed)
+            v = generate_embedded(text, steps=steps, seed=seed, model=model, speed=cache, solver=solver)
             evals.append(cache.evaluated)
             db.append(psnr(v, ref))
             ok += adheres(v, combo)
@@ -105,6 +130,45 @@ def part_steps(model, steps: int, n_prompts: int) -> None:
                   flush=True)
         else:
             print(f"| {i} | 0 / {len(prompts)} | - | - |", flush=True)
+
+
+class Recorder(StepCache):
+    """Evaluates every step and keeps (sigma, output of the guided pair) of each call."""
+
+    def __init__(self) -> None:
+        super().__init__("off")
+        self.calls: list[tuple[float, torch.Tensor]] = []
+
+    def __call__(self, rows, sigma, x, evaluate):
+        out = evaluate()
+        self.calls.append((sigma, out.detach().clone()))
+        return out
+
+
+def part_trajectory(model, steps: int, n_prompts: int, guidance: float = 4.0) -> None:
+    """How smooth the guided output is along each solver's trajectory: the cosine between its
+    change into a step and its change into the next (near 1: a steady drift that a straight line
+    forecasts; below 0: a zig-zag that reuse and the line both miss), and the relative L1 change
+    per step, averaged over the first ``n_prompts`` held-out prompts."""
+    prompts = heldout_prompts()[:n_prompts]
+    print(f"\n## embedded model, {len(prompts)} held-out prompts, {steps} steps, guidance {guidance:g}: the guided "
+          "output along each solver's trajectory")
+    print("| solver | measure | " + " | ".join(str(k) for k in range(2, steps)) + " |")
+    print("|---|---|" + "---|" * (steps - 2))
+    for solver in ("unipc", "euler"):
+        cos, change = [[] for _ in range(steps)], [[] for _ in range(steps)]
+        for text, seed, _ in prompts:
+            rec = Recorder()
+            generate_embedded(text, steps=steps, seed=seed, model=model, speed=rec, solver=solver)
+            g = [o[1:] + guidance * (o[:1] - o[1:]) for _, o in rec.calls]      # rows: conditional, unconditional
+            for k in range(2, steps):
+                a, b = (g[k] - g[k - 1]).flatten(), (g[k - 1] - g[k - 2]).flatten()
+                cos[k].append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+                change[k].append(float((g[k] - g[k - 1]).abs().mean() / g[k].abs().mean()))
+        print(f"| {solver} | cosine of successive changes | " +
+              " | ".join(f"{statistics.mean(c):+.2f}" for c in cos[2:]) + " |")
+        print(f"| {solver} | relative change | " + " | ".join(f"{statistics.mean(c):.2f}" for c in change[2:]) + " |",
+              flush=True)
 
 
 def comfy_setup():
@@ -255,12 +319,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20, help="sampling steps of the embedded, easycache and steps parts")
     p.add_argument("--prompts", type=int, default=8, help="prompts of the EasyCache and steps parts")
     p.add_argument("--rounds", type=int, default=2, help="alternated timing rounds of the overhead part")
+    p.add_argument("--solver", default="unipc", help="solver of the embedded part (unipc, euler, dpmpp_2m)")
+    p.add_argument("--set", default="heldout", choices=("heldout", "validation"), help="prompts of the embedded part")
+    p.add_argument("--speeds", default="", help="more rows for the embedded part: 'name:threshold=0.2,"
+                                                "cfg_until=0.6;name2:...' (fields of Speed)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     parts = a.parts.split(",")
-    model = load_embedded() if {"embedded", "easycache", "steps"} & set(parts) else None
+    model = load_embedded() if {"embedded", "easycache", "steps", "trajectory"} & set(parts) else None
     if "embedded" in parts:
-        part_embedded(model, a.steps)
+        part_embedded(model, a.steps, a.solver, a.set, parse_speeds(a.speeds))
+    if "trajectory" in parts:
+        part_trajectory(model, a.steps, a.prompts)
     if "steps" in parts:
         part_steps(model, a.steps, a.prompts)
     if "easycache" in parts:

@@ -128,7 +128,7 @@ class SpacetimeStepCache(SpacetimeNode):
                 io.Model.Input("model", tooltip="any Wan MODEL; the patched copy goes to any sampler"),
                 io.Combo.Input("speed", options=[*SPEEDS, CUSTOM], default=DEFAULT_SPEED,
                                tooltip="off: exact; quality, balanced, fast: about 1.4x, 2.1x and 2.4x fewer evaluations on "
-                                       "the embedded model at 20 steps, 1.9x, 2.8x and 3.5x at 50 (bench/RESULTS.md)"),
+                                       "the embedded model at 20 steps, 1.9x, 3.2x and 3.5x at 50 (bench/RESULTS.md)"),
                 io.Float.Input("threshold", default=preset.threshold, min=RANGES["threshold"][0],
                                max=RANGES["threshold"][1], step=0.01,
                                tooltip=f"largest predicted relative error of a forecast step ({expert})"),
