@@ -27,6 +27,7 @@ def parts(comfy, tmp_path_factory):
     from spacetime_video.nodes.comfy_model import wrap_dit
     from spacetime_video.nodes.comfy_vae import wrap_vae
 
+    before = folder_paths.get_output_directory()
     folder_paths.set_output_directory(str(tmp_path_factory.mktemp("output")))
     torch.manual_seed(0)
     cfg = tiny_config(text_dim=32, text_len=8, in_dim=36, model_type="i2v", img_emb=True, clip_dim=24)
@@ -42,7 +43,8 @@ def parts(comfy, tmp_path_factory):
     g = torch.Generator().manual_seed(1)
     clip_vision.load_sd({k: (1.0 if k.endswith("weight") and v.ndim == 1 else 0.0) + 0.3 * torch.randn(v.shape, generator=g)
                          for k, v in clip_vision.get_sd().items()})
-    return model, vae, text, clip_vision
+    yield model, vae, text, clip_vision
+    folder_paths.set_output_directory(before)
 
 
 def _run(parts, reanchor: bool, clip_vision: bool = True, seed: int = 0, seen: list | None = None):
