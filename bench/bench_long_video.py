@@ -17,8 +17,11 @@ windows (17 frames) for every method; each row is the mean over the seeds (``--s
 Printed: the measures of ``long_metrics.py`` per method (and, per method, how the segments that
 start with little room ahead fare: ``long_metrics.room``), then the memory and time of ours for
 10 s and for 60 s (each in a fresh process: peak RSS and wall time), as ratios. With 3 seeds
-the run takes about 30 minutes with one thread. A last row, ``reference``, is the storyboard drawn by
-the world's renderer: what a clip that does exactly what it asks scores.
+the run takes about 30 minutes with one thread. A row ``reference`` is the storyboard drawn by
+the world's renderer: what a clip that does exactly what it asks scores. Two more put that clip
+through the embedded VAE: encoded and decoded whole (as ComfyUI's context windows and our one
+latent timeline decode a minute) and window by window (as our windows are decoded): what the VAE
+alone does to each way of decoding.
 
 ``--segment 2`` makes the same minute of 30 two-second segments (a segment as long as the
 world's training clips, so its motion fits in the frame).
@@ -100,6 +103,8 @@ METHODS = {
     "ours, guidance 4": dict(guidance=4.0),
     "naive chaining, guidance 2": "naive, guidance 2",
     "reference: the storyboard drawn by the world's renderer": "reference",
+    "reference through the embedded VAE, encoded and decoded whole": "reference, vae whole",
+    "reference through the embedded VAE, in windows of 17 frames": "reference, vae windows",
 }
 
 
@@ -132,6 +137,24 @@ def reference(segs: list[tuple[float, str, str, str]], seed: int) -> torch.Tenso
         dx, dy = step[seg[3]]
         x, y = min(max(x + dx * speed, lo), hi), min(max(y + dy * speed, lo), hi)
     return ((torch.cat(frames, dim=1).permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+
+
+def through_vae(frames: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """IMAGE frames encoded and decoded by the embedded VAE: whole (one latent of every frame, as
+    ComfyUI's context windows and one latent timeline decode), or window by window (``window``
+    frames that share their first frame with the last one's last, as our windows decode)."""
+    from spacetime_video.model.embedded import load_embedded
+
+    vae = load_embedded().vae
+    video = frames.permute(3, 0, 1, 2)[None] * 2 - 1
+    with torch.no_grad():
+        if window is None:
+            return ((vae.decode(vae.encode(video))[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+        pieces = []
+        for a in range(0, video.shape[2] - 1, window - 1):
+            out = vae.decode(vae.encode(video[:, :, a:a + window]))[0]
+            pieces.append(out if a == 0 else out[:, 1:])
+    return ((torch.cat(pieces, dim=1).permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
 
 
 def majority(text: str, seed: int) -> torch.Tensor:
@@ -189,7 +212,7 @@ def joints(options: dict | str, frames: int) -> list[int] | None:
     """Where a method's windows join: the frame before each window's first new frame. Windows of 17
     frames that keep 1 + 4 (overlap - 1) frames (ours; naive chaining keeps 5); none for ComfyUI's
     blended context windows and the reference."""
-    if options in ("native", "reference"):
+    if options == "native" or str(options).startswith("reference"):
         return None
     keep = 1 + 4 * ((options.get("overlap", 2) if isinstance(options, dict) else 2) - 1)
     return list(range(16, frames - 1, 17 - keep))
@@ -206,6 +229,8 @@ def methods(seeds: list[int], names: list[str], segment: float = 4.0) -> None:
         for seed in seeds:
             if options == "reference":
                 frames = reference(segs, seed)
+            elif isinstance(options, str) and options.startswith("reference, vae"):
+                frames = through_vae(reference(segs, seed), None if options.endswith("whole") else 17)
             elif options == "naive, guidance 2":
                 frames = naive(text, seed, guidance=2.0)
             elif options in ("naive", "native"):
