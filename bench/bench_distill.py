@@ -33,7 +33,7 @@ from spacetime_video.model.embedded import config as C
 from spacetime_video.model.embedded import load_embedded
 from spacetime_video.pipeline import generate_embedded
 from spacetime_video.training.analyser import analyse
-from spacetime_video.training.evaluate import heldout_prompts
+from spacetime_video.training.evaluate import heldout_prompts, validation_prompts
 from spacetime_video.training.train_vae import psnr
 
 
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     base, distilled = load_embedded(), load_embedded(distilled=True)
-    prompts = heldout_prompts() if a.prompts == "heldout" else \
-        [p for i, p in enumerate(heldout_prompts(per_combo=6)) if i % 6 >= 2]
+    prompts = heldout_prompts() if a.prompts == "heldout" else validation_prompts()
     generate_embedded("a red ball rolls to the left", model=base, steps=2)          # warm-up
     refs: list[torch.Tensor] = []
     print(f"## embedded model, {len(prompts)} {a.prompts} prompts, {a.threads} threads")

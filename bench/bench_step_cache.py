@@ -42,7 +42,7 @@ from spacetime_video.model.embedded import load_embedded
 from spacetime_video.pipeline import generate_embedded
 from spacetime_video.samplers.step_cache import SPEEDS, Speed, StepCache
 from spacetime_video.training.analyser import analyse
-from spacetime_video.training.evaluate import heldout_prompts
+from spacetime_video.training.evaluate import heldout_prompts, validation_prompts
 from spacetime_video.training.train_vae import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,13 +52,6 @@ COMFY = Path(os.environ.get("SPACETIME_COMFYUI", ROOT / ".host" / "ComfyUI"))
 def adheres(video: torch.Tensor, combo: tuple[str, str, str]) -> bool:
     a = analyse(video)
     return (a.colour, a.shape, a.motion) == combo
-
-
-def prompt_set(name: str) -> list[tuple[str, int, tuple[str, str, str]]]:
-    """The 22 held-out prompts, or the 44 validation prompts (the same held-out combinations on
-    the 3rd to 6th seeds of each, as bench/bench_distill.py) for choosing settings."""
-    return heldout_prompts() if name == "heldout" else \
-        [p for i, p in enumerate(heldout_prompts(per_combo=6)) if i % 6 >= 2]
 
 
 def parse_speeds(text: str) -> dict[str, Speed]:
@@ -74,7 +67,7 @@ def parse_speeds(text: str) -> dict[str, Speed]:
 
 def part_embedded(model, steps: int, solver: str = "unipc", prompts_name: str = "heldout",
                   extra: dict[str, Speed] | None = None) -> None:
-    prompts = prompt_set(prompts_name)
+    prompts = heldout_prompts() if prompts_name == "heldout" else validation_prompts()
     print(f"\n## embedded model, {len(prompts)} {prompts_name} prompts, {steps} steps ({solver}, guidance on)")
     refs, ok_ref = [], 0
     for text, seed, combo in prompts:
@@ -317,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parts", default="embedded,easycache,overhead")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=20, help="sampling steps of the embedded, easycache and steps parts")
-    p.add_argument("--prompts", type=int, default=8, help="prompts of the EasyCache and steps parts")
+    p.add_argument("--prompts", type=int, default=8, help="prompts of the easycache, steps and trajectory parts")
     p.add_argument("--rounds", type=int, default=2, help="alternated timing rounds of the overhead part")
     p.add_argument("--solver", default="unipc", help="solver of the embedded part (unipc, euler, dpmpp_2m)")
     p.add_argument("--set", default="heldout", choices=("heldout", "validation"), help="prompts of the embedded part")

@@ -185,3 +185,11 @@ def test_text_encoder_file_with_foreign_metadata_loads(tmp_path) -> None:
     save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(path), metadata={"format": "pt"})
     loaded = load_text_encoder(path)
     assert torch.equal(loaded.encode(["a red ball"]), enc.eval().encode(["a red ball"]))
+
+
+def test_validation_prompts_are_the_held_out_combinations_on_other_seeds() -> None:
+    from spacetime_video.training.evaluate import heldout_prompts, validation_prompts
+    held, val = heldout_prompts(), validation_prompts()
+    assert len(held) == 22 and len(val) == 44
+    assert {c for _, _, c in val} == {c for _, _, c in held}
+    assert not {(t, s) for t, s, _ in val} & {(t, s) for t, s, _ in held}

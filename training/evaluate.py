@@ -47,6 +47,12 @@ def heldout_prompts(per_combo: int = 2) -> list[tuple[str, int, tuple[str, str, 
     return out
 
 
+def validation_prompts() -> list[tuple[str, int, tuple[str, str, str]]]:
+    """The held-out combinations on other seeds and backgrounds (the 3rd to 6th of each: 44
+    prompts), for choosing sampling settings without looking at :func:`heldout_prompts`."""
+    return [p for i, p in enumerate(heldout_prompts(per_combo=6)) if i % 6 >= 2]
+
+
 def _frac(xs: list[bool]) -> float:
     return sum(xs) / max(len(xs), 1)
 
