@@ -21,6 +21,7 @@ import torch
 from comfy_api.latest import io
 
 from .. import samplers
+from .comfy_model import spacetime_dit
 from .errors import blamed_on, node_error
 from .validation import SpacetimeNode
 
@@ -64,8 +65,8 @@ def _concat_channels(model) -> int:
 def _needs_clip_vision(model) -> bool:
     """Our DiT with a CLIP-vision branch (Wan 2.1 I2V / FLF2V), which does not run without it (native
     Wan models skip the branch when no view comes)."""
-    return getattr(model.model.diffusion_model, "img_emb", None) is not None and \
-        hasattr(model.model.diffusion_model, "embed_image")
+    dit = spacetime_dit(model)
+    return dit is not None and dit.img_emb is not None
 
 
 CLIP_VISION_HINT = ("this Wan 2.1 I2V/FLF2V model also takes a CLIP-vision view of its image: load "
