@@ -6,8 +6,8 @@ through the student's 4-step schedule ``flow_sigmas(4, 2)`` (every fifth sigma),
 teacher's latent at each student sigma is read off its own trajectory, with no interpolation.
 
 The student is the same DiT with a low-rank adapter (LoRA, Hu et al. 2021, arXiv:2106.09685) on
-every block's attention and feed-forward linears, sampled by Euler without guidance (4
-evaluations). It learns, for each of its 4 steps, the velocity that takes the teacher's latent
+every block's attention and feed-forward linears, trained for Euler steps without guidance (4
+evaluations; sampled with UniPC by default, which reads it better). It learns, for each of its 4 steps, the velocity that takes the teacher's latent
 at ``s_i`` onto the teacher's latent at ``s_{i+1}`` in one Euler step — the last step onto the
 teacher's final clean latent. This is the multi-step form of progressive / trajectory
 distillation (Salimans & Ho 2022, arXiv:2202.00512; the step-wise targets of consistency
