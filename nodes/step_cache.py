@@ -86,6 +86,7 @@ def _calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
     if (isinstance(run, _Run) and len(conds) == 2 and conds[0] is not None and conds[1] is not None
             and float(timestep.reshape(-1)[0]) < run.guided_down_to):
         out = executor(model, [conds[0]], x_in, timestep, model_options)
+        run.cache.unguided += x_in.shape[0]
         return [out[0], out[0].clone()]   # the unconditional prediction equals the conditional: scale 1
     return executor(model, conds, x_in, timestep, model_options)
 
@@ -128,7 +129,8 @@ class SpacetimeStepCache(SpacetimeNode):
                 io.Model.Input("model", tooltip="any Wan MODEL; the patched copy goes to any sampler"),
                 io.Combo.Input("speed", options=[*SPEEDS, CUSTOM], default=DEFAULT_SPEED,
                                tooltip="off: exact; quality, balanced, fast: about 1.4x, 2.1x and 2.4x fewer evaluations on "
-                                       "the embedded model at 20 steps, 1.9x, 3.2x and 3.5x at 50 (bench/RESULTS.md)"),
+                                       "the embedded model at 20 UniPC steps, 1.9x, 3.2x and 3.5x at 50 (more with "
+                                       "Euler; bench/RESULTS.md)"),
                 io.Float.Input("threshold", default=preset.threshold, min=RANGES["threshold"][0],
                                max=RANGES["threshold"][1], step=0.01,
                                tooltip=f"largest predicted relative error of a forecast step ({expert})"),

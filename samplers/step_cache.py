@@ -12,10 +12,11 @@ gap h; the line by about ``c1·h·(h + h0)`` (``½|v''|`` times the gap terms, f
 each measurement re-estimates ``c0`` and ``c1``. For a step that may be skipped, the forecast with
 the smaller predicted error is used if that prediction is at most ``threshold``. Nothing is
 calibrated per model family, so a model (or a stretch of a schedule) whose output bends sharply
-is evaluated more often. On the embedded model the line is the better forecast in the middle of
-the schedule (about half the error of reuse) and reuse near the start. Along a multistep solver's
-trajectory (UniPC) the output can zig-zag from step to step, which neither forecast follows, so
-fewer steps pass the threshold there than along Euler's steady one. The first steps
+is evaluated more often. On the embedded model at 20 steps, along Euler's steady trajectory the
+line is the better forecast from about a third of the schedule on (about half the error of
+reuse). Along a multistep solver's trajectory (UniPC) the output zig-zags from step to step,
+which neither forecast follows: reuse is the better one there until about step 16, and fewer
+steps pass the threshold than along Euler's. The first steps
 (``warmup``, and always three real evaluations, which measure both constants) and the last ones
 (``cooldown``, where the sample's detail is formed) are evaluated, and at most ``max_skips``
 forecasts run in a row. The prediction is an estimate, not a bound: ``threshold`` is a knob whose
@@ -182,13 +183,16 @@ class StepCache:
     window by window), ``evaluate()`` runs the model on the whole batch.
     ``sigmas`` is the run's schedule (for the warm-up and cool-down fractions; or call
     :meth:`begin` with it). Counts:
-    ``evaluated`` / ``skipped`` in batch rows (one row = one DiT evaluation of one sample).
+    ``evaluated`` / ``skipped`` in batch rows (one row = one DiT evaluation of one sample);
+    ``unguided``: unconditional rows left out after the guided steps (``cfg_until``), which never
+    reach the cache, so whoever leaves them out counts them here.
     """
 
     def __init__(self, speed: str | Speed = DEFAULT_SPEED, sigmas: Sequence[float] | torch.Tensor | None = None) -> None:
         self.speed = speed_settings(speed)
         self.evaluated = 0
         self.skipped = 0
+        self.unguided = 0
         self.errors: list[float] = []       # measured forecast errors, for reports and tests
         self.begin([1.0, 0.0] if sigmas is None else sigmas)
 
@@ -234,6 +238,8 @@ class StepCache:
         return out
 
     def report(self) -> str:
-        total = self.evaluated + self.skipped
-        return (f"{self.evaluated} of {total} DiT evaluations run, {self.skipped} forecast "
-                f"({total / max(self.evaluated, 1):.2f}x fewer)")
+        """The counts against an uncached run (every row of every call evaluated, guidance in
+        every step)."""
+        total = self.evaluated + self.skipped + self.unguided
+        return (f"{self.evaluated} of {total} DiT evaluations run, {self.skipped} forecast, {self.unguided} "
+                f"unconditional left out after the guided steps ({total / max(self.evaluated, 1):.2f}x fewer)")

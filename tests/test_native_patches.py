@@ -209,7 +209,9 @@ def test_step_cache_off_is_the_plain_sampler(pair):
     assert n_off == n_plain and torch.equal(off, plain)
 
 
-def test_step_cache_stops_the_unconditional_pass_after_the_guided_steps(pair):
+def test_step_cache_stops_the_unconditional_pass_after_the_guided_steps(pair, caplog):
+    import logging
+
     import comfy.samplers
 
     rows = []
@@ -220,10 +222,13 @@ def test_step_cache_stops_the_unconditional_pass_after_the_guided_steps(pair):
         return real(model, conds, *args, **kwargs)
     comfy.samplers._calc_cond_batch = counting
     try:
-        sample(step_cache(threshold=0.0, cfg_until=0.5)(pair[1].clone()))
+        with caplog.at_level(logging.INFO, logger="spacetime.nodes"):
+            sample(step_cache(threshold=0.0, cfg_until=0.5)(pair[1].clone()))
     finally:
         comfy.samplers._calc_cond_batch = real
     assert rows == [2] * 6 + [1] * 6                 # 12 steps: guided for the first half only
+    # the log counts against the uncached run, the left-out unconditional passes included
+    assert "18 of 24 DiT evaluations run, 0 forecast, 6 unconditional left out" in caplog.text
 
 
 def test_step_cache_refuses_a_model_that_already_has_easycache(pair):
@@ -272,7 +277,7 @@ def test_a_second_step_cache_replaces_the_first_and_off_removes_it(pair):
     assert n_removed == n_plain and torch.equal(removed, plain)
 
 
-def test_guidance_truncation_leaves_other_guiders_calls_alone():
+def test_guidance_truncation_leaves_other_guiders_calls_alone(comfy):
     from spacetime_video.nodes import step_cache as node
     from spacetime_video.samplers.step_cache import Speed
 
@@ -283,12 +288,14 @@ def test_guidance_truncation_leaves_other_guiders_calls_alone():
     def executor(model, conds, x, t, opts):
         seen.append(list(conds))
         return [torch.full((1,), float(i + 1)) for i in range(len(conds))]
-    late = torch.tensor([0.3])
-    out = node._calc_cond_batch(executor, None, ["c", "u"], None, late, options)
+    late, x = torch.tensor([0.3]), torch.zeros(1, 4)
+    out = node._calc_cond_batch(executor, None, ["c", "u"], x, late, options)
     assert seen[-1] == ["c"] and torch.equal(out[0], out[1])     # past the guided steps: one pass
-    node._calc_cond_batch(executor, None, [None, "u"], None, late, options)
+    assert run.cache.unguided == 1                               # and the pass left out is counted
+    node._calc_cond_batch(executor, None, [None, "u"], x, late, options)
     assert seen[-1] == [None, "u"]                               # skip-layer guidance's call, as it is
-    node._calc_cond_batch(executor, None, ["c", "u", "x"], None, late, options)
+    node._calc_cond_batch(executor, None, ["c", "u", "x"], x, late, options)
     assert seen[-1] == ["c", "u", "x"]
-    node._calc_cond_batch(executor, None, ["c", "u"], None, torch.tensor([0.9]), options)
+    node._calc_cond_batch(executor, None, ["c", "u"], x, torch.tensor([0.9]), options)
     assert seen[-1] == ["c", "u"]                                # a guided step
+    assert run.cache.unguided == 1

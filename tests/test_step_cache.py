@@ -132,6 +132,9 @@ def test_generate_with_speed_runs_fewer_evaluations_close_to_uncached(embedded):
     cache = StepCache("balanced")
     fast = generate_embedded(prompt, seed=0, model=embedded, speed=cache)
     assert cache.evaluated <= 24 and cache.skipped > 0
+    # guidance stops after 60% of the steps: the 8 unconditional passes left out are counted too
+    assert cache.unguided == 8 and cache.evaluated + cache.skipped + cache.unguided == 40
+    assert f"{cache.evaluated} of 40 DiT evaluations run" in cache.report()
     assert psnr(fast, ref) >= 26.0
     exact_text = generate_embedded(prompt, seed=0, model=embedded, speed=Speed(reuse_text=True))
     assert torch.allclose(exact_text, ref, atol=1e-5)
