@@ -41,7 +41,7 @@ SETTINGS = {  # name -> (DiT evaluations, generate_embedded options)
     "20 steps, unipc, guidance 4": (40, dict(steps=20, guidance=C.DEFAULT_GUIDANCE, solver="unipc")),
     "4 steps, distilled LoRA, unipc, cfg 1": (4, dict(distilled=True)),
     "4 steps, distilled LoRA, euler, cfg 1": (4, dict(distilled=True, solver="euler")),
-    # the 5x allows 8 evaluations: the LoRA at more steps, or with some guidance back
+    # a 5x target allows 8 evaluations: the LoRA at more steps, or with some guidance back
     "6 steps, distilled LoRA, unipc, cfg 1": (6, dict(distilled=True, steps=6)),
     "8 steps, distilled LoRA, euler, cfg 1": (8, dict(distilled=True, steps=8, solver="euler")),
     "4 steps, distilled LoRA, unipc, guidance 2": (8, dict(distilled=True, guidance=2.0)),

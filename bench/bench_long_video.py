@@ -317,7 +317,7 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(str(i) for i in range(len(METHODS))),
                    help="which rows of the methods part (indices)")
     p.add_argument("--segment", type=float, default=4.0,
-                   help="seconds of each segment of the methods part's storyboard (the issue's: 4)")
+                   help="seconds of each segment of the methods part's storyboard (4 by default)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--weights", type=Path, default=None,
                    help="an embedded model folder to measure instead of the shipped weights")

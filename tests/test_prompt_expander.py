@@ -347,7 +347,7 @@ def test_hf_without_transformers_warns_once_and_falls_back(tmp_path, monkeypatch
 
 
 def test_expanded_short_prompts_are_followed_better_by_the_embedded_model():
-    """The issue's adherence check, small: 22 short prompts ("red ball left") on held-out
+    """The expander's adherence check, small: 22 short prompts ("red ball left") on held-out
     triples, each generated raw and after the rule-based expander with the same seed, read by
     the analyser. Measured with the shipped weights at 10 steps: colour raw 14/22, expanded
     18/22; colour + shape + motion 26 vs 28. (scripts/eval_expander.py --per-combo 8, 20
