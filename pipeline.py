@@ -23,7 +23,7 @@ from .model.dit import TextMemo, WanDiT
 from .model.embedded import EmbeddedModel, load_embedded
 from .model.embedded import config as C
 from .model.vae import WanVAE
-from .samplers import cfg_denoiser, flow_sigmas, guidance_scale, sample, step_range_to_sigma_range
+from .samplers import cfg_denoiser, flow_sigmas, sample, step_range_to_sigma_range
 from .samplers.common import Callback, Denoiser
 from .samplers.step_cache import Speed, StepCache, guided_steps
 
@@ -56,18 +56,6 @@ def _encode_pixels(vae: WanVAE) -> Callable[[torch.Tensor], torch.Tensor]:
         video = pixels.permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1                  # (1, 3, T, H, W)
         return vae.normalize(vae.encode(video.to(vae.device, vae.dtype)).float())
     return encode
-
-
-def _counting_unguided(denoiser: Denoiser, cache: StepCache, scale: float,
-                       sigma_range: tuple[float, float] | None) -> Denoiser:
-    """``denoiser`` counting in ``cache.unguided`` the unconditional rows its steps outside the
-    guided range leave out."""
-    def denoise(x: torch.Tensor, sigma: torch.Tensor, **extra: object) -> torch.Tensor:
-        if guidance_scale(float(sigma.reshape(-1)[0]), scale, sigma_range) == 1.0:
-            cache.unguided += x.shape[0]
-        return denoiser(x, sigma, **extra)
-
-    return denoise
 
 
 def _canvas_denoiser(dit: WanDiT, clean: torch.Tensor | None, mask: torch.Tensor | None,
@@ -160,9 +148,12 @@ def sample_canvas(dit: WanDiT, context: torch.Tensor, negative: torch.Tensor | N
     guided = guided_steps(settings, n) if negative is not None else 0
     scale, sigma_range = (guidance, None) if guided >= n else (1.0, None) if guided == 0 else \
         (guidance, step_range_to_sigma_range(sigmas, 0, guided))
-    denoiser = cfg_denoiser(model, {"context": context}, uncond, scale, sigma_range=sigma_range)
-    if counted and negative is not None and guidance != 1.0 and guided < n:
-        denoiser = _counting_unguided(denoiser, cache, scale, sigma_range)
+    truncated = counted and negative is not None and guidance != 1.0 and guided < n
+
+    def count_unguided(rows: int) -> None:      # the unconditional rows guidance truncation leaves out
+        cache.unguided += rows
+    denoiser = cfg_denoiser(model, {"context": context}, uncond, scale, sigma_range=sigma_range,
+                            on_unguided=count_unguided if truncated else None)
     dit.use_text_memo(TextMemo() if settings.reuse_text else None)
     try:
         return sample(denoiser, noise, sigmas, solver=solver, callback=callback, disable=True)

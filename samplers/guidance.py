@@ -18,7 +18,7 @@ patches still apply.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -88,16 +88,20 @@ def guided_x0(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: dict[
 
 
 def cfg_denoiser(model: Denoiser, cond: dict[str, Any], uncond: dict[str, Any], scale: float,
-                 batched: bool = True, sigma_range: tuple[float, float] | None = None) -> Denoiser:
+                 batched: bool = True, sigma_range: tuple[float, float] | None = None,
+                 on_unguided: Callable[[int], None] | None = None) -> Denoiser:
     """Wrap ``model(x, sigma, **kwargs) -> x0`` into a guided denoiser ``(x, sigma, **extra)``.
 
     ``cond``/``uncond``: the keyword arguments of the two forwards (e.g. ``{"context": c}`` and
     ``{"context": c_null}``). Guidance runs where ``sigma`` is inside ``sigma_range`` (closed;
-    None = all steps) and ``scale != 1``; elsewhere only the conditional forward runs.
+    None = all steps) and ``scale != 1``; elsewhere only the conditional forward runs, and
+    ``on_unguided`` (if given) is told how many unconditional rows that call left out.
     """
     def denoise(x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         step_scale = guidance_scale(float(sigma.reshape(-1)[0]), scale, sigma_range)
         if step_scale == 1.0:
+            if on_unguided is not None:
+                on_unguided(x.shape[0])
             return model(x, sigma, **cond, **extra)
         return guided_x0(model, x, sigma, cond, uncond, step_scale, batched, **extra)
 
